@@ -1,0 +1,173 @@
+"""Run funasr's own trainer (``funasr.bin.train_ds``) on CPU or GPU, one code path for both.
+
+funasr 1.4.16's ``train_ds.main`` hard-codes the trainer device to the CUDA
+local rank, so it fails on a CPU-only machine ("Found no NVIDIA driver"); with
+several processes it also calls ``torch.cuda.set_device`` and ``model.cuda``.
+:class:`DeviceFallbackTrainer` keeps funasr's trainer and only maps a CUDA device
+to the CPU when CUDA is absent; :func:`launch` writes a resolved config and
+starts training in a subprocess (``torchrun`` for several processes), so
+the demo builder and the fine-tuning notebook train the same way.
+
+Run directly: ``python -m asr_workbench.training CONFIG.yaml`` (one process) or
+``torchrun --nproc_per_node N -m asr_workbench.training CONFIG.yaml``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["TrainResult", "DeviceFallbackTrainer", "launch", "train_in_process", "main"]
+
+log = logging.getLogger(__name__)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@functools.cache
+def _make_trainer_class() -> type:
+    """Subclass funasr's Trainer (imported lazily: funasr is heavy)."""
+    import torch
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from funasr.train_utils.trainer_ds import Trainer
+
+    class DeviceFallbackTrainer(Trainer):  # type: ignore[misc, valid-type]
+        """funasr's Trainer whose device falls back to the CPU when CUDA is absent."""
+
+        @property
+        def device(self) -> Any:
+            return self._device
+
+        @device.setter
+        def device(self, value: Any) -> None:
+            if not torch.cuda.is_available() and (isinstance(value, int) or str(value).startswith("cuda")):
+                value = "cpu"
+            self._device = value
+
+        def warp_model(self, model: Any, **kwargs: Any) -> Any:
+            if self.use_ddp and not torch.cuda.is_available():
+                # funasr moves the model to cuda(local_rank) before DDP; on CPU use gloo DDP as is
+                return DDP(
+                    model.to("cpu"),
+                    find_unused_parameters=kwargs.get("train_conf", {}).get("find_unused_parameters", False),
+                )
+            if not torch.cuda.is_available():
+                kwargs = {**kwargs, "device": "cpu"}
+            return super().warp_model(model, **kwargs)
+
+    return DeviceFallbackTrainer
+
+
+def __getattr__(name: str) -> Any:  # lazy attribute: keeps `import asr_workbench.training` light
+    if name == "DeviceFallbackTrainer":
+        return _make_trainer_class()
+    raise AttributeError(name)
+
+
+@dataclass
+class TrainResult:
+    """Where a training run left its files."""
+
+    output_dir: Path
+    config_path: Path
+    log_path: Path
+    returncode: int
+
+
+def train_in_process(config: Mapping[str, Any]) -> None:
+    """Train with ``funasr.bin.train_ds.main`` in this process (CPU fallback applied).
+
+    ``config`` is a fully resolved funasr training config (model, model_conf,
+    frontend_conf, tokenizer_conf, dataset_conf, train_conf, train_data_set_list,
+    valid_data_set_list, output_dir, ...).
+    """
+    import torch
+    import funasr.bin.train_ds as train_ds
+
+    kwargs = dict(config)
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        kwargs["device"] = "cpu"
+        kwargs.setdefault("backend", "gloo")
+        # train_ds.main calls torch.cuda.set_device(local_rank) after init_process_group
+        torch.cuda.set_device = lambda *_a, **_k: None  # type: ignore[assignment]
+    threads = kwargs.pop("torch_threads", None)
+    if threads:
+        torch.set_num_threads(int(threads))
+        kwargs["ncpu"] = int(threads)
+    train_ds.Trainer = _make_trainer_class()
+    train_ds.main(**kwargs)
+
+
+def launch(
+    config: Mapping[str, Any],
+    output_dir: str | Path,
+    nproc: int = 1,
+    on_line: Callable[[str], None] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> TrainResult:
+    """Write ``output_dir/train_config.yaml`` and train in a subprocess; stream its log.
+
+    Args:
+        config: the resolved funasr training config (``output_dir`` is set here).
+        output_dir: where funasr writes checkpoints; the log goes to ``train.log``.
+        nproc: processes; more than one runs ``torchrun --nproc_per_node``.
+        on_line: called with every log line (progress display).
+        env: extra environment variables for the child.
+    Returns:
+        A :class:`TrainResult`; raises ``RuntimeError`` with the log's tail on failure.
+    """
+    out = Path(output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = {**config, "output_dir": str(out)}
+    cfg_path = out / "train_config.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "asr_workbench.training", str(cfg_path)]
+    else:
+        cmd = [sys.executable, "-m", "asr_workbench.training", str(cfg_path)]
+    child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    log_path = out / "train.log"
+    tail: list[str] = []
+    with open(log_path, "w", encoding="utf-8") as logf:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=child_env, cwd=str(out))
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            logf.write(line)
+            tail = (tail + [line])[-40:]
+            if on_line:
+                on_line(line.rstrip("\n"))
+        rc = proc.wait()
+    if rc != 0:
+        raise RuntimeError(f"training failed (exit {rc}); log: {log_path}\n" + "".join(tail))
+    return TrainResult(out, cfg_path, log_path, rc)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: ``python -m asr_workbench.training CONFIG.yaml``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        raise SystemExit("usage: python -m asr_workbench.training CONFIG.yaml")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    with open(args[0], encoding="utf-8") as f:
+        config = yaml.safe_load(f)
+    train_in_process(config)
+
+
+if __name__ == "__main__":
+    main()
