@@ -1,70 +1,361 @@
-"""Kaldi-style data folders (``wav.scp``, ``text``) and funasr jsonl lists."""
+"""Kaldi-style data folders (``wav.scp``, optional ``text``) and FunASR jsonl: parse and validate.
+
+:func:`load_dataset` reads a data set, checks every line and every audio file
+before anything is decoded, and returns the decodable utterances plus a
+:class:`DataReport` (one :class:`Issue` per problem, with ``file:line``).
+Every input id ends up either among the utterances or in the report.
+
+Severities: ``error`` - the utterance cannot be decoded and is skipped (or the
+run fails with ``on_bad_input="fail"``); ``warning`` - decoded, but something
+to know (converted audio, no transcript, long audio, unknown characters...);
+``info`` - how the input was read.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
+import wave
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import soundfile as sf
 
-__all__ = ["read_table", "write_jsonl_from_dir", "atomic_write_text"]
+from asr_workbench import audio as audio_mod
+from asr_workbench.fileio import atomic_write_text
+from asr_workbench.scoring import tokens as score_tokens
+
+__all__ = [
+    "Issue", "DataReport", "Utterance", "DataSet", "DataError",
+    "read_lines", "read_table", "load_dataset", "write_jsonl", "write_jsonl_from_dir",
+]
 
 _SPLIT = re.compile(r"\s+")
+MIN_DURATION_S = 0.1
+MAX_DURATION_S = 30.0
+
+
+class DataError(ValueError):
+    """Bad input with ``on_bad_input="fail"``: the message lists every error with its file:line."""
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem found in the input."""
+
+    key: str | None
+    where: str  # "path:line" or a path
+    severity: str  # "error" | "warning" | "info"
+    code: str  # machine-readable: "missing_file", "pipe_command", ...
+    reason: str
+
+
+@dataclass
+class DataReport:
+    """Everything :func:`load_dataset` found, in input order."""
+
+    issues: list[Issue] = field(default_factory=list)
+    n_input: int = 0
+    audio_base: str = "data_dir"  # what relative audio paths were resolved against
+
+    def add(self, key: str | None, where: str, severity: str, code: str, reason: str) -> None:
+        self.issues.append(Issue(key, where, severity, code, reason))
+
+    @property
+    def errors(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "warning"]
+
+    def counts(self) -> dict[str, int]:
+        """Number of issues per code."""
+        return dict(Counter(i.code for i in self.issues))
+
+    def rows(self) -> list[dict[str, str | None]]:
+        return [asdict(i) for i in self.issues]
+
+    def write_jsonl(self, path: str | Path) -> None:
+        """``data_report.jsonl``: one JSON object per issue (key, where, severity, code, reason)."""
+        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.rows()))
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """A decodable utterance."""
+
+    key: str
+    audio: str  # absolute path
+    text: str | None  # None: not scored
+    duration_s: float
+    samplerate: int
+    channels: int
+    where: str  # "wav.scp:12"
+    oov: tuple[str, ...] = ()  # transcript characters missing from the model's vocabulary
+
+
+@dataclass
+class DataSet:
+    """A validated data set: the utterances to decode, in input order, and the report."""
+
+    source: Path
+    utterances: list[Utterance]
+    report: DataReport
+    has_text: bool
+
+    @property
+    def scored(self) -> list[Utterance]:
+        return [u for u in self.utterances if u.text is not None]
+
+
+def _decode_bytes(raw: bytes, path: Path, report: DataReport) -> str:
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        try:
+            text = raw.decode("gbk")
+        except UnicodeDecodeError:
+            report.add(None, f"{path}:{line}", "warning", "not_utf8",
+                       f"not UTF-8 (byte 0x{raw[e.start]:02x} at line {line}); undecodable bytes replaced")
+            return raw.decode("utf-8", errors="replace")
+        report.add(None, f"{path}:{line}", "warning", "gbk_encoding",
+                   f"file is GBK-encoded, not UTF-8 (first non-UTF-8 byte on line {line}); read as GBK. "
+                   f"Convert it with: iconv -f GBK -t UTF-8 {path.name} > {path.name}.utf8")
+        return text
+
+
+def read_lines(path: str | Path, report: DataReport | None = None) -> list[tuple[int, str]]:
+    """``(line_number, line)`` of a text file: BOM, CRLF and blank lines tolerated; GBK detected."""
+    path = Path(path)
+    text = _decode_bytes(path.read_bytes(), path, report if report is not None else DataReport())
+    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def _parse_table(path: Path, report: DataReport, what: str) -> dict[str, tuple[str, int]]:
+    """``key -> (value, line)``; malformed lines and duplicate ids go to the report."""
+    out: dict[str, tuple[str, int]] = {}
+    for n, line in read_lines(path, report):
+        parts = _SPLIT.split(line, maxsplit=1)
+        key, value = parts[0], (parts[1].strip() if len(parts) > 1 else "")
+        if key in out:
+            report.add(key, f"{path}:{n}", "error", "duplicate_id",
+                       f"duplicate id in {what} (first on line {out[key][1]}); this line is ignored")
+            continue
+        out[key] = (value, n)
+    return out
 
 
 def read_table(path: str | Path) -> dict[str, str]:
-    """Read ``key value`` lines (tabs or spaces; CRLF, BOM and blank lines tolerated).
-
-    Raises ``ValueError`` naming ``file:line`` for a line without a value or a duplicate key.
-    """
-    out: dict[str, str] = {}
-    with open(path, encoding="utf-8-sig", newline=None) as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = _SPLIT.split(line, maxsplit=1)
-            if len(parts) < 2:
-                raise ValueError(f"{path}:{n}: expected 'key value', got {line!r}")
-            key, value = parts
-            if key in out:
-                raise ValueError(f"{path}:{n}: duplicate id {key!r}")
-            out[key] = value
-    return out
+    """``key -> value`` of a clean two-column file; raises ``DataError`` naming file:line otherwise."""
+    report = DataReport()
+    table = _parse_table(Path(path), report, Path(path).name)
+    bad = [i for i in report.issues if i.severity == "error"]
+    empty = [f"{path}:{n}" for k, (v, n) in table.items() if not v]
+    if bad or empty:
+        msgs = [f"{i.where}: {i.reason}" for i in bad] + [f"{w}: no value after the id" for w in empty]
+        raise DataError("; ".join(msgs))
+    return {k: v for k, (v, _) in table.items()}
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+def _wav_declared_frames(path: Path) -> int | None:
+    """Frames a PCM WAV header declares (None for other formats)."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        with wave.open(str(path), "rb") as w:
+            return w.getnframes()
+    except (wave.Error, EOFError, OSError):
+        return None
+
+
+def _check_audio(key: str, path: Path, where: str, report: DataReport) -> audio_mod.AudioInfo | None:
+    if not path.exists():
+        report.add(key, where, "error", "missing_file", f"audio file not found: {path}")
+        return None
+    if path.is_dir():
+        report.add(key, where, "error", "not_audio", f"is a folder, not an audio file: {path}")
+        return None
+    try:
+        info = audio_mod.probe(path)
+    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError
+        report.add(key, where, "error", "not_audio", f"unreadable or not audio: {path} ({e})")
+        return None
+    try:
+        frames = sf.read(str(path), dtype="int16", always_2d=True)[0].shape[0]
+    except Exception as e:
+        report.add(key, where, "error", "truncated", f"audio cannot be decoded to the end (truncated or corrupt): {path} ({e})")
+        return None
+    declared = _wav_declared_frames(path) if info.format == "WAV" else None
+    if declared is not None and declared > frames:
+        report.add(key, where, "error", "truncated",
+                   f"truncated WAV: header declares {declared} frames, file holds {frames}: {path}")
+        return None
+    if frames == 0:
+        report.add(key, where, "error", "empty_audio", f"audio has no samples: {path}")
+        return None
+    return audio_mod.AudioInfo(info.path, info.samplerate, info.channels, frames, info.format)
+
+
+def _resolve_audio(value: str, base: Path) -> tuple[Path, bool]:
+    """Path of an audio entry: relative to the wav.scp folder, else to the working directory."""
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return p, False
+    first = base / p
+    if first.exists() or not (Path.cwd() / p).exists():
+        return first, False
+    return Path.cwd() / p, True
+
+
+def _read_jsonl(path: Path, report: DataReport) -> tuple[dict[str, tuple[str, int]], dict[str, tuple[str, int]]]:
+    wavs: dict[str, tuple[str, int]] = {}
+    texts: dict[str, tuple[str, int]] = {}
+    for n, line in read_lines(path, report):
+        try:
+            obj = json.loads(line)
+            key, source = str(obj["key"]), str(obj["source"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            report.add(None, f"{path}:{n}", "error", "malformed_line", f"not a jsonl record with key and source ({e})")
+            continue
+        if key in wavs:
+            report.add(key, f"{path}:{n}", "error", "duplicate_id",
+                       f"duplicate id (first on line {wavs[key][1]}); this line is ignored")
+            continue
+        wavs[key] = (source, n)
+        if obj.get("target") is not None:
+            texts[key] = (str(obj["target"]), n)
+    return wavs, texts
+
+
+def load_dataset(
+    data: str | Path,
+    vocab: Iterable[str] | None = None,
+    on_bad_input: str = "skip",
+    min_duration_s: float = MIN_DURATION_S,
+    max_duration_s: float = MAX_DURATION_S,
+    vad_model: str | None = None,
+) -> DataSet:
+    """Read and validate a data folder (``wav.scp`` + optional ``text``) or a FunASR ``.jsonl``.
+
+    Args:
+        data: the folder, or a jsonl file (``key``, ``source``, optional ``target``).
+        vocab: the model's tokens; transcript characters outside it are counted and listed.
+        on_bad_input: ``"skip"`` (report and go on) or ``"fail"`` (raise :class:`DataError`).
+        min_duration_s / max_duration_s: shorter is an error; longer is a warning unless
+            a ``vad_model`` will cut it.
+    """
+    if on_bad_input not in ("skip", "fail"):
+        raise ValueError(f"on_bad_input must be 'skip' or 'fail', got {on_bad_input!r}")
+    data = Path(data)
+    report = DataReport()
+    if data.is_file() and data.suffix == ".jsonl":
+        wav_path = text_path = data
+        wavs, texts = _read_jsonl(data, report)
+        has_text = bool(texts)
+    elif data.is_dir():
+        wav_path, text_path = data / "wav.scp", data / "text"
+        if not wav_path.is_file():
+            raise DataError(f"{wav_path}: no wav.scp in the data folder {data}")
+        wavs = _parse_table(wav_path, report, "wav.scp")
+        has_text = text_path.is_file()
+        texts = _parse_table(text_path, report, "text") if has_text else {}
+    else:
+        raise DataError(f"{data}: not a data folder (wav.scp [+ text]) nor a .jsonl file")
+    report.n_input = len(wavs) + sum(1 for i in report.issues if i.code in ("duplicate_id", "malformed_line"))
+
+    vocab_set = set(vocab) if vocab is not None else None
+    oov_counter: Counter[str] = Counter()
+    used_cwd = False
+    utts: list[Utterance] = []
+    base = wav_path.parent
+    for key, (value, n) in wavs.items():
+        where = f"{wav_path}:{n}"
+        if not value:
+            report.add(key, where, "error", "malformed_line", "no audio path after the id")
+            continue
+        if value.endswith("|"):
+            report.add(key, where, "error", "pipe_command",
+                       "Kaldi pipe command refused (the workbench never executes wav.scp commands); "
+                       "convert the audio to files first")
+            continue
+        path, from_cwd = _resolve_audio(value, base)
+        used_cwd |= from_cwd
+        info = _check_audio(key, path, where, report)
+        if info is None:
+            continue
+        if info.duration_s < min_duration_s:
+            report.add(key, where, "error", "too_short",
+                       f"audio too short: {info.duration_s:.3f} s (< {min_duration_s} s)")
+            continue
+        if info.samplerate != audio_mod.SAMPLE_RATE:
+            report.add(key, where, "warning", "resampled",
+                       f"sample rate {info.samplerate} Hz, converted to {audio_mod.SAMPLE_RATE} Hz")
+        if info.channels != 1:
+            report.add(key, where, "warning", "downmixed", f"{info.channels} channels, averaged to mono")
+        if info.duration_s > max_duration_s:
+            if vad_model:
+                report.add(key, where, "info", "long_audio",
+                           f"{info.duration_s:.1f} s long; segmented by vad_model {vad_model}")
+            else:
+                report.add(key, where, "warning", "long_audio",
+                           f"{info.duration_s:.1f} s long (> {max_duration_s:.0f} s): the model may drop or "
+                           "garble words; pass vad_model (e.g. 'fsmn-vad') to segment it")
+        text: str | None = None
+        oov: tuple[str, ...] = ()
+        if has_text:
+            if key not in texts:
+                report.add(key, where, "warning", "no_text", "no transcript in text: decoded, not scored")
+            elif not texts[key][0].strip() or not score_tokens(texts[key][0]):
+                report.add(key, f"{text_path}:{texts[key][1]}", "warning", "empty_transcript",
+                           "empty transcript (after normalisation): decoded, not scored")
+            else:
+                text = texts[key][0]
+                if vocab_set is not None:
+                    oov = tuple(c for c in score_tokens(text) if c not in vocab_set)
+                    oov_counter.update(oov)
+        utts.append(Utterance(key, str(path), text, info.duration_s, info.samplerate, info.channels, where, oov))
+    for key, (_, n) in texts.items():
+        if key not in wavs:
+            report.add(key, f"{text_path}:{n}", "warning", "text_without_audio",
+                       "id in text has no audio in wav.scp: not decoded")
+    if oov_counter:
+        listed = " ".join(f"{c}({k})" for c, k in oov_counter.most_common(50))
+        report.add(None, str(text_path), "warning", "oov_chars",
+                   f"{sum(oov_counter.values())} transcript tokens ({len(oov_counter)} distinct) are not in the "
+                   f"model's vocabulary and can only come out as errors: {listed}")
+    if used_cwd:
+        report.audio_base = "cwd"
+        report.add(None, str(wav_path), "info", "paths_from_cwd",
+                   f"some relative audio paths were not found next to {wav_path.name} and were resolved "
+                   f"against the working directory {Path.cwd()}")
+    if on_bad_input == "fail" and report.errors:
+        lines = [f"{i.where}: [{i.code}] {i.key or ''} {i.reason}" for i in report.errors]
+        raise DataError(f"{len(report.errors)} bad input(s) in {data} (on_bad_input='fail'):\n" + "\n".join(lines))
+    return DataSet(data, utts, report, has_text)
+
+
+def write_jsonl(utterances: Sequence[Utterance], out: str | Path) -> Path:
+    """funasr training jsonl (key, source, source_len in 10 ms frames, target, target_len).
+
+    Audio paths are absolute, so the list works from any folder; only utterances with text are written.
+    """
+    lines = []
+    for u in utterances:
+        if u.text is None:
+            continue
+        target = u.text.replace(" ", "")
+        lines.append(json.dumps({"key": u.key, "source": u.audio, "source_len": int(u.duration_s * 100),
+                                 "target": target, "target_len": len(target)}, ensure_ascii=False))
+    out = Path(out)
+    atomic_write_text(out, "".join(line + "\n" for line in lines))
+    return out
 
 
 def write_jsonl_from_dir(data_dir: str | Path, out: str | Path) -> Path:
-    """funasr training jsonl (key, source, source_len in 10 ms frames, target, target_len).
-
-    Audio paths are made absolute (resolved against ``data_dir``), so the list works from any folder.
-    """
-    data_dir = Path(data_dir).resolve()
-    wavs = read_table(data_dir / "wav.scp")
-    texts = read_table(data_dir / "text")
-    lines = []
-    for key, rel in wavs.items():
-        audio = (data_dir / rel).resolve()
-        info = sf.info(str(audio))
-        target = texts[key].replace(" ", "")
-        lines.append(json.dumps({"key": key, "source": str(audio), "source_len": int(info.duration * 100),
-                                 "target": target, "target_len": len(target)}, ensure_ascii=False))
-    out = Path(out)
-    atomic_write_text(out, "\n".join(lines) + "\n")
-    return out
+    """Validate a data folder (errors fail) and write its funasr training jsonl."""
+    ds = load_dataset(data_dir, on_bad_input="fail")
+    return write_jsonl(ds.utterances, out)

@@ -1,9 +1,12 @@
-"""Character error rate with a named text normaliser, on top of jiwer.
+"""Character error rate with a named text normaliser, on top of jiwer (and funasr's own scorer).
 
-The normaliser is named in every figure (``NORMALISER``): Chinese split into
-characters; spaces, punctuation and ``<unk>`` removed; full-width folded to
-half-width; Latin lower-cased. Mixed Chinese/English is scored as MER: each
-Chinese character and each English word is one token.
+The normaliser is named in every figure (:data:`NORMALISER`): NFKC (full-width
+to half-width), ``<unk>``, punctuation and spaces removed, Latin lower-cased;
+each Chinese character is one token and each Latin word / digit run is one
+token, so mixed Chinese/English is scored as MER.
+
+``text.cer`` is written by funasr's own ``compute_wer`` on the normalised,
+token-split files, so the format (and the ``tail -n 3`` habit) is FunASR's.
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import jiwer
 
-__all__ = ["NORMALISER", "normalise", "tokens", "CerResult", "corpus_cer"]
+__all__ = ["NORMALISER", "normalise", "tokens", "UttScore", "CerResult", "score_utterance", "corpus_cer",
+           "aggregate", "aligned_pairs", "alignment_text", "write_funasr_text_cer"]
 
-NORMALISER = "zh-char-v1: NFKC (full->half width), drop <unk>/punctuation/spaces, lower-case Latin, CJK per char, Latin per word"
+NORMALISER = ("zh-char-v1: NFKC (full->half width), drop <unk>/punctuation/spaces, lower-case Latin; "
+              "one token per CJK character, per Latin word or digit run (MER for mixed text)")
 
 _UNK = re.compile(r"<unk>", re.IGNORECASE)
 _CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
@@ -36,6 +42,30 @@ def normalise(text: str) -> str:
 
 
 @dataclass(frozen=True)
+class UttScore:
+    """Errors of one utterance against its reference (normalised token strings)."""
+
+    ref: str
+    hyp: str
+    substitutions: int
+    deletions: int
+    insertions: int
+    hits: int
+
+    @property
+    def ref_tokens(self) -> int:
+        return self.substitutions + self.deletions + self.hits
+
+    @property
+    def errors(self) -> int:
+        return self.substitutions + self.deletions + self.insertions
+
+    @property
+    def cer(self) -> float:
+        return self.errors / self.ref_tokens if self.ref_tokens else float(self.insertions > 0)
+
+
+@dataclass(frozen=True)
 class CerResult:
     """Corpus-level error counts; ``cer`` is (S + D + I) / N over reference tokens."""
 
@@ -49,17 +79,72 @@ class CerResult:
     normaliser: str = NORMALISER
 
 
+def score_utterance(ref: str, hyp: str) -> UttScore:
+    """Align one hypothesis with its reference (raw texts; normalised here)."""
+    r, h = normalise(ref), normalise(hyp)
+    if not r:
+        return UttScore(r, h, 0, 0, len(h.split()) if h else 0, 0)
+    out = jiwer.process_words(r, h)
+    return UttScore(r, h, out.substitutions, out.deletions, out.insertions, out.hits)
+
+
+def aggregate(scores: Sequence[UttScore]) -> CerResult:
+    """Corpus CER from per-utterance scores."""
+    s = sum(x.substitutions for x in scores)
+    d = sum(x.deletions for x in scores)
+    i = sum(x.insertions for x in scores)
+    h = sum(x.hits for x in scores)
+    n = s + d + h
+    return CerResult((s + d + i) / n if n else 0.0, s, d, i, h, n, len(scores))
+
+
 def corpus_cer(refs: Sequence[str], hyps: Sequence[str]) -> CerResult:
     """Score hypotheses against references (raw texts; normalised here)."""
     if len(refs) != len(hyps):
         raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
-    s = d = i = h = 0
-    for ref, hyp in zip(refs, hyps):
-        r, p = normalise(ref), normalise(hyp)
-        if not r:
-            i += len(p.split())
-            continue
-        out = jiwer.process_words(r, p)
-        s, d, i, h = s + out.substitutions, d + out.deletions, i + out.insertions, h + out.hits
-    n = s + d + h
-    return CerResult((s + d + i) / n if n else 0.0, s, d, i, h, n, len(refs))
+    return aggregate([score_utterance(r, h) for r, h in zip(refs, hyps)])
+
+
+def aligned_pairs(score: UttScore) -> list[tuple[str, str, str]]:
+    """The alignment as ``(ref_token, hyp_token, op)``; op is ``=``, ``S``, ``D`` or ``I`` ("" for a gap)."""
+    if not score.ref:
+        return [("", t, "I") for t in score.hyp.split()]
+    out = jiwer.process_words(score.ref, score.hyp)
+    ref, hyp = out.references[0], out.hypotheses[0]
+    pairs: list[tuple[str, str, str]] = []
+    for c in out.alignments[0]:
+        r, h = ref[c.ref_start_idx : c.ref_end_idx], hyp[c.hyp_start_idx : c.hyp_end_idx]
+        if c.type == "equal":
+            pairs += [(a, b, "=") for a, b in zip(r, h)]
+        elif c.type == "substitute":
+            pairs += [(a, b, "S") for a, b in zip(r, h)]
+        elif c.type == "delete":
+            pairs += [(a, "", "D") for a in r]
+        else:
+            pairs += [("", b, "I") for b in h]
+    return pairs
+
+
+def _width(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def alignment_text(score: UttScore) -> str:
+    """REF / HYP / OPS lines, columns padded for double-width characters (``*`` marks a gap)."""
+    cols = [(r or "*", h or "*", "" if op == "=" else op) for r, h, op in aligned_pairs(score)]
+    widths = [max(_width(r), _width(h), 1) for r, h, _ in cols]
+    line = lambda i: " ".join(c[i] + " " * (w - _width(c[i])) for c, w in zip(cols, widths)).rstrip()  # noqa: E731
+    return f"REF: {line(0)}\nHYP: {line(1)}\nOPS: {line(2)}\n"
+
+
+def write_funasr_text_cer(keys: Sequence[str], scores: Sequence[UttScore], out_dir: Path) -> Path:
+    """``ref.proc``, ``text.proc`` and ``text.cer`` in ``out_dir`` via funasr's ``compute_wer``."""
+    from funasr.metrics.wer import compute_wer
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ref_proc, hyp_proc, cer_file = out_dir / "ref.proc", out_dir / "text.proc", out_dir / "text.cer"
+    rows = [(k, s) for k, s in zip(keys, scores) if s.ref]
+    ref_proc.write_text("".join(f"{k} {s.ref}\n" for k, s in rows), encoding="utf-8")
+    hyp_proc.write_text("".join(f"{k} {s.hyp}\n".replace(" \n", "\n") for k, s in rows), encoding="utf-8")
+    compute_wer(str(ref_proc), str(hyp_proc), str(cer_file))
+    return cer_file

@@ -57,7 +57,7 @@ class BuildSizes:
     finetune_epochs: int
 
 
-FULL = BuildSizes(1500, 100, 50, 180, 30, 60, max_epoch=30, finetune_epochs=8)
+FULL = BuildSizes(1800, 100, 40, 150, 25, 50, max_epoch=40, finetune_epochs=8)
 SMOKE = BuildSizes(24, 6, 6, 8, 4, 4, max_epoch=1, finetune_epochs=1)
 
 # The tiny Paraformer: Paraformer-large's architecture (SANM encoder, SANM decoder,
@@ -97,7 +97,7 @@ MODEL_CONFIG: dict[str, Any] = {
     "optim_conf": {"lr": 0.002},
     "scheduler": "warmuplr",
     "scheduler_conf": {"warmup_steps": 300},
-    "train_conf": {"accum_grad": 1, "grad_clip": 5, "max_epoch": 30, "keep_nbest_models": 5,
+    "train_conf": {"accum_grad": 1, "grad_clip": 5, "max_epoch": 40, "keep_nbest_models": 5,
                    "avg_nbest_model": 5, "avg_keep_nbest_models_type": "acc", "log_interval": 10,
                    "validate_interval": 100000, "save_checkpoint_interval": 100000, "resume": False},
     "ctc_conf": {"dropout_rate": 0.0, "ctc_type": "builtin", "reduce": True, "ignore_nan_grad": True},

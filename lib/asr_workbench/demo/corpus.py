@@ -221,6 +221,11 @@ def _synthesize_one(args: tuple[Utterance, str, int]) -> tuple[str, float]:
         )
         x, sr = sf.read(conv, dtype="float32")
     assert sr == SAMPLE_RATE
+    # real recordings start and end with a little silence; Paraformer's CIF predictor
+    # also needs the tail to fire its last token
+    pad = np.random.default_rng(seed + 7)
+    x = np.concatenate([np.zeros(int(pad.uniform(0.05, 0.2) * sr), np.float32), x,
+                        np.zeros(int(pad.uniform(0.25, 0.45) * sr), np.float32)])
     if utt.snr_db is not None:
         rng = np.random.default_rng(seed)
         speech_rms = np.sqrt(np.mean(x**2)) + 1e-9

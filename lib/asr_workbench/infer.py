@@ -1,0 +1,201 @@
+"""The inference notebook's one call: data in -> transcripts, CER and run files out.
+
+:func:`run` validates the data, resolves the model and the decoding settings,
+decodes (sorted batches, optional shards), scores, and writes into
+``output_dir``:
+
+- ``config.yaml``: the resolved settings;
+- ``data_report.jsonl``: one line per input problem (key, file:line, severity, reason);
+- ``1best_recog/text`` (and, with references, ``ref.proc``, ``text.proc``, ``text.cer``
+  in FunASR's format, written by funasr's own scorer);
+- ``results.jsonl``: one line per decoded utterance (ref, hyp, normalised forms, errors);
+- ``errors.txt``: aligned REF/HYP/OPS for every utterance with errors;
+- ``metrics.json``: CER, S/D/I, counts, timing, normaliser, provenance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from asr_workbench import datadir, decode, modelhub, paths, runs, scoring
+from asr_workbench.fileio import atomic_write_text
+
+__all__ = ["InferResult", "resolve_decoding", "run", "score_run"]
+
+# decoding settings the workbench itself interprets; any other key goes to funasr's generate()
+_OWN_KEYS = {"batch_size", "batch_seconds", "beam_size", "ctc_weight"}
+
+
+@dataclass
+class InferResult:
+    """What an inference run produced (everything is also on disk in ``output_dir``)."""
+
+    output_dir: Path
+    metrics: dict[str, Any]
+    results: list[dict[str, Any]]
+    report: datadir.DataReport
+    config: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def cer(self) -> float | None:
+        return self.metrics.get("cer")
+
+
+def resolve_decoding(model_defaults: dict[str, Any], params: dict[str, Any],
+                     overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """``decoding.yaml`` <- notebook parameters (those not None) <- ``decoding_overrides``.
+
+    A key set both as a parameter and in ``decoding_overrides`` with different values is
+    a conflict and fails at once, naming the key.
+    """
+    settings: dict[str, Any] = {"batch_size": 16, **(model_defaults or {})}
+    given = {k: v for k, v in params.items() if v is not None}
+    for k, v in (overrides or {}).items():
+        if k in given and given[k] != v:
+            raise ValueError(f"decoding option {k!r} is set twice: parameter {k}={given[k]!r} and "
+                             f"decoding_overrides[{k!r}]={v!r}; keep one")
+    settings.update(given)
+    settings.update(overrides or {})
+    if int(settings["batch_size"]) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {settings['batch_size']}")
+    return settings
+
+
+def _fingerprint(model: modelhub.ModelFolder, settings: dict[str, Any], items: list[tuple[str, str, float]]) -> str:
+    h = hashlib.sha256()
+    h.update(str(model.path).encode())
+    weights = model.path / "model.pt"
+    if weights.is_file():
+        st = weights.stat()
+        h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    for key, path, _ in items:
+        h.update(f"{key}\0{path}\n".encode())
+    return h.hexdigest()
+
+
+def score_run(ds: datadir.DataSet, hyps: list[decode.Hypothesis], out: Path) -> tuple[list[dict[str, Any]], scoring.CerResult | None]:
+    """Per-utterance rows (``results.jsonl``), aligned errors, FunASR files; returns the corpus CER."""
+    by_key = {u.key: u for u in ds.utterances}
+    rows, keys, scores, err_blocks = [], [], [], []
+    for h in hyps:
+        u = by_key[h.key]
+        row: dict[str, Any] = {"key": h.key, "audio": u.audio, "duration_s": round(u.duration_s, 3),
+                               "hyp": h.text, "hyp_norm": scoring.normalise(h.text), "scored": u.text is not None}
+        if u.text is not None:
+            s = scoring.score_utterance(u.text, h.text)
+            row.update(ref=u.text, ref_norm=s.ref, sub=s.substitutions, dels=s.deletions, ins=s.insertions,
+                       hits=s.hits, ref_tokens=s.ref_tokens, errors=s.errors, cer=round(s.cer, 4), oov=list(u.oov))
+            keys.append(h.key)
+            scores.append(s)
+            if s.errors:
+                err_blocks.append(f"{h.key}  errors={s.errors} (S={s.substitutions} D={s.deletions} "
+                                  f"I={s.insertions}) / {s.ref_tokens}\n{scoring.alignment_text(s)}")
+        rows.append(row)
+    recog = out / "1best_recog"
+    recog.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(recog / "text", "".join(f"{h.key} {h.text}\n".replace(" \n", "\n") for h in hyps))
+    atomic_write_text(out / "results.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    header = f"# aligned errors; normaliser: {scoring.NORMALISER}\n# S substitution, D deletion, I insertion, * gap\n\n"
+    atomic_write_text(out / "errors.txt", header + "\n".join(err_blocks))
+    if not scores:
+        return rows, None
+    scoring.write_funasr_text_cer(keys, scores, recog)
+    return rows, scoring.aggregate(scores)
+
+
+def run(
+    model: str,
+    data_dir: str,
+    output_dir: str,
+    batch_size: int | None = None,
+    ctc_weight: float | None = None,
+    beam_size: int | None = None,
+    device: str = "auto",
+    devices: list[str] | str | None = None,
+    njob: int = 1,
+    decoding_overrides: dict[str, Any] | None = None,
+    on_bad_input: str = "skip",
+    cache_dir: str | None = None,
+    vad_model: str | None = None,
+    progress: bool = True,
+    loaded_model: Any = None,
+) -> InferResult:
+    """Transcribe ``data_dir`` with ``model`` and score it when ``text`` exists.
+
+    Args:
+        model: a model folder or a ModelScope id (cached ids never touch the network).
+        data_dir: a folder with ``wav.scp`` (+ ``text``) or a FunASR ``.jsonl``.
+        output_dir: the run folder (relative paths resolve against the repository root).
+        batch_size / ctc_weight / beam_size: decoding settings; None keeps ``decoding.yaml``'s.
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``...
+        devices / njob: shard the data over these devices, ``njob`` processes each.
+        decoding_overrides: more decoding settings (win over ``decoding.yaml``).
+        on_bad_input: ``skip`` (report bad utterances and go on) or ``fail``.
+        cache_dir: ModelScope cache (default ``$MODELSCOPE_CACHE`` or ``~/.cache/modelscope``).
+        vad_model: a funasr VAD model (e.g. ``fsmn-vad``) for audio longer than ~30 s.
+        loaded_model: an AutoModel already loaded from ``model`` (reused, single process only).
+    """
+    out = runs.prepare_output_dir(output_dir)
+    mf = modelhub.open_model(model, cache_dir=cache_dir)
+    settings = resolve_decoding(mf.decoding, {"batch_size": batch_size, "ctc_weight": ctc_weight,
+                                              "beam_size": beam_size}, decoding_overrides)
+    if isinstance(devices, str):
+        devices = [d.strip() for d in devices.split(",") if d.strip()]
+    devices = [d if not d.isdigit() else f"cuda:{d}" for d in (devices or [])]
+    opts = decode.DecodeOptions(
+        batch_size=int(settings["batch_size"]),
+        batch_seconds=settings.get("batch_seconds"),
+        beam_size=settings.get("beam_size"),
+        ctc_weight=settings.get("ctc_weight"),
+        device=device, devices=tuple(devices), njob=int(njob), vad_model=vad_model,
+        extra={k: v for k, v in settings.items() if k not in _OWN_KEYS},
+    )
+    data_path = paths.resolve(data_dir)
+    ds = datadir.load_dataset(data_path, vocab=mf.tokens, on_bad_input=on_bad_input, vad_model=vad_model)
+    ds.report.write_jsonl(out / "data_report.jsonl")
+    notes = list(mf.warnings) + decode.option_notes(mf.config, opts)
+    config = {
+        "model": model, "model_dir": str(mf.path), "model_source": mf.source,
+        "data_dir": str(data_path), "output_dir": str(out),
+        "decoding": settings, "device": decode.resolve_device(device), "devices": devices, "njob": njob,
+        "on_bad_input": on_bad_input, "vad_model": vad_model, "cache_dir": cache_dir,
+        "normaliser": scoring.NORMALISER, "notes": notes,
+    }
+    runs.write_config(out, config)
+
+    items = [(u.key, u.audio, u.duration_s) for u in ds.utterances]
+    partial = out / ".hyps.partial.jsonl"
+    dec = decode.decode(str(mf.path), items, opts, partial, _fingerprint(mf, settings, items),
+                        model=loaded_model, progress=progress)
+    rows, cer = score_run(ds, dec.hypotheses, out)
+    input_files = [data_path] if data_path.is_file() else [data_path / "wav.scp", data_path / "text"]
+    skipped = sorted({i.key for i in ds.report.errors if i.key})
+    metrics: dict[str, Any] = {
+        "cer": round(cer.cer, 6) if cer else None,
+        "sub": cer.substitutions if cer else None, "del": cer.deletions if cer else None,
+        "ins": cer.insertions if cer else None, "ref_tokens": cer.ref_tokens if cer else None,
+        "normaliser": scoring.NORMALISER,
+        "n_input": ds.report.n_input, "n_decoded": len(dec.hypotheses), "n_scored": cer.n_utts if cer else 0,
+        "n_skipped": len(skipped), "skipped_keys": skipped,
+        "audio_seconds": round(sum(h.duration_s for h in dec.hypotheses), 3),
+        "wall_seconds": round(dec.wall_s, 3), "rtf": round(dec.rtf, 5), "resumed": dec.resumed,
+        "model": model, "model_dir": str(mf.path), "device": dec.device, "n_processes": dec.n_processes,
+        "data_dir": str(data_path), "parameters": {**settings, "on_bad_input": on_bad_input, "vad_model": vad_model},
+        "data_issues": ds.report.counts(), "notes": notes,
+        "provenance": runs.provenance(mf.path / "model.pt", input_files),
+    }
+    runs.write_metrics(out, metrics)
+    partial.unlink(missing_ok=True)
+    return InferResult(out, metrics, rows, ds.report, config, notes)
+
+
+def as_dict(result: InferResult) -> dict[str, Any]:
+    """Plain-data view (for JSON)."""
+    return {"output_dir": str(result.output_dir), "metrics": result.metrics, "notes": result.notes,
+            "issues": [asdict(i) for i in result.report.issues]}

@@ -1,0 +1,155 @@
+"""Model folders: a local folder or a ModelScope id, checked before funasr sees it.
+
+Only this module talks to ModelScope. A model already in the cache is used
+without the network (``local_files_only``); otherwise it is downloaded with
+``modelscope.snapshot_download``. Offline or unknown ids end in one
+:class:`ModelError` naming the id, the cache folder and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from asr_workbench import paths
+
+__all__ = ["ModelError", "ModelFolder", "resolve_model_dir", "check_folder", "open_model", "default_cache_dir"]
+
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+# files a Paraformer-style folder needs, by their configuration.json meta path
+_REQUIRED_METAS = ("init_param", "config", "tokenizer_conf.token_list", "frontend_conf.cmvn_file")
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be found, downloaded or loaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """A checked model folder and the workbench defaults it carries."""
+
+    path: Path
+    source: str  # "folder", "modelscope-cache" or "modelscope-download"
+    model_id: str | None
+    config: dict[str, Any]
+    tokens: list[str] | None
+    decoding: dict[str, Any] = field(default_factory=dict)  # decoding.yaml
+    finetune: dict[str, Any] = field(default_factory=dict)  # finetune.yaml
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.model_id or self.path.name
+
+
+def default_cache_dir() -> Path:
+    """``$MODELSCOPE_CACHE``, else ModelScope's default ``~/.cache/modelscope``."""
+    return Path(os.environ.get("MODELSCOPE_CACHE") or Path.home() / ".cache" / "modelscope")
+
+
+def _models_cache(cache_dir: Path) -> Path:
+    # modelscope lays out <cache>/models/<owner>--<name>/...; callers may pass <cache> or <cache>/models
+    return cache_dir if cache_dir.name == "models" else cache_dir / "models"
+
+
+def resolve_model_dir(model: str, cache_dir: str | os.PathLike[str] | None = None,
+                      revision: str | None = None, allow_download: bool = True) -> tuple[Path, str]:
+    """The local folder of ``model`` (a folder path or a ModelScope id) and how it was found."""
+    local = paths.resolve(model)
+    if local.is_dir():
+        return local, "folder"
+    if not _MODEL_ID.match(model):
+        raise ModelError(f"model {model!r}: no such folder ({local}) and not a ModelScope id (owner/name)")
+    from modelscope import snapshot_download
+
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    cache = paths.resolve(cache) if not cache.is_absolute() else cache
+    cache_arg = str(_models_cache(cache))
+    try:
+        return Path(snapshot_download(model, revision=revision, cache_dir=cache_arg, local_files_only=True)), "modelscope-cache"
+    except Exception as e:  # modelscope_hub.errors.CacheNotFound
+        if not allow_download:
+            raise ModelError(f"model {model!r} is not in the ModelScope cache {cache} and downloads are off") from e
+    try:
+        return Path(snapshot_download(model, revision=revision, cache_dir=cache_arg)), "modelscope-download"
+    except Exception as e:
+        kind = type(e).__name__
+        raise ModelError(
+            f"model {model!r} is not in the ModelScope cache {cache} and could not be downloaded ({kind}: "
+            f"{str(e).splitlines()[0][:200]}). Check the id on modelscope.cn, the network, or pass a local "
+            "folder / a cache_dir that holds it."
+        ) from e
+
+
+def _meta_paths(metas: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in metas.items():
+        if isinstance(v, str):
+            out[prefix + k] = v
+        elif isinstance(v, dict):
+            out.update(_meta_paths(v, f"{prefix}{k}."))
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def _read_tokens(path: Path) -> list[str]:
+    if path.suffix == ".json":
+        return [str(t) for t in json.loads(path.read_text(encoding="utf-8"))]
+    return [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def check_folder(path: Path, source: str = "folder", model_id: str | None = None) -> ModelFolder:
+    """Check that every file funasr will need is there (funasr itself fails cryptically otherwise)."""
+    if not path.is_dir():
+        raise ModelError(f"model folder not found: {path}")
+    conf_json = path / "configuration.json"
+    metas: dict[str, str] = {}
+    if conf_json.is_file():
+        try:
+            metas = _meta_paths(json.loads(conf_json.read_text(encoding="utf-8")).get("file_path_metas", {}))
+        except json.JSONDecodeError as e:
+            raise ModelError(f"{conf_json}: not valid JSON ({e})") from e
+    config_file = path / metas.get("config", "config.yaml")
+    if not config_file.is_file():
+        raise ModelError(f"{path}: no {config_file.name}: not a funasr model folder")
+    config = _read_yaml(config_file)
+    missing, warnings = [], []
+    for meta, rel in metas.items():
+        if not (path / rel).exists():
+            (missing if meta in _REQUIRED_METAS else warnings).append(f"{rel} (configuration.json {meta})")
+    if not metas:  # funasr's fallback: config.yaml + model.pt + tokens.{json,txt} + am.mvn
+        if not (path / "model.pt").is_file():
+            missing.append("model.pt")
+        if config.get("tokenizer") and not any((path / t).is_file() for t in ("tokens.json", "tokens.txt")):
+            missing.append("tokens.json or tokens.txt")
+    if missing:
+        raise ModelError(f"model folder {path} lacks: {', '.join(missing)}")
+    tok_rel = metas.get("tokenizer_conf.token_list")
+    tok_file = path / tok_rel if tok_rel else next((path / t for t in ("tokens.json", "tokens.txt") if (path / t).is_file()), None)
+    tokens = _read_tokens(tok_file) if tok_file else None
+    return ModelFolder(path, source, model_id, config, tokens, _read_yaml(path / "decoding.yaml"),
+                       _read_yaml(path / "finetune.yaml"), tuple(w + " is missing" for w in warnings))
+
+
+def open_model(model: str, cache_dir: str | os.PathLike[str] | None = None, revision: str | None = None,
+               allow_download: bool = True) -> ModelFolder:
+    """Resolve ``model`` (folder or ModelScope id) and check its folder."""
+    path, source = resolve_model_dir(model, cache_dir, revision, allow_download)
+    return check_folder(path, source, None if source == "folder" else model)

@@ -1,0 +1,8 @@
+"""Display of results: plots, HTML tables, the ipywidgets browser. Reads results; computes no metrics."""
+
+from asr_workbench.report.plots import cer_vs_duration, error_types_bar, setup_cjk_font
+from asr_workbench.report.tables import Html, config_html, data_report_table, diff_html, summary_table, worst_table
+from asr_workbench.report.widgets import Browser, browser
+
+__all__ = ["setup_cjk_font", "error_types_bar", "cer_vs_duration", "Html", "config_html", "summary_table", "data_report_table",
+           "diff_html", "worst_table", "Browser", "browser"]

@@ -1,0 +1,77 @@
+"""Matplotlib figures of a run, with a CJK font so Chinese text renders (or a clear warning)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib.pyplot as plt
+from matplotlib import font_manager
+
+__all__ = ["CJK_FONTS", "setup_cjk_font", "error_types_bar", "cer_vs_duration"]
+
+CJK_FONTS = ("WenQuanYi Micro Hei", "WenQuanYi Zen Hei", "Noto Sans CJK SC", "Noto Sans CJK JP",
+             "Noto Serif CJK SC", "Source Han Sans SC", "Source Han Sans CN", "SimHei", "Microsoft YaHei",
+             "PingFang SC", "Heiti SC", "AR PL UMing CN", "AR PL UKai CN", "Droid Sans Fallback")
+_FONT: list[str | None] = []
+
+
+def setup_cjk_font() -> str | None:
+    """Put an installed CJK font first in matplotlib's sans-serif list; warn when there is none."""
+    if _FONT:
+        return _FONT[0]
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    name = next((f for f in CJK_FONTS if f in installed), None)
+    if name:
+        plt.rcParams["font.sans-serif"] = [name, *plt.rcParams["font.sans-serif"]]
+        plt.rcParams["font.family"] = "sans-serif"
+        plt.rcParams["axes.unicode_minus"] = False
+    else:
+        warnings.warn("no CJK font found: Chinese text in plots would show as empty boxes. Install one "
+                      "(sudo apt-get install -y fonts-wqy-microhei) and restart the kernel.", stacklevel=2)
+    _FONT.append(name)
+    return name
+
+
+def error_types_bar(metrics: dict[str, Any], title: str = "") -> plt.Figure:
+    """Substitutions / deletions / insertions as bars, CER and the normaliser in the title."""
+    setup_cjk_font()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    counts = [metrics.get("sub") or 0, metrics.get("del") or 0, metrics.get("ins") or 0]
+    bars = ax.bar(["substitution", "deletion", "insertion"], counts, color=["#d62728", "#7f7f7f", "#2ca02c"])
+    ax.bar_label(bars)
+    cer = metrics.get("cer")
+    ax.set_title((title + "\n" if title else "") + (f"CER {cer * 100:.2f}%  ({metrics.get('ref_tokens')} tokens)"
+                                                    if cer is not None else "not scored"), fontsize=10)
+    ax.set_ylabel("count")
+    fig.text(0.01, 0.01, f"normaliser: {str(metrics.get('normaliser', ''))[:60]}", fontsize=6, color="#555")
+    fig.tight_layout()
+    return fig
+
+
+def cer_vs_duration(results: Sequence[dict[str, Any]], bins: int = 8) -> plt.Figure:
+    """Per-utterance CER against duration, with the corpus CER of each duration bin."""
+    setup_cjk_font()
+    rows = [r for r in results if r.get("scored")]
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    if not rows:
+        ax.text(0.5, 0.5, "no scored utterances", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    d = [r["duration_s"] for r in rows]
+    ax.scatter(d, [r["cer"] * 100 for r in rows], s=12, alpha=0.5, label="utterance")
+    lo, hi = min(d), max(d)
+    width = (hi - lo) / bins or 1.0
+    xs, ys = [], []
+    for b in range(bins):
+        sel = [r for r in rows if lo + b * width <= r["duration_s"] < lo + (b + 1) * width or (b == bins - 1 and r["duration_s"] == hi)]
+        n = sum(r["ref_tokens"] for r in sel)
+        if n:
+            xs.append(lo + (b + 0.5) * width)
+            ys.append(100 * sum(r["errors"] for r in sel) / n)
+    ax.plot(xs, ys, "o-", color="#d62728", label="corpus CER per bin")
+    ax.set_xlabel("duration (s)")
+    ax.set_ylabel("CER (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,111 @@
+"""HTML tables of a run: summary, data report, coloured ref/hyp diffs, worst utterances."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+from typing import Any
+
+from asr_workbench.scoring import UttScore, aligned_pairs
+
+__all__ = ["Html", "config_html", "table_html", "summary_table", "data_report_table", "diff_html", "audio_html", "worst_table"]
+
+_STYLE = {"S": "background:#fdd;color:#a00", "D": "background:#eee;color:#a00;text-decoration:line-through",
+          "I": "background:#dfd;color:#070"}
+
+
+class Html(str):
+    """An HTML string that Jupyter displays as HTML (and tests read as text)."""
+
+    def _repr_html_(self) -> str:
+        return str(self)
+
+
+def config_html(config: dict[str, Any]) -> Html:
+    """The resolved settings of a run, as the YAML saved in ``config.yaml``."""
+    import yaml
+
+    text = yaml.safe_dump(config, allow_unicode=True, sort_keys=False)
+    return Html(f"<p><b>Resolved settings</b> (config.yaml)</p><pre>{html.escape(text)}</pre>")
+
+
+def table_html(header: Sequence[str], rows: Sequence[Sequence[Any]], raw_cols: Sequence[int] = ()) -> Html:
+    """A plain HTML table; cells are escaped except the columns in ``raw_cols`` (already HTML)."""
+    head = "".join(f"<th style='text-align:left'>{html.escape(str(h))}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td style='text-align:left'>{c if i in raw_cols else html.escape(str(c))}</td>"
+                         for i, c in enumerate(r)) + "</tr>" for r in rows)
+    return Html(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
+def summary_table(metrics: dict[str, Any]) -> Html:
+    """Key figures of an inference run."""
+    cer = metrics.get("cer")
+    rows = [
+        ("CER", f"{cer * 100:.2f} %" if cer is not None else "not scored (no text)"),
+        ("substitutions / deletions / insertions", f"{metrics.get('sub')} / {metrics.get('del')} / {metrics.get('ins')}"),
+        ("reference tokens", metrics.get("ref_tokens")),
+        ("utterances: input / decoded / scored / skipped",
+         f"{metrics['n_input']} / {metrics['n_decoded']} / {metrics['n_scored']} / {metrics['n_skipped']}"),
+        ("audio", f"{metrics['audio_seconds']:.1f} s"),
+        ("decoding time", f"{metrics['wall_seconds']:.1f} s (RTF {metrics['rtf']:.4f}, "
+                          f"{1 / metrics['rtf'] if metrics['rtf'] else 0:.0f}x real time)"),
+        ("model", metrics.get("model")),
+        ("device", f"{metrics.get('device')} x {metrics.get('n_processes')} process(es)"),
+        ("normaliser", metrics.get("normaliser")),
+    ]
+    rows += [("note", n) for n in metrics.get("notes", [])]
+    return table_html(["", ""], rows)
+
+
+def data_report_table(rows: Sequence[dict[str, Any]], limit: int = 200) -> Html:
+    """The data report as a table (first ``limit`` rows), or a line saying the input is clean."""
+    if not rows:
+        return Html("<p>Data report: no problems found.</p>")
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["severity"]] = counts.get(r["severity"], 0) + 1
+    head = "<p>Data report: " + ", ".join(f"{n} {s}(s)" for s, n in sorted(counts.items())) + "</p>"
+    body = [(r["severity"], r["code"], r.get("key") or "", r["where"], r["reason"]) for r in rows[:limit]]
+    more = f"<p>... {len(rows) - limit} more in data_report.jsonl</p>" if len(rows) > limit else ""
+    return Html(head + table_html(["severity", "code", "key", "file:line", "reason"], body) + more)
+
+
+def diff_html(ref_norm: str, hyp_norm: str) -> str:
+    """Coloured alignment: substitutions red (ref -> hyp), deletions struck out, insertions green."""
+    s = UttScore(ref_norm, hyp_norm, 0, 0, 0, 0)
+    parts = []
+    for r, h, op in aligned_pairs(s):
+        if op == "=":
+            parts.append(html.escape(r))
+        elif op == "S":
+            parts.append(f"<span style='{_STYLE['S']}' title='{html.escape(r)} → {html.escape(h)}'>"
+                         f"{html.escape(h)}<sub>{html.escape(r)}</sub></span>")
+        else:
+            parts.append(f"<span style='{_STYLE[op]}'>{html.escape(r if op == 'D' else h)}</span>")
+    return " ".join(parts)
+
+
+def audio_html(path: str) -> str:
+    """An inline audio player (16 kHz WAV, base64) for a file of any supported format."""
+    import soundfile as sf
+
+    from asr_workbench.audio import load
+
+    buf = io.BytesIO()
+    sf.write(buf, load(path), 16000, format="WAV", subtype="PCM_16")
+    return f"<audio controls preload='none' src='data:audio/wav;base64,{base64.b64encode(buf.getvalue()).decode()}'></audio>"
+
+
+def worst_table(results: Sequence[dict[str, Any]], n: int = 10, audio: bool = True) -> Html:
+    """The ``n`` utterances with the most errors: CER, coloured diff, audio player."""
+    rows = sorted((r for r in results if r.get("scored")), key=lambda r: (-r["errors"], -r["cer"]))[:n]
+    if not rows:
+        return Html("<p>No scored utterances.</p>")
+    body = [(r["key"], f"{r['cer'] * 100:.1f} %", f"{r['errors']}/{r['ref_tokens']}",
+             diff_html(r["ref_norm"], r["hyp_norm"]), audio_html(r["audio"]) if audio else "") for r in rows]
+    legend = ("<p style='font-size:smaller'>red: substitution (reference below), "
+              "<s>struck</s>: deletion, green: insertion</p>")
+    return Html(legend + table_html(["key", "CER", "errors", "hypothesis vs reference", "audio"], body, raw_cols=(3, 4)))

@@ -1,0 +1,74 @@
+"""An ipywidgets browser of a run's utterances (audio player + coloured diff).
+
+Displayed in JupyterLab it is interactive; in a headless run or an HTML copy
+(no widget state) the same output carries a static table as its ``text/html``
+fallback, which the workbench's HTML export shows instead.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+from asr_workbench.report.tables import diff_html, table_html
+
+__all__ = ["Browser", "browser"]
+
+
+class Browser:
+    """Pick an utterance -> its audio, reference, hypothesis and diff."""
+
+    def __init__(self, results: Sequence[dict[str, Any]], static_rows: int = 50) -> None:
+        self.results = list(results)
+        self.static_rows = static_rows
+
+    def static_html(self) -> str:
+        rows = [(r["key"], f"{r['cer'] * 100:.1f} %" if r.get("scored") else "-", f"{r['duration_s']:.1f} s",
+                 diff_html(r["ref_norm"], r["hyp_norm"]) if r.get("scored") else r["hyp"])
+                for r in self.results[: self.static_rows]]
+        more = len(self.results) - len(rows)
+        tail = f"<p>... {more} more utterances in results.jsonl</p>" if more > 0 else ""
+        return table_html(["key", "CER", "duration", "hypothesis vs reference"], rows, raw_cols=(3,)) + tail
+
+    def widget(self) -> Any:
+        import ipywidgets as w
+        import soundfile as sf
+
+        from asr_workbench.audio import load
+
+        labels = [(f"{r['key']}  ({r['cer'] * 100:.0f}%)" if r.get("scored") else r["key"], i)
+                  for i, r in enumerate(self.results)]
+        pick = w.Dropdown(options=labels, description="utterance", layout=w.Layout(width="60%"))
+        player = w.Audio(autoplay=False, format="wav")
+        text = w.HTML()
+
+        def show(_: Any = None) -> None:
+            r = self.results[pick.value]
+            buf = io.BytesIO()
+            sf.write(buf, load(r["audio"]), 16000, format="WAV", subtype="PCM_16")
+            player.value = buf.getvalue()
+            ref = r.get("ref", "(no reference)")
+            diff = diff_html(r["ref_norm"], r["hyp_norm"]) if r.get("scored") else ""
+            text.value = (f"<b>ref</b>: {ref}<br><b>hyp</b>: {r['hyp']}<br>{diff}"
+                          + (f"<br>CER {r['cer'] * 100:.1f} % ({r['errors']}/{r['ref_tokens']})" if r.get("scored") else ""))
+
+        pick.observe(show, names="value")
+        if self.results:
+            show()
+        return w.VBox([pick, player, text])
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        bundle: dict[str, Any] = {"text/html": self.static_html(), "text/plain": f"<Browser of {len(self.results)} utterances>"}
+        if self.results:
+            try:
+                data = self.widget()._repr_mimebundle_()
+                bundle.update({k: v for k, v in data.items() if k != "text/plain"})
+            except Exception:  # no kernel/comm (plain Python): the static table is the display
+                pass
+        return bundle
+
+
+def browser(results: Sequence[dict[str, Any]]) -> Browser:
+    """The utterance browser of a run's ``results`` rows."""
+    return Browser(results)

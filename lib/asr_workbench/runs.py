@@ -1,0 +1,100 @@
+"""Run folders: one ``output_dir`` per run, the same files every time, with provenance.
+
+Every run writes ``config.yaml`` (the resolved settings) and ``metrics.json``
+(figures + provenance: package versions, git commit, hashes of the model
+weights and of the input lists), atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from asr_workbench import paths
+from asr_workbench.fileio import atomic_write_json, atomic_write_text
+
+__all__ = ["prepare_output_dir", "file_sha256", "inputs_sha256", "git_commit", "package_versions",
+           "provenance", "write_config", "write_metrics"]
+
+_PACKAGES = ("asr-workbench", "funasr", "modelscope", "torch", "torchaudio", "jiwer", "papermill", "numpy")
+
+
+def prepare_output_dir(output_dir: str | Path) -> Path:
+    """The run folder, resolved against the repository root and created."""
+    out = paths.resolve(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def inputs_sha256(files: list[Path]) -> str:
+    """One hash over the input lists (wav.scp, text, jsonl) that exist."""
+    h = hashlib.sha256()
+    for f in files:
+        if f.is_file():
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def git_commit() -> str | None:
+    """The workbench checkout's commit (``+dirty`` when it has uncommitted changes), or None."""
+    root = paths.repo_root()
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("+dirty" if dirty else "")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def provenance(model_weights: Path | None = None, input_files: list[Path] | None = None) -> dict[str, Any]:
+    """What produced a result: versions, commit, model weights hash, input lists hash, time."""
+    return {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "packages": package_versions(),
+        "model_sha256": file_sha256(model_weights) if model_weights and model_weights.is_file() else None,
+        "inputs_sha256": inputs_sha256(input_files) if input_files else None,
+    }
+
+
+def write_config(output_dir: Path, config: dict[str, Any]) -> Path:
+    """``config.yaml``: the resolved settings of the run."""
+    path = output_dir / "config.yaml"
+    atomic_write_text(path, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+    return path
+
+
+def write_metrics(output_dir: Path, metrics: dict[str, Any]) -> Path:
+    """``metrics.json``, written atomically (other tools read it while runs go on)."""
+    path = output_dir / "metrics.json"
+    atomic_write_json(path, metrics)
+    return path

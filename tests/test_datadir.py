@@ -1,0 +1,154 @@
+"""The data layer: every bad-input case ends in the report with file:line, nothing disappears."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import wave
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asr_workbench import datadir
+from conftest import DEMO_DATA
+
+SRC = sorted((DEMO_DATA / "base/test/audio").iterdir())
+
+
+def _tone(path, seconds=1.0, sr=16000, channels=1):
+    t = np.arange(int(seconds * sr)) / sr
+    x = 0.1 * np.sin(2 * np.pi * 220 * t)
+    sf.write(str(path), np.stack([x] * channels, axis=1) if channels > 1 else x, sr, subtype="PCM_16")
+
+
+def _write(d, scp: str, text: str | bytes | None = None):
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "wav.scp").write_text(scp, encoding="utf-8")
+    if text is not None:
+        (d / "text").write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return d
+
+
+def _codes(ds):
+    return {(i.key, i.code) for i in ds.report.issues}
+
+
+def test_clean_folder_with_crlf_bom_tabs_and_blank_lines(tmp_path):
+    shutil.copy(SRC[0], tmp_path / "a.flac")
+    shutil.copy(SRC[1], tmp_path / "b.flac")
+    _write(tmp_path, "\ufeffu1\ta.flac\r\n\r\nu2    b.flac\r\n", "\ufeffu1 今天\r\nu2\t\t明天\r\n")
+    ds = datadir.load_dataset(tmp_path)
+    assert [u.key for u in ds.utterances] == ["u1", "u2"]
+    assert [u.text for u in ds.utterances] == ["今天", "明天"]
+    assert ds.report.issues == [] and ds.report.n_input == 2
+
+
+def test_every_bad_case_is_reported_with_file_and_line(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    shutil.copy(SRC[0], d / "good.flac")
+    (d / "notaudio.wav").write_text("hello")
+    _tone(d / "short.wav", seconds=0.02)
+    sf.write(str(d / "empty.wav"), np.zeros(0), 16000)
+    with wave.open(str(d / "full.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(b"\x01\x00" * 32000)
+    (d / "trunc.wav").write_bytes((d / "full.wav").read_bytes()[:44 + 2000])
+    _tone(d / "sr8k.wav", sr=8000)
+    _tone(d / "stereo.wav", channels=2)
+    _tone(d / "long.wav", seconds=31)
+    marker = tmp_path / "pipe-was-executed"
+    scp = "\n".join([
+        "good good.flac",
+        "missing nothere.wav",
+        "notaudio notaudio.wav",
+        "short short.wav",
+        "empty empty.wav",
+        "trunc trunc.wav",
+        f"pipe touch {marker} |",
+        "malformed",
+        "good other.wav",
+        "sr8k sr8k.wav",
+        "stereo stereo.wav",
+        "long long.wav",
+        "notext good.flac",
+        "emptytext good.flac",
+    ]) + "\n"
+    text = "good 今天\nsr8k 明天\nstereo 昨天\nlong 今天\nemptytext\nghost 今天\n"
+    _write(d, scp, text)
+    ds = datadir.load_dataset(d)
+    codes = _codes(ds)
+    expected = {("missing", "missing_file"), ("notaudio", "not_audio"), ("short", "too_short"),
+                ("empty", "empty_audio"), ("trunc", "truncated"), ("pipe", "pipe_command"),
+                ("malformed", "malformed_line"), ("good", "duplicate_id"), ("sr8k", "resampled"),
+                ("stereo", "downmixed"), ("long", "long_audio"), ("notext", "no_text"),
+                ("emptytext", "empty_transcript"), ("ghost", "text_without_audio")}
+    assert expected <= codes
+    assert not marker.exists()  # the pipe command was refused, never run
+    where = {i.code: i.where for i in ds.report.issues}
+    assert where["missing_file"].endswith("wav.scp:2") and where["duplicate_id"].endswith("wav.scp:9")
+    assert where["text_without_audio"].endswith("text:6")
+    decoded = {u.key for u in ds.utterances}
+    assert decoded == {"good", "sr8k", "stereo", "long", "notext", "emptytext"}
+    assert {u.key for u in ds.scored} == {"good", "sr8k", "stereo", "long"}
+    # nothing disappears: every id of wav.scp is decoded or has an error
+    ids = {line.split()[0] for line in scp.splitlines()}
+    assert ids <= decoded | {i.key for i in ds.report.errors}
+    assert {i.severity for i in ds.report.issues if i.key in decoded and i.code != "duplicate_id"} <= {"warning", "info"}
+
+
+def test_report_jsonl_has_one_line_per_issue(tmp_path):
+    _write(tmp_path, "a missing.wav\n")
+    ds = datadir.load_dataset(tmp_path)
+    ds.report.write_jsonl(tmp_path / "data_report.jsonl")
+    rows = [json.loads(x) for x in (tmp_path / "data_report.jsonl").read_text().splitlines()]
+    assert rows == [{"key": "a", "where": f"{tmp_path / 'wav.scp'}:1", "severity": "error",
+                     "code": "missing_file", "reason": f"audio file not found: {tmp_path / 'missing.wav'}"}]
+
+
+def test_on_bad_input_fail_raises_naming_file_and_line(tmp_path):
+    _write(tmp_path, "a missing.wav\n")
+    with pytest.raises(datadir.DataError, match=r"wav\.scp:1: \[missing_file\]"):
+        datadir.load_dataset(tmp_path, on_bad_input="fail")
+
+
+def test_gbk_text_is_detected_and_read(tmp_path):
+    shutil.copy(SRC[0], tmp_path / "a.flac")
+    _write(tmp_path, "u1 a.flac\n", "u1 今天下午\n".encode("gbk"))
+    ds = datadir.load_dataset(tmp_path)
+    assert ds.utterances[0].text == "今天下午"
+    issue = next(i for i in ds.report.issues if i.code == "gbk_encoding")
+    assert "GBK" in issue.reason and "iconv" in issue.reason and issue.where.endswith("text:1")
+
+
+def test_oov_characters_counted_and_listed(tmp_path):
+    shutil.copy(SRC[0], tmp_path / "a.flac")
+    _write(tmp_path, "u1 a.flac\n", "u1 今天龘龘\n")
+    ds = datadir.load_dataset(tmp_path, vocab=list("今天"))
+    assert ds.utterances[0].oov == ("龘", "龘")
+    issue = next(i for i in ds.report.issues if i.code == "oov_chars")
+    assert "龘(2)" in issue.reason
+
+
+def test_relative_paths_fall_back_to_cwd_and_say_so(tmp_path, monkeypatch):
+    (tmp_path / "audio").mkdir()
+    shutil.copy(SRC[0], tmp_path / "audio" / "a.flac")
+    d = _write(tmp_path / "lists", "u1 audio/a.flac\n")
+    monkeypatch.chdir(tmp_path)
+    ds = datadir.load_dataset(d)
+    assert ds.utterances[0].audio == str(tmp_path / "audio" / "a.flac")
+    assert ds.report.audio_base == "cwd" and any(i.code == "paths_from_cwd" for i in ds.report.issues)
+
+
+def test_funasr_jsonl_input(tmp_path):
+    shutil.copy(SRC[0], tmp_path / "a.flac")
+    lines = [{"key": "u1", "source": "a.flac", "target": "今天"}, {"key": "u2", "source": "a.flac"}]
+    (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\nnot json\n")
+    ds = datadir.load_dataset(tmp_path / "data.jsonl")
+    assert [u.key for u in ds.utterances] == ["u1", "u2"] and ds.utterances[0].text == "今天"
+    assert any(i.code == "malformed_line" and i.where.endswith("data.jsonl:3") for i in ds.report.issues)
+
+
+def test_missing_wav_scp_is_a_clear_error(tmp_path):
+    with pytest.raises(datadir.DataError, match="no wav.scp"):
+        datadir.load_dataset(tmp_path)

@@ -1,0 +1,146 @@
+"""The inference notebook end to end (papermill on the demo) and the pieces behind it."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from asr_workbench import decode, infer
+from conftest import DEMO_DATA, DEMO_MODEL, REPO
+
+RUN_FILES = ["config.yaml", "data_report.jsonl", "1best_recog/text", "1best_recog/text.cer", "results.jsonl",
+             "errors.txt", "metrics.json"]
+
+
+@pytest.fixture(scope="session")
+def papermill_run(tmp_path_factory) -> Path:
+    """``papermill notebooks/infer.ipynb out.ipynb -f params/demo/infer.yaml -p output_dir DIR``, as documented."""
+    out = tmp_path_factory.mktemp("papermill-infer")
+    proc = subprocess.run(
+        [sys.executable, "-m", "papermill", str(REPO / "notebooks/infer.ipynb"), str(out / "out.ipynb"),
+         "-f", str(REPO / "params/demo/infer.yaml"), "-p", "output_dir", str(out), "--no-progress-bar"],
+        capture_output=True, text=True, timeout=900, cwd=str(out),  # not the repo root: paths must still resolve
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def _results(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_papermill_run_writes_every_file(papermill_run):
+    for name in RUN_FILES:
+        assert (papermill_run / name).is_file(), name
+    n = len((DEMO_DATA / "target/test/wav.scp").read_text().splitlines())
+    assert len(_results(papermill_run)) == n
+    assert len((papermill_run / "1best_recog/text").read_text(encoding="utf-8").splitlines()) == n
+
+
+def test_metrics_cer_equals_results_and_funasr_scorer(papermill_run):
+    m = json.loads((papermill_run / "metrics.json").read_text())
+    rows = [r for r in _results(papermill_run) if r["scored"]]
+    assert m["cer"] == pytest.approx(sum(r["errors"] for r in rows) / sum(r["ref_tokens"] for r in rows), abs=1e-6)
+    # funasr's own scorer, run independently on the normalised files
+    cer_file = papermill_run / "check.cer"
+    subprocess.run([sys.executable, "-m", "funasr.metrics.wer", f"++ref_file={papermill_run / '1best_recog/ref.proc'}",
+                    f"++hyp_file={papermill_run / '1best_recog/text.proc'}", f"++cer_file={cer_file}"],
+                   check=True, capture_output=True, cwd=str(papermill_run))
+    wer = float(re.search(r"%WER (\S+)", cer_file.read_text(encoding="utf-8")).group(1))
+    assert wer == round(m["cer"] * 100, 2)
+    tail = (papermill_run / "1best_recog/text.cer").read_text(encoding="utf-8").splitlines()[-3:]
+    assert tail[0].startswith("%WER ") and tail[1].startswith("%SER ") and tail[2].startswith("Scored ")
+
+
+def test_metrics_json_has_counts_timing_and_provenance(papermill_run):
+    m = json.loads((papermill_run / "metrics.json").read_text())
+    for key in ("cer", "sub", "del", "ins", "n_input", "n_decoded", "n_scored", "n_skipped", "audio_seconds",
+                "wall_seconds", "rtf", "normaliser", "model", "device", "parameters"):
+        assert key in m, key
+    assert m["n_input"] == m["n_decoded"] == m["n_scored"] and m["n_skipped"] == 0
+    assert m["normaliser"].startswith("zh-char-v1")
+    prov = m["provenance"]
+    assert len(prov["model_sha256"]) == 64 and len(prov["inputs_sha256"]) == 64
+    assert prov["packages"]["funasr"] == "1.4.16" and prov["packages"]["torch"] == "2.9.1"
+    cfg = yaml.safe_load((papermill_run / "config.yaml").read_text(encoding="utf-8"))
+    assert cfg["decoding"]["batch_size"] == 16 and cfg["model_dir"] == str(DEMO_MODEL)
+
+
+def test_executed_notebook_shows_report_without_errors(papermill_run):
+    nb = json.loads((papermill_run / "out.ipynb").read_text(encoding="utf-8"))
+    outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    html = "".join("".join(o.get("data", {}).get("text/html", "")) for o in outputs)
+    assert "CER" in html and "Resolved settings" in html and "<audio" in html
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2
+    assert nb["metadata"]["papermill"]["parameters"]["output_dir"] == str(papermill_run)
+
+
+def test_run_command_adds_executed_notebook_and_html(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "asr_workbench", "run", "params/demo/infer.yaml", "-q",
+                           "-p", f"output_dir={out}", "-p", "data_dir=demo/data/target/dev"],
+                          capture_output=True, text=True, timeout=900, cwd=str(REPO))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "report:" in proc.stdout and "CER" in proc.stdout
+    for name in RUN_FILES + ["infer.ipynb", "report.html", "command.txt"]:
+        assert (out / name).is_file(), name
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "hypothesis vs reference" in html  # the browser's static fallback, not an empty widget
+
+
+def test_sharded_decoding_matches_single_process(papermill_run, tmp_path):
+    single = {r["key"]: r["hyp"] for r in _results(papermill_run)}
+    res = infer.run(str(DEMO_MODEL), "demo/data/target/test", str(tmp_path), device="cpu", njob=2, progress=False)
+    assert res.metrics["n_processes"] == 2
+    assert {r["key"]: r["hyp"] for r in res.results} == single
+    assert [r["key"] for r in res.results] == list(single)  # input order restored
+
+
+def test_interrupted_run_resumes_from_partial_file(tmp_path):
+    d = DEMO_DATA / "target/dev"
+    items = [(k, str(d / p), 1.0) for k, p in (line.split() for line in (d / "wav.scp").read_text().splitlines())][:6]
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text(json.dumps({"fingerprint": "fp"}) + "\n" +
+                       "".join(json.dumps({"key": k, "text": "RESUMED", "duration_s": 1.0}) + "\n" for k, _, _ in items[:2])
+                       + '{"key": "cut-off', encoding="utf-8")
+    res = decode.decode(str(DEMO_MODEL), items, decode.DecodeOptions(device="cpu"), partial, "fp", progress=False)
+    assert res.resumed == 2
+    assert [h.text for h in res.hypotheses[:2]] == ["RESUMED", "RESUMED"]
+    assert all(h.text and h.text != "RESUMED" for h in res.hypotheses[2:])
+
+
+def test_decoding_settings_precedence_and_conflicts():
+    s = infer.resolve_decoding({"batch_size": 16, "beam_size": 1}, {"batch_size": 8, "ctc_weight": None}, {"maxlenratio": 0.5})
+    assert s == {"batch_size": 8, "beam_size": 1, "maxlenratio": 0.5}
+    with pytest.raises(ValueError, match="'batch_size' is set twice"):
+        infer.resolve_decoding({}, {"batch_size": 8}, {"batch_size": 4})
+
+
+def test_options_the_model_ignores_are_said(tmp_path):
+    res = infer.run(str(DEMO_MODEL), "demo/data/target/dev", str(tmp_path), ctc_weight=0.5, beam_size=4,
+                    device="cpu", progress=False)
+    assert any("ctc_weight=0.5 is ignored" in n for n in res.metrics["notes"])
+    assert any("beam_size=4 is ignored" in n for n in res.metrics["notes"])
+
+
+def test_bad_inputs_are_reported_and_the_rest_decoded(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    src = DEMO_DATA / "target/dev"
+    lines = (src / "wav.scp").read_text().splitlines()[:3]
+    (d / "wav.scp").write_text("\n".join(f"{k} {src / p}" for k, p in (x.split() for x in lines))
+                               + "\nbroken missing.wav\n")
+    (d / "text").write_text((src / "text").read_text(encoding="utf-8"), encoding="utf-8")
+    res = infer.run(str(DEMO_MODEL), str(d), str(tmp_path / "out"), device="cpu", progress=False)
+    assert res.metrics["n_decoded"] == 3 and res.metrics["skipped_keys"] == ["broken"]
+    report = (tmp_path / "out" / "data_report.jsonl").read_text()
+    assert '"broken"' in report and "text_without_audio" in report
+    with pytest.raises(Exception, match="missing_file"):
+        infer.run(str(DEMO_MODEL), str(d), str(tmp_path / "out2"), on_bad_input="fail", device="cpu", progress=False)

@@ -1,0 +1,88 @@
+"""Model folders: local folders, the ModelScope cache (no network), clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+
+from asr_workbench import modelhub
+from conftest import DEMO_MODEL
+
+MODEL_ID = "iic/speech_paraformer-large_asr_nat-zh-cn-16k-common-vocab8404-pytorch"
+
+
+@pytest.fixture(autouse=True)
+def offline_hub(monkeypatch):
+    """Any hub request goes to a closed port on this machine: fails at once, reaches nobody."""
+    monkeypatch.setenv("MODELSCOPE_DOMAIN", "127.0.0.1:9")
+
+
+def test_local_folder_is_checked_and_read():
+    mf = modelhub.open_model(str(DEMO_MODEL))
+    assert mf.source == "folder" and mf.tokens[:3] == ["<blank>", "<s>", "</s>"]
+    assert mf.decoding["batch_size"] == 16 and "optim_conf" in mf.finetune
+
+
+def test_relative_folder_resolves_against_repo_root(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert modelhub.open_model("demo/model").path == DEMO_MODEL
+
+
+@pytest.mark.parametrize("layout", ["models/{owner}--{name}/snapshots/master", "{owner}/{name}"])
+def test_modelscope_cache_is_used_without_network(tmp_path, layout):
+    owner, name = MODEL_ID.split("/")
+    target = tmp_path / layout.format(owner=owner, name=name)
+    shutil.copytree(DEMO_MODEL, target)
+    t = time.time()
+    mf = modelhub.open_model(MODEL_ID, cache_dir=str(tmp_path))
+    assert time.time() - t < 5
+    assert mf.path.resolve() == target.resolve() and mf.source == "modelscope-cache" and mf.model_id == MODEL_ID
+
+
+def test_modelscope_cache_env_variable(tmp_path, monkeypatch):
+    owner, name = MODEL_ID.split("/")
+    shutil.copytree(DEMO_MODEL, tmp_path / "models" / f"{owner}--{name}" / "snapshots" / "master")
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path))
+    assert modelhub.open_model(MODEL_ID).source == "modelscope-cache"
+
+
+def test_unknown_id_offline_fails_fast_with_clear_message(tmp_path):
+    t = time.time()
+    with pytest.raises(modelhub.ModelError, match=r"not in the ModelScope cache .* could not be downloaded"):
+        modelhub.open_model("iic/no-such-model", cache_dir=str(tmp_path))
+    assert time.time() - t < 30
+
+
+def test_not_a_folder_nor_an_id():
+    with pytest.raises(modelhub.ModelError, match="no such folder .* not a ModelScope id"):
+        modelhub.open_model("no_such_folder_or_id")
+
+
+def test_missing_tokens_file_is_named(tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(DEMO_MODEL, folder)
+    (folder / "tokens.json").unlink()
+    with pytest.raises(modelhub.ModelError, match=r"lacks: tokens.json \(configuration.json tokenizer_conf.token_list\)"):
+        modelhub.open_model(str(folder))
+
+
+def test_folder_without_configuration_json_uses_funasr_fallback(tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(DEMO_MODEL, folder)
+    (folder / "configuration.json").unlink()
+    assert modelhub.open_model(str(folder)).tokens[-1] == "<unk>"
+    (folder / "model.pt").unlink()
+    with pytest.raises(modelhub.ModelError, match="lacks: model.pt"):
+        modelhub.open_model(str(folder))
+
+
+def test_bad_configuration_json(tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(DEMO_MODEL, folder)
+    (folder / "configuration.json").write_text("{not json")
+    with pytest.raises(modelhub.ModelError, match="configuration.json: not valid JSON"):
+        modelhub.open_model(str(folder))
+    json.loads((DEMO_MODEL / "configuration.json").read_text())  # the shipped one is untouched

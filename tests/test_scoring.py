@@ -1,0 +1,59 @@
+"""Scoring: the named normaliser, jiwer CER, and agreement with funasr's own scorer."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from asr_workbench import scoring
+
+
+@pytest.mark.parametrize("raw, norm", [
+    ("今天，是 星期一！", "今 天 是 星 期 一"),
+    ("Ｈｅｌｌｏ　ＷＯＲＬＤ", "hello world"),  # full-width -> half-width, lower-cased
+    ("打开 WiFi 设置<unk>", "打 开 wifi 设 置"),
+    ("<UNK>", ""),
+    ("二零二四年3月", "二 零 二 四 年 3 月"),
+])
+def test_normaliser(raw, norm):
+    assert scoring.normalise(raw) == norm
+
+
+def test_mixed_chinese_english_counts_words_as_one_token():
+    s = scoring.score_utterance("打开 WiFi 设置", "打开 wifi 设计")
+    assert (s.ref_tokens, s.substitutions, s.errors) == (5, 1, 1)
+
+
+def test_corpus_cer_counts():
+    r = scoring.corpus_cer(["今天是星期一", "明天"], ["今天是星期二", "明天见"])
+    assert (r.substitutions, r.deletions, r.insertions, r.ref_tokens) == (1, 0, 1, 8)
+    assert r.cer == pytest.approx(2 / 8) and r.normaliser == scoring.NORMALISER
+
+
+def test_empty_hypothesis_is_all_deletions():
+    s = scoring.score_utterance("今天", "")
+    assert (s.deletions, s.cer) == (2, 1.0)
+
+
+def test_alignment_text_marks_errors():
+    s = scoring.score_utterance("今天是星期一", "今天星期二")
+    text = scoring.alignment_text(s)
+    assert text.startswith("REF: 今 天 是 星 期 一") and "D" in text and "S" in text
+
+
+def test_text_cer_written_by_funasr_matches_our_numbers(tmp_path):
+    refs = {"a": "今天是星期一", "b": "明天下午三点", "c": "我的电话号码是一二三", "d": "你好"}
+    hyps = {"a": "今天是星期二", "b": "明天下午三点钟", "c": "我的电话是一二三四", "d": ""}
+    keys = list(refs)
+    scores = [scoring.score_utterance(refs[k], hyps[k]) for k in keys]
+    ours = scoring.aggregate(scores)
+    cer_file = scoring.write_funasr_text_cer(keys, scores, tmp_path)
+    tail = cer_file.read_text(encoding="utf-8").strip().splitlines()[-3:]
+    m = re.match(r"%WER (\S+) \[ (\d+) / (\d+), (\d+) ins, (\d+) del, (\d+) sub \]", tail[0])
+    assert m, tail
+    wer, wrong, total = float(m.group(1)), int(m.group(2)), int(m.group(3))
+    assert total == ours.ref_tokens
+    assert wrong == ours.substitutions + ours.deletions + ours.insertions
+    assert wer == round(ours.cer * 100, 2)
+    assert tail[2] == "Scored 4 sentences, 0 not present in hyp."
