@@ -42,6 +42,7 @@ class RunRecord:
     status: str  # "ok" | "failed"
     error: str | None
     seconds: float
+    started: float = 0.0  # time.time() when the run began
 
 
 def notebook_for(params_file: Path) -> Path:
@@ -137,4 +138,4 @@ def run_notebook(params_file: str | Path, overrides: dict[str, Any] | None = Non
         status, error = "failed", f"cell {e.exec_count}: {e.ename}: {e.evalue}"
     html = export_html(executed, out / "report.html", hide_code) if executed.is_file() else None
     return RunRecord(f"{params_file.parent.name}/{params_file.stem}", nb, out, executed, html, status, error,
-                     round(time.time() - t0, 1))
+                     round(time.time() - t0, 1), t0)

@@ -31,12 +31,13 @@ def _cmd_run(a: argparse.Namespace) -> int:
         if rec.html:
             print(f"  report:     {rec.html}")
         metrics = rec.output_dir / "metrics.json"
-        if metrics.is_file():
+        if rec.status == "ok" and metrics.is_file() and metrics.stat().st_mtime >= rec.started:
             import json
 
             m = json.loads(metrics.read_text(encoding="utf-8"))
             if m.get("cer") is not None:
-                print(f"  CER {m['cer'] * 100:.2f} % on {m['n_scored']} utterances (normaliser {m['normaliser'].split(':')[0]})")
+                scope = f"on {m['n_scored']} utterances" if "n_scored" in m else f"(dev, {m.get('checkpoint', '')})"
+                print(f"  CER {m['cer'] * 100:.2f} % {scope} (normaliser {m['normaliser'].split(':')[0]})")
         if rec.error:
             print(f"  error: {rec.error}", file=sys.stderr)
             failed += 1

@@ -53,7 +53,10 @@ def _make_trainer_class() -> type:
 
         @device.setter
         def device(self, value: Any) -> None:
-            if not torch.cuda.is_available() and (isinstance(value, int) or str(value).startswith("cuda")):
+            cuda_asked = isinstance(value, int) or str(value).startswith("cuda")
+            # train_ds.main assigns the CUDA local rank after construction: keep a configured "cpu",
+            # and fall back to the CPU when there is no CUDA at all
+            if cuda_asked and (not torch.cuda.is_available() or getattr(self, "_device", None) == "cpu"):
                 value = "cpu"
             self._device = value
 
@@ -118,6 +121,7 @@ def launch(
     nproc: int = 1,
     on_line: Callable[[str], None] | None = None,
     env: Mapping[str, str] | None = None,
+    torchrun: bool | None = None,
 ) -> TrainResult:
     """Write ``output_dir/train_config.yaml`` and train in a subprocess; stream its log.
 
@@ -125,6 +129,7 @@ def launch(
         config: the resolved funasr training config (``output_dir`` is set here).
         output_dir: where funasr writes checkpoints; the log goes to ``train.log``.
         nproc: processes; more than one runs ``torchrun --nproc_per_node``.
+        torchrun: force (True) or avoid (False) torchrun; default: only for ``nproc > 1``.
         on_line: called with every log line (progress display).
         env: extra environment variables for the child.
     Returns:
@@ -135,7 +140,7 @@ def launch(
     cfg = {**config, "output_dir": str(out)}
     cfg_path = out / "train_config.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    if nproc > 1:
+    if nproc > 1 or torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "asr_workbench.training", str(cfg_path)]
     else:
@@ -143,19 +148,39 @@ def launch(
     child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     log_path = out / "train.log"
     tail: list[str] = []
-    with open(log_path, "w", encoding="utf-8") as logf:
+    with open(log_path, "a" if cfg.get("train_conf", {}).get("resume") else "w", encoding="utf-8") as logf:
+        # its own process group: an interrupted kernel stops the whole tree (torchrun and its workers)
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=child_env, cwd=str(out))
+                                env=child_env, cwd=str(out), start_new_session=True)
         assert proc.stdout is not None
-        for line in proc.stdout:
-            logf.write(line)
-            tail = (tail + [line])[-40:]
-            if on_line:
-                on_line(line.rstrip("\n"))
-        rc = proc.wait()
+        try:
+            for line in proc.stdout:
+                logf.write(line)
+                logf.flush()
+                tail = (tail + [line])[-40:]
+                if on_line:
+                    on_line(line.rstrip("\n"))
+            rc = proc.wait()
+        except BaseException:  # KeyboardInterrupt from the notebook, or a failing callback
+            _stop_group(proc)
+            raise
     if rc != 0:
         raise RuntimeError(f"training failed (exit {rc}); log: {log_path}\n" + "".join(tail))
     return TrainResult(out, cfg_path, log_path, rc)
+
+
+def _stop_group(proc: subprocess.Popen[str], grace_s: float = 10.0) -> None:
+    """SIGTERM the training process group, SIGKILL what is left after ``grace_s``."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> None:

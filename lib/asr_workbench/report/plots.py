@@ -9,7 +9,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 from matplotlib import font_manager
 
-__all__ = ["CJK_FONTS", "setup_cjk_font", "error_types_bar", "cer_vs_duration"]
+__all__ = ["CJK_FONTS", "setup_cjk_font", "error_types_bar", "cer_vs_duration", "lr_schedule_plot"]
 
 CJK_FONTS = ("WenQuanYi Micro Hei", "WenQuanYi Zen Hei", "Noto Sans CJK SC", "Noto Sans CJK JP",
              "Noto Serif CJK SC", "Source Han Sans SC", "Source Han Sans CN", "SimHei", "Microsoft YaHei",
@@ -73,5 +73,20 @@ def cer_vs_duration(results: Sequence[dict[str, Any]], bins: int = 8) -> plt.Fig
     ax.set_xlabel("duration (s)")
     ax.set_ylabel("CER (%)")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def lr_schedule_plot(lr: Sequence[float], steps_per_epoch: int, warnings: Sequence[str] = ()) -> plt.Figure:
+    """The planned learning rate per optimizer step, epochs marked; red title when a warning applies."""
+    setup_cjk_font()
+    fig, ax = plt.subplots(figsize=(6.5, 3))
+    ax.plot(range(1, len(lr) + 1), lr)
+    for e in range(steps_per_epoch, len(lr), max(1, steps_per_epoch)):
+        ax.axvline(e + 0.5, color="#ccc", lw=0.5)
+    ax.set(xlabel=f"optimizer step ({steps_per_epoch} per epoch, {len(lr)} planned)", ylabel="learning rate")
+    warm = any("warmup" in w for w in warnings)
+    ax.set_title("planned learning rate" + ("  (warm-up longer than the run: see warning)" if warm else ""),
+                 color="#c00" if warm else "black", fontsize=10)
     fig.tight_layout()
     return fig

@@ -10,7 +10,8 @@ from typing import Any
 
 from asr_workbench.scoring import UttScore, aligned_pairs
 
-__all__ = ["Html", "config_html", "table_html", "summary_table", "data_report_table", "diff_html", "audio_html", "worst_table"]
+__all__ = ["Html", "config_html", "table_html", "summary_table", "data_report_table", "diff_html", "audio_html", "worst_table", "warnings_html", "finetune_data_table",
+           "dev_cer_table", "finetune_summary"]
 
 _STYLE = {"S": "background:#fdd;color:#a00", "D": "background:#eee;color:#a00;text-decoration:line-through",
           "I": "background:#dfd;color:#070"}
@@ -28,7 +29,8 @@ def config_html(config: dict[str, Any]) -> Html:
     import yaml
 
     text = yaml.safe_dump(config, allow_unicode=True, sort_keys=False)
-    return Html(f"<p><b>Resolved settings</b> (config.yaml)</p><pre>{html.escape(text)}</pre>")
+    return Html(f"<details><summary><b>Resolved settings</b> (config.yaml, click to open)</summary>"
+                f"<pre>{html.escape(text)}</pre></details>")
 
 
 def table_html(header: Sequence[str], rows: Sequence[Sequence[Any]], raw_cols: Sequence[int] = ()) -> Html:
@@ -109,3 +111,45 @@ def worst_table(results: Sequence[dict[str, Any]], n: int = 10, audio: bool = Tr
     legend = ("<p style='font-size:smaller'>red: substitution (reference below), "
               "<s>struck</s>: deletion, green: insertion</p>")
     return Html(legend + table_html(["key", "CER", "errors", "hypothesis vs reference", "audio"], body, raw_cols=(3, 4)))
+
+
+def warnings_html(warnings: Sequence[str]) -> Html:
+    """Warnings in a red box (or a line saying there are none)."""
+    if not warnings:
+        return Html("<p>No warnings.</p>")
+    items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+    return Html(f"<div style='border:1px solid #c00;background:#fee;padding:4px 8px'><b>Warnings</b><ul>{items}</ul></div>")
+
+
+def finetune_data_table(plan: Any) -> Html:
+    """Train/dev sizes, what funasr would drop silently, unknown characters, input problems."""
+    rows = []
+    for s in (plan.train, plan.dev):
+        rows.append((s.name, str(s.folder), s.n_utts, f"{s.hours * 60:.1f} min", len(s.dropped),
+                     " ".join(f"{c}({n})" for c, n in s.oov.most_common(15)) or "-", len(s.dataset.report.issues)))
+    out = table_html(["split", "folder", "utterances", "audio", "dropped by funasr", "unknown characters",
+                      "input issues"], rows)
+    dropped = [(s.name, d["key"], d["where"], d["reason"]) for s in (plan.train, plan.dev) for d in s.dropped]
+    if dropped:
+        out += table_html(["split", "key", "file:line", "why funasr would skip it"], dropped[:100])
+    issues = plan.train.dataset.report.rows() + plan.dev.dataset.report.rows()
+    return Html(out + (data_report_table(issues) if issues else ""))
+
+
+def dev_cer_table(dev_cer: dict[str, float], chosen: str) -> Html:
+    """Dev CER of the base model and of each checkpoint; the exported one marked."""
+    base = dev_cer.get("base")
+    rows = [(name + ("  <- exported" if name == chosen else ""), f"{v * 100:.2f} %",
+             f"{(v - base) * 100:+.2f}" if base is not None and name != "base" else "") for name, v in dev_cer.items()]
+    return table_html(["model", "dev CER", "vs base (points)"], rows)
+
+
+def finetune_summary(metrics: dict[str, Any]) -> Html:
+    """Where the fine-tuned model is and what the run cost."""
+    rows = [("fine-tuned model folder", metrics["model_dir"]), ("weights", metrics["checkpoint"]),
+            ("dev CER", f"{metrics['cer'] * 100:.2f} % (base {metrics['dev_cer']['base'] * 100:.2f} %)"),
+            ("training", f"{metrics['train_seconds']:.0f} s on {metrics['device']} x {metrics['nproc']} process(es), "
+                         f"{metrics['audio_seconds_per_second']:.1f} audio-seconds per second"),
+            ("steps", f"{metrics['steps_per_epoch']} per epoch, {metrics['total_steps']} planned"),
+            ("normaliser", metrics["normaliser"])]
+    return table_html(["", ""], rows)

@@ -7,6 +7,7 @@ fallback, which the workbench's HTML export shows instead.
 
 from __future__ import annotations
 
+import html
 import io
 from collections.abc import Sequence
 from typing import Any
@@ -25,7 +26,7 @@ class Browser:
 
     def static_html(self) -> str:
         rows = [(r["key"], f"{r['cer'] * 100:.1f} %" if r.get("scored") else "-", f"{r['duration_s']:.1f} s",
-                 diff_html(r["ref_norm"], r["hyp_norm"]) if r.get("scored") else r["hyp"])
+                 diff_html(r["ref_norm"], r["hyp_norm"]) if r.get("scored") else html.escape(r["hyp"]))
                 for r in self.results[: self.static_rows]]
         more = len(self.results) - len(rows)
         tail = f"<p>... {more} more utterances in results.jsonl</p>" if more > 0 else ""
@@ -48,9 +49,9 @@ class Browser:
             buf = io.BytesIO()
             sf.write(buf, load(r["audio"]), 16000, format="WAV", subtype="PCM_16")
             player.value = buf.getvalue()
-            ref = r.get("ref", "(no reference)")
+            ref = html.escape(r.get("ref", "(no reference)"))
             diff = diff_html(r["ref_norm"], r["hyp_norm"]) if r.get("scored") else ""
-            text.value = (f"<b>ref</b>: {ref}<br><b>hyp</b>: {r['hyp']}<br>{diff}"
+            text.value = (f"<b>ref</b>: {ref}<br><b>hyp</b>: {html.escape(r['hyp'])}<br>{diff}"
                           + (f"<br>CER {r['cer'] * 100:.1f} % ({r['errors']}/{r['ref_tokens']})" if r.get("scored") else ""))
 
         pick.observe(show, names="value")

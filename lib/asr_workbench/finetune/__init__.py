@@ -1,0 +1,254 @@
+"""The fine-tuning notebook's calls: :func:`plan` (check data, resolve config, show the schedule) then :func:`run`.
+
+``plan`` does everything that can fail or mislead before compute is spent:
+validates ``data_path/{train,dev}``, lists what funasr would drop silently and the
+characters the model does not know, layers the config (model ``config.yaml`` <-
+``finetune.yaml`` <- parameters <- ``finetune_overrides``), writes it to
+``output_dir/config.yaml`` and computes the planned learning-rate schedule.
+``run`` trains with funasr's trainer in a subprocess (``output_dir/train/``),
+computes dev CER with the inference pipeline, and exports a self-contained
+model folder ``output_dir/model/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from asr_workbench import decode, modelhub, paths, runs, scoring, training
+from asr_workbench.finetune import config as fconfig
+from asr_workbench.finetune import data as fdata
+from asr_workbench.finetune import export
+from asr_workbench.finetune.progress import Progress
+
+__all__ = ["FinetunePlan", "FinetuneResult", "plan", "run", "make_data_path", "data_path_from"]
+
+make_data_path = fdata.make_data_path
+
+
+def data_path_from(audio_dir: str | None, transcripts: str | None, data_path: str, dev_fraction: float = 0.1,
+                   seed: int = 0) -> str:
+    """``data_path`` itself, or - when ``audio_dir`` and ``transcripts`` are given - a ``{train,dev}`` folder
+    built there from a folder of audio and a ``key text`` table with a seeded dev split."""
+    if not audio_dir:
+        return data_path
+    if not transcripts:
+        raise ValueError("audio_dir needs transcripts (a 'key text' file whose keys are the audio file names)")
+    out, n_train, n_dev = make_data_path(paths.resolve(audio_dir), paths.resolve(transcripts), paths.resolve(data_path),
+                                         dev_fraction, seed)
+    print(f"built {out}: {n_train} train / {n_dev} dev utterances")
+    return str(out)
+
+
+@dataclass
+class FinetunePlan:
+    """Everything decided before training."""
+
+    output_dir: Path
+    base: modelhub.ModelFolder
+    config: dict[str, Any]
+    train: fdata.SplitData
+    dev: fdata.SplitData
+    nproc: int
+    device: str
+    steps_per_epoch: int
+    total_steps: int
+    lr: list[float]
+    warnings: list[str] = field(default_factory=list)
+    dev_cer: str = "end"
+    strip_optimizer: bool = False
+    checkpoint: str = "auto"
+
+
+@dataclass
+class FinetuneResult:
+    """What a fine-tune produced."""
+
+    output_dir: Path
+    model_dir: Path
+    checkpoint: str
+    dev_cer: dict[str, float]  # checkpoint name -> dev CER (the base model under "base")
+    progress: Progress
+    seconds: float
+    metrics: dict[str, Any]
+
+
+def _device_and_nproc(device: str, num_gpus: int) -> tuple[str, int]:
+    dev = decode.resolve_device(device)
+    if dev.startswith("cuda"):
+        import torch
+
+        return dev, max(1, min(int(num_gpus), torch.cuda.device_count()))
+    return dev, max(1, int(num_gpus)) if dev == "cpu" and int(num_gpus) > 1 else 1
+
+
+def plan(
+    model: str,
+    data_path: str,
+    output_dir: str,
+    dataset_type: str = "small",
+    batch_bins: int | None = None,
+    max_epoch: int | None = None,
+    accum_grad: int | None = None,
+    keep_nbest_models: int | None = None,
+    optim: str | None = None,
+    lr: float | None = None,
+    scheduler: str | None = None,
+    scheduler_conf: dict[str, Any] | None = None,
+    specaug: str | None = None,
+    specaug_conf: dict[str, Any] | None = None,
+    finetune_overrides: dict[str, Any] | None = None,
+    device: str = "auto",
+    num_gpus: int = 1,
+    cache_dir: str | None = None,
+    precision: str = "fp32",
+    resume: bool = False,
+    early_stopping_patience: int | None = None,
+    freeze_param: str | None = None,
+    seed: int = 0,
+    num_workers: int | None = None,
+    max_duration_s: float | None = None,
+    on_bad_input: str = "skip",
+    dev_cer: str = "end",
+    strip_optimizer: bool = False,
+    checkpoint: str = "auto",
+) -> FinetunePlan:
+    """Validate, resolve and write the fine-tuning config; nothing is trained yet.
+
+    ``num_gpus`` > 1 launches ``torchrun`` (on CPU: that many gloo processes, for testing).
+    ``dev_cer``: ``end`` (every kept checkpoint after training) or ``epoch`` (each epoch as it is saved).
+    """
+    from funasr.download.download_model_from_hub import download_model
+
+    out = runs.prepare_output_dir(output_dir)
+    base = modelhub.open_model(model, cache_dir=cache_dir)
+    data = paths.resolve(data_path)
+    params = fconfig.FinetuneParams(
+        dataset_type=dataset_type, batch_bins=batch_bins, max_epoch=max_epoch, accum_grad=accum_grad,
+        keep_nbest_models=keep_nbest_models, optim=optim, lr=lr, scheduler=scheduler, scheduler_conf=scheduler_conf,
+        specaug=specaug, specaug_conf=specaug_conf, precision=precision, resume=resume,
+        early_stopping_patience=early_stopping_patience, freeze_param=freeze_param, seed=seed,
+        num_workers=num_workers, max_duration_s=max_duration_s)
+    base_kwargs = download_model(model=str(base.path), is_training=True)
+    probe_cfg = fconfig.build_config(base, base_kwargs, params, finetune_overrides)
+    lists = out / "lists"
+    train = fdata.prepare_split(fdata.find_split(data, "train"), "train", lists, base.tokens,
+                                probe_cfg.get("dataset_conf", {}), on_bad_input)
+    dev = fdata.prepare_split(fdata.find_split(data, "dev"), "dev", lists, base.tokens,
+                              probe_cfg.get("dataset_conf", {}), on_bad_input)
+    cfg = fconfig.build_config(base, base_kwargs, params, finetune_overrides, n_train=train.n_utts)
+    dev_name, nproc = _device_and_nproc(device, num_gpus)
+    train_list = str(train.jsonl)
+    if dataset_type == "large":
+        train_list = str(fdata.write_shards(train, int(cfg["dataset_conf"]["data_split_num"]), lists))
+    cfg.update(train_data_set_list=train_list, valid_data_set_list=str(dev.jsonl),
+               init_param=str(base.path / "model.pt") if (base.path / "model.pt").is_file() else base_kwargs.get("init_param"),
+               device="cuda" if dev_name.startswith("cuda") else "cpu", ncpu=1 if nproc > 1 else (os.cpu_count() or 1))
+    tc = cfg.get("train_conf", {})
+    per_epoch, total = fconfig.planned_steps(train.frames(), int(cfg["dataset_conf"].get("batch_size", 2000)),
+                                             int(tc.get("accum_grad", 1)), int(tc.get("max_epoch", 1)), nproc)
+    warnings = []
+    w = fconfig.warmup_warning(cfg, total)
+    if w:
+        warnings.append(w)
+    if train.dropped or dev.dropped:
+        warnings.append(f"funasr would silently skip {len(train.dropped)} train and {len(dev.dropped)} dev utterance(s) "
+                        "(too long; see the dropped table); raise max_duration_s or cut them")
+    if train.oov:
+        listed = " ".join(f"{c}({n})" for c, n in train.oov.most_common(30))
+        warnings.append(f"{sum(train.oov.values())} transcript tokens are not in the model's vocabulary and train as "
+                        f"<unk>: {listed}")
+    runs.write_config(out, {**cfg, "workbench": {"model": model, "data_path": str(data), "dataset_type": dataset_type,
+                                                 "batch_bins": batch_bins, "nproc": nproc, "device": dev_name,
+                                                 "steps_per_epoch": per_epoch, "total_steps": total,
+                                                 "warnings": warnings}})
+    return FinetunePlan(out, base, cfg, train, dev, nproc, dev_name, per_epoch, total,
+                        fconfig.lr_schedule(cfg, total), warnings, dev_cer, strip_optimizer, checkpoint)
+
+
+def _dev_cer(model_dir: str, p: FinetunePlan, loaded: Any = None) -> float:
+    items = [(u.key, u.audio, u.duration_s) for u in p.dev.dataset.scored]
+    res = decode.decode(model_dir, items, decode.DecodeOptions(device=p.device), p.output_dir / ".dev.partial.jsonl",
+                        f"dev:{model_dir}:{time.time()}", model=loaded, progress=False)
+    refs = {u.key: u.text for u in p.dev.dataset.scored}
+    (p.output_dir / ".dev.partial.jsonl").unlink(missing_ok=True)
+    return scoring.corpus_cer([refs[h.key] or "" for h in res.hypotheses], [h.text for h in res.hypotheses]).cer
+
+
+def _checkpoint_cer(p: FinetunePlan, train_dir: Path, name: str) -> float:
+    """Dev CER of one funasr checkpoint: a throw-away model folder around its weights."""
+    tmp = p.output_dir / ".eval" / name
+    export.export_model_folder(p.base, train_dir, name, tmp, p.config, "evaluation copy\n")
+    try:
+        return _dev_cer(str(tmp), p)
+    finally:
+        shutil.rmtree(p.output_dir / ".eval", ignore_errors=True)
+
+
+def _card(p: FinetunePlan, checkpoint: str, dev_cer: dict[str, float], seconds: float) -> str:
+    tc = p.config.get("train_conf", {})
+    rows = "\n".join(f"| {k} | {v * 100:.2f} % |" for k, v in dev_cer.items())
+    return f"""# Fine-tuned {p.base.name}
+
+Fine-tuned with ASR Workbench (funasr's trainer) from `{p.base.name}`; self-contained: load it with
+`funasr.AutoModel(model="<this folder>", disable_update=True)` or the workbench's inference notebook.
+
+- data: `{p.train.folder}` ({p.train.n_utts} utterances, {p.train.hours:.2f} h), dev `{p.dev.folder}` ({p.dev.n_utts})
+- weights: `{checkpoint}` of `train/`
+- epochs {tc.get('max_epoch')}, accum_grad {tc.get('accum_grad', 1)}, optim {p.config.get('optim')} lr
+  {(p.config.get('optim_conf') or {}).get('lr')}, scheduler {p.config.get('scheduler')} {p.config.get('scheduler_conf')},
+  specaug {p.config.get('specaug')}, batch {p.config.get('dataset_conf', {}).get('batch_size')} frames, {p.nproc} process(es) on {p.device}
+- training time: {seconds:.0f} s
+
+## Dev CER (normaliser: {scoring.NORMALISER})
+| model | dev CER |
+|---|---|
+{rows}
+"""
+
+
+def run(p: FinetunePlan, live: bool = True) -> FinetuneResult:
+    """Train (funasr's trainer, subprocess), compute dev CER, export ``output_dir/model/``."""
+    train_dir = p.output_dir / "train"
+    progress = Progress(live=live)
+    cer: dict[str, float] = {}
+    seen: set[str] = set()
+
+    def on_line(line: str) -> None:
+        progress.feed(line)
+        if p.dev_cer == "epoch" and "Checkpoint saved to" in line:
+            name = Path(line.rsplit("Checkpoint saved to", 1)[1].strip()).name
+            if name.startswith("model.pt.ep") and name not in seen:
+                seen.add(name)
+                cer[name] = _checkpoint_cer(p, train_dir, name)
+
+    t0 = time.time()
+    env = {"OMP_NUM_THREADS": "1"} if p.nproc > 1 else {}
+    training.launch(p.config, train_dir, nproc=p.nproc, on_line=on_line, env=env)
+    seconds = time.time() - t0
+    progress.close()
+    progress.load_checkpoint_metrics(train_dir / "model.pt")
+    if p.dev_cer == "end":
+        for name in export.list_checkpoints(train_dir):
+            cer[name] = _checkpoint_cer(p, train_dir, name)
+    chosen = export.checkpoint_path(train_dir, p.checkpoint, p.config["train_conf"].get("avg_nbest_model")).name
+    if chosen not in cer:
+        cer[chosen] = _checkpoint_cer(p, train_dir, chosen)
+    cer_base = _dev_cer(str(p.base.path), p)
+    all_cer = {"base": cer_base, **cer}
+    model_dir = export.export_model_folder(p.base, train_dir, chosen, p.output_dir / "model", p.config,
+                                           _card(p, chosen, all_cer, seconds))
+    stripped = export.strip_optimizer_state(train_dir) if p.strip_optimizer else []
+    metrics = {"dev_cer": {k: round(v, 6) for k, v in all_cer.items()}, "checkpoint": chosen,
+               "train_seconds": round(seconds, 1), "train_utts": p.train.n_utts, "train_hours": round(p.train.hours, 4),
+               "audio_seconds_per_second": round(p.train.hours * 3600 * int(p.config["train_conf"].get("max_epoch", 1)) / seconds, 2),
+               "nproc": p.nproc, "device": p.device, "steps_per_epoch": p.steps_per_epoch, "total_steps": p.total_steps,
+               "warnings": p.warnings, "stripped_optimizer_state": stripped, "normaliser": scoring.NORMALISER,
+               "cer": round(cer[chosen], 6), "model_dir": str(model_dir),
+               "provenance": runs.provenance(model_dir / "model.pt", [p.train.jsonl, p.dev.jsonl])}
+    runs.write_metrics(p.output_dir, metrics)
+    return FinetuneResult(p.output_dir, model_dir, chosen, all_cer, progress, seconds, metrics)

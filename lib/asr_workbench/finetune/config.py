@@ -1,0 +1,256 @@
+"""The fine-tuning config: model ``config.yaml`` <- ``finetune.yaml`` <- notebook parameters <- overrides.
+
+Every parameter of FunASR 0.x's ``finetune.py`` lands in a named funasr 1.x
+key (:data:`PARAM_KEYS`), so nothing is silently ignored; unknown or
+conflicting options fail at once, naming the option.
+
+``dataset_type`` keeps the original's meaning:
+
+- ``small``: ``batch_bins`` counts fbank frames (10 ms each) per batch
+  -> ``dataset_conf.batch_type: token``, ``batch_size: batch_bins``;
+- ``large`` (> 1000 h): ``batch_bins`` counts milliseconds of audio
+  -> ``batch_size: batch_bins / 10`` frames, and the training list is split
+  into jsonl shards read one at a time (``dataset_conf.data_split_num``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from asr_workbench.modelhub import ModelFolder
+
+__all__ = ["PARAM_KEYS", "FinetuneParams", "deep_merge", "build_config", "planned_steps", "lr_schedule",
+           "warmup_warning"]
+
+# notebook parameter -> the funasr config key(s) it sets (what the resolved-config test checks)
+PARAM_KEYS: dict[str, tuple[str, ...]] = {
+    "batch_bins": ("dataset_conf.batch_size",),
+    "dataset_type": ("dataset_conf.batch_type", "dataset_conf.data_split_num"),
+    "max_epoch": ("train_conf.max_epoch",),
+    "accum_grad": ("train_conf.accum_grad",),
+    "keep_nbest_models": ("train_conf.avg_nbest_model", "train_conf.keep_nbest_models"),
+    "optim": ("optim",),
+    "lr": ("optim_conf.lr",),
+    "scheduler": ("scheduler",),
+    "scheduler_conf": ("scheduler_conf",),
+    "specaug": ("specaug",),
+    "specaug_conf": ("specaug_conf",),
+    "precision": ("train_conf.use_bf16", "train_conf.use_fp16"),
+    "resume": ("train_conf.resume",),
+    "early_stopping_patience": ("train_conf.early_stopping_patience",),
+    "freeze_param": ("freeze_param",),
+    "seed": ("seed",),
+    "num_workers": ("dataset_conf.num_workers",),
+    "max_duration_s": ("dataset_conf.max_source_length", "dataset_conf.max_token_length"),
+}
+
+# top-level keys a funasr training config may hold (anything else in finetune_overrides is a typo)
+_KNOWN_TOP = {
+    "model", "model_conf", "encoder", "encoder_conf", "decoder", "decoder_conf", "predictor", "predictor_conf",
+    "frontend", "frontend_conf", "specaug", "specaug_conf", "normalize", "normalize_conf", "tokenizer",
+    "tokenizer_conf", "ctc_conf", "dataset", "dataset_conf", "train_conf", "optim", "optim_conf", "scheduler",
+    "scheduler_conf", "init_param", "freeze_param", "seed", "ncpu", "device", "model_path", "model_revision",
+    "excludes", "scope_map", "ignore_init_mismatch", "lora_only", "lora_bias", "use_deepspeed", "deepspeed_config",
+    "use_fsdp", "backend", "cudnn_enabled", "cudnn_benchmark", "cudnn_deterministic", "enable_tf32", "cmvn_file",
+    "token_list", "input_size", "vocab_size", "hub", "is_training", "disable_update", "jieba_usr_dict",
+}
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    """The fine-tuning notebook's parameters (``None``: keep the model's ``finetune.yaml``)."""
+
+    dataset_type: str = "small"
+    batch_bins: int | None = None
+    max_epoch: int | None = None
+    accum_grad: int | None = None
+    keep_nbest_models: int | None = None
+    optim: str | None = None
+    lr: float | None = None
+    scheduler: str | None = None
+    scheduler_conf: dict[str, Any] | None = None
+    specaug: str | None = None  # a funasr SpecAug class name, "none" to switch it off
+    specaug_conf: dict[str, Any] | None = None
+    precision: str = "fp32"
+    resume: bool = False
+    early_stopping_patience: int | None = None
+    freeze_param: str | None = None
+    seed: int = 0
+    num_workers: int | None = None
+    max_duration_s: float | None = None
+    data_split_num: int | None = None  # shards for dataset_type large (default: ~1 per 100k utterances)
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base`` (mappings merged key by key, other values replaced)."""
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _param_layer(p: FinetuneParams, base: Mapping[str, Any], n_train: int) -> dict[str, Any]:
+    if p.dataset_type not in ("small", "large"):
+        raise ValueError(f"dataset_type must be 'small' or 'large', got {p.dataset_type!r}")
+    if p.precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {p.precision!r}")
+    layer: dict[str, Any] = {"dataset_conf": {"batch_type": "token"}, "train_conf": {}, "seed": p.seed}
+    ds, tc = layer["dataset_conf"], layer["train_conf"]
+    if p.batch_bins is not None:
+        if p.batch_bins <= 0:
+            raise ValueError(f"batch_bins must be > 0, got {p.batch_bins}")
+        ds["batch_size"] = int(p.batch_bins) if p.dataset_type == "small" else max(1, int(p.batch_bins) // 10)
+    if p.dataset_type == "large":
+        ds["data_split_num"] = int(p.data_split_num or max(1, math.ceil(n_train / 100_000)))
+    for name in ("max_epoch", "accum_grad", "early_stopping_patience"):
+        value = getattr(p, name)
+        if value is not None:
+            if int(value) < (0 if name == "early_stopping_patience" else 1):
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+            tc[name] = int(value)
+    if p.keep_nbest_models is not None:
+        n = int(p.keep_nbest_models)
+        if n < 1:
+            raise ValueError(f"keep_nbest_models must be >= 1, got {n}")
+        kept = (base.get("train_conf") or {}).get("keep_nbest_models", n)
+        tc.update(avg_nbest_model=n, keep_nbest_models=max(n, int(kept)), avg_keep_nbest_models_type="acc")
+    tc["resume"] = bool(p.resume)
+    tc["use_bf16"], tc["use_fp16"] = p.precision == "bf16", p.precision == "fp16"
+    if p.optim is not None:
+        layer["optim"] = p.optim
+    if p.lr is not None:
+        layer["optim_conf"] = {"lr": float(p.lr)}
+    if p.scheduler is not None:
+        layer["scheduler"] = p.scheduler
+    if p.specaug is not None:
+        layer["specaug"] = None if str(p.specaug).lower() in ("none", "null", "") else p.specaug
+    if p.freeze_param:
+        layer["freeze_param"] = p.freeze_param
+    if p.num_workers is not None:
+        ds["num_workers"] = int(p.num_workers)
+    if p.max_duration_s is not None:
+        frames = int(p.max_duration_s * 100)
+        ds["max_source_length"] = frames
+        ds["max_token_length"] = frames + int((base.get("dataset_conf") or {}).get("max_target_length", 200))
+    return layer
+
+
+def build_config(model: ModelFolder, base_kwargs: Mapping[str, Any], params: FinetuneParams,
+                 overrides: Mapping[str, Any] | None = None, n_train: int = 0) -> dict[str, Any]:
+    """Layer the training config; raise ``ValueError`` naming any unknown or conflicting option.
+
+    Args:
+        model: the checked base model folder (its ``finetune.yaml`` is the second layer).
+        base_kwargs: the model's config with absolute file paths (funasr's ``download_model`` output).
+        params: the notebook parameters.
+        overrides: ``finetune_overrides`` (nested funasr keys), applied last.
+        n_train: training utterances (for the number of shards with ``dataset_type: large``).
+    """
+    overrides = dict(overrides or {})
+    unknown = sorted(k for k in overrides if k not in _KNOWN_TOP)
+    if unknown:
+        raise ValueError(f"finetune_overrides: unknown option(s) {', '.join(unknown)} "
+                         f"(top-level funasr config keys only, e.g. train_conf, optim_conf, dataset_conf)")
+    cfg = deep_merge(base_kwargs, model.finetune)
+    layer = _param_layer(params, cfg, n_train)
+    if params.scheduler is not None and params.scheduler != cfg.get("scheduler"):
+        cfg["scheduler_conf"] = {}  # another scheduler: the old one's settings do not apply
+    if params.scheduler_conf is not None:
+        layer["scheduler_conf"] = dict(params.scheduler_conf)
+    if params.specaug is not None and layer.get("specaug") != cfg.get("specaug"):
+        cfg["specaug_conf"] = {}
+    if params.specaug_conf is not None:
+        layer["specaug_conf"] = dict(params.specaug_conf)
+    given = _flatten(layer)
+    for key, value in _flatten(overrides).items():
+        if key in given and given[key] != value and not _is_default(key, params):
+            raise ValueError(f"option {key} is set twice: by a notebook parameter ({given[key]!r}) and by "
+                             f"finetune_overrides ({value!r}); keep one")
+    cfg = deep_merge(cfg, layer)
+    for name in ("scheduler_conf", "specaug_conf"):  # replaced, not merged, when a parameter gives them
+        if name in layer:
+            cfg[name] = layer[name]
+    cfg = deep_merge(cfg, overrides)
+    if cfg.get("optim") and cfg["optim"] not in _optim_names():
+        raise ValueError(f"optim {cfg['optim']!r} is not a funasr optimizer ({', '.join(_optim_names())})")
+    if cfg.get("scheduler") and cfg["scheduler"] not in _scheduler_names():
+        raise ValueError(f"scheduler {cfg['scheduler']!r} is not a funasr scheduler ({', '.join(_scheduler_names())})")
+    return cfg
+
+
+def _is_default(key: str, p: FinetuneParams) -> bool:
+    """Keys the parameter layer always writes from defaults (an override of them is no conflict)."""
+    always = {"dataset_conf.batch_type": True, "train_conf.resume": not p.resume, "seed": p.seed == 0,
+              "train_conf.use_bf16": p.precision == "fp32", "train_conf.use_fp16": p.precision == "fp32"}
+    return always.get(key, False)
+
+
+def _optim_names() -> list[str]:
+    from funasr.optimizers import optim_classes
+
+    return sorted(optim_classes)
+
+
+def _scheduler_names() -> list[str]:
+    from funasr.schedulers import scheduler_classes
+
+    return sorted(scheduler_classes)
+
+
+def planned_steps(train_frames: list[int], batch_size_frames: int, accum_grad: int, max_epoch: int,
+                  nproc: int = 1) -> tuple[int, int]:
+    """(optimizer steps per epoch, total) for token batching: batches pack ``longest * count <= batch_size``
+    over length-sorted utterances (what funasr's sampler does within a sort buffer)."""
+    batches, longest, count = 0, 0, 0
+    for n in sorted(train_frames):
+        if count and max(longest, n) * (count + 1) > batch_size_frames:
+            batches, longest, count = batches + 1, 0, 0
+        longest, count = max(longest, n), count + 1
+    batches += 1 if count else 0
+    per_epoch = max(1, math.ceil(batches / max(1, nproc) / max(1, accum_grad)))
+    return per_epoch, per_epoch * max_epoch
+
+
+def lr_schedule(config: Mapping[str, Any], total_steps: int) -> list[float]:
+    """The learning rate at each optimizer step, from funasr's own scheduler class."""
+    import torch
+    from funasr.optimizers import optim_classes
+    from funasr.schedulers import scheduler_classes
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    optim = optim_classes[config.get("optim", "adam")]([param], **(config.get("optim_conf") or {}))
+    sched = scheduler_classes[config.get("scheduler", "warmuplr")](optim, **(config.get("scheduler_conf") or {}))
+    out = []
+    for _ in range(max(1, total_steps)):
+        out.append(float(sched.get_last_lr()[0]))
+        optim.step()
+        sched.step()
+    return out
+
+
+def warmup_warning(config: Mapping[str, Any], total_steps: int, max_fraction: float = 0.3) -> str | None:
+    """A warning when the warm-up takes more than ``max_fraction`` of the planned steps, and what to change."""
+    warmup = (config.get("scheduler_conf") or {}).get("warmup_steps")
+    if warmup is None or total_steps <= 0 or warmup <= max_fraction * total_steps:
+        return None
+    return (f"warmup_steps={warmup} but the whole run has only {total_steps} optimizer steps: the learning rate "
+            f"stays low for {min(100, round(100 * warmup / total_steps))}% of the run and fine-tuning may have little "
+            f"effect. Set scheduler_conf to e.g. {{'warmup_steps': {max(1, int(0.1 * total_steps))}}} "
+            f"(about 10% of the steps), or train longer.")

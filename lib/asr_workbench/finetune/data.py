@@ -1,0 +1,135 @@
+"""Training data for fine-tuning: ``data_path/{train,dev}`` validated, written as funasr jsonl.
+
+Before training, say what funasr would drop silently (utterances longer than
+``max_source_length`` frames or ``max_token_length``) and which transcript
+characters the model does not know (they train as ``<unk>``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from asr_workbench import datadir
+from asr_workbench.fileio import atomic_write_text
+
+__all__ = ["SplitData", "find_split", "prepare_split", "write_shards", "make_data_path"]
+
+
+@dataclass
+class SplitData:
+    """One validated split (train or dev) and its funasr jsonl."""
+
+    name: str
+    folder: Path
+    dataset: datadir.DataSet
+    jsonl: Path
+    dropped: list[dict[str, Any]] = field(default_factory=list)  # what funasr would skip, and why
+    oov: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def n_utts(self) -> int:
+        return len(self.dataset.scored)
+
+    @property
+    def hours(self) -> float:
+        return sum(u.duration_s for u in self.dataset.scored) / 3600
+
+    def frames(self) -> list[int]:
+        return [int(u.duration_s * 100) for u in self.dataset.scored]
+
+
+def find_split(data_path: Path, name: str) -> Path:
+    """``data_path/train``; for dev also ``validation/`` (FunASR 0.x's name)."""
+    names = [name] + (["validation", "valid"] if name == "dev" else [])
+    for n in names:
+        if (data_path / n / "wav.scp").is_file():
+            return data_path / n
+    raise FileNotFoundError(f"{data_path}: no {' or '.join(n + '/wav.scp' for n in names)}")
+
+
+def prepare_split(folder: Path, name: str, out_dir: Path, vocab: list[str] | None, dataset_conf: Mapping[str, Any],
+                  on_bad_input: str = "skip") -> SplitData:
+    """Validate a split, write its report and jsonl, list funasr's silent drops and unknown characters."""
+    ds = datadir.load_dataset(folder, vocab=vocab, on_bad_input=on_bad_input, max_duration_s=float("inf"))
+    if not ds.has_text:
+        raise datadir.DataError(f"{folder}: fine-tuning needs a text file with transcripts")
+    ds.report.write_jsonl(out_dir / f"data_report_{name}.jsonl")
+    if not ds.scored:
+        raise datadir.DataError(f"{folder}: no usable utterance with a transcript in the {name} split "
+                                f"(see {out_dir / f'data_report_{name}.jsonl'})")
+    max_src = int(dataset_conf.get("max_source_length", 2048))
+    max_tok = int(dataset_conf.get("max_token_length", 2200))
+    dropped = []
+    for u in ds.scored:
+        src, tgt = int(u.duration_s * 100), len(datadir.training_target(u.text or ""))
+        if src > max_src:
+            dropped.append({"key": u.key, "where": u.where, "reason": f"{u.duration_s:.1f} s > max_source_length "
+                            f"{max_src} frames ({max_src / 100:.1f} s)"})
+        elif src + tgt > max_tok:
+            dropped.append({"key": u.key, "where": u.where, "reason": f"source+target {src + tgt} > max_token_length {max_tok}"})
+    oov: Counter[str] = Counter(c for u in ds.scored for c in u.oov)
+    jsonl = datadir.write_jsonl(ds.utterances, out_dir / f"{name}.jsonl")
+    return SplitData(name, folder, ds, jsonl, dropped, oov)
+
+
+def write_shards(split: SplitData, n: int, out_dir: Path) -> Path:
+    """Split a jsonl into ``n`` shard files plus a list file (funasr's ``data_split_num`` input)."""
+    lines = split.jsonl.read_text(encoding="utf-8").splitlines()
+    per = math.ceil(len(lines) / n) if lines else 0
+    shard_dir = out_dir / f"{split.name}_shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = shard_dir / f"{split.name}.{i:04d}.jsonl"
+        atomic_write_text(p, "".join(x + "\n" for x in lines[i * per : (i + 1) * per]))
+        paths.append(str(p))
+    listing = out_dir / f"{split.name}.list"
+    atomic_write_text(listing, "".join(p + "\n" for p in paths))
+    return listing
+
+
+def make_data_path(audio_dir: str | Path, transcripts: str | Path, out: str | Path, dev_fraction: float = 0.1,
+                   seed: int = 0, min_dev: int = 1) -> tuple[Path, int, int]:
+    """Build ``out/{train,dev}`` (wav.scp + text) from a folder of audio and a ``key text`` table.
+
+    Keys are the audio file names without extension; the dev split is a seeded random sample.
+    Returns ``(out, n_train, n_dev)``; audio files stay where they are (absolute paths).
+    """
+    audio_dir, out = Path(audio_dir).resolve(), Path(out)
+    texts = datadir.read_table(transcripts)
+    exts = {".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus"}
+    files = {p.stem: p for p in sorted(audio_dir.rglob("*")) if p.suffix.lower() in exts}
+    keys = sorted(k for k in texts if k in files)
+    missing = sorted(set(texts) - set(files))
+    if not keys:
+        raise datadir.DataError(f"{transcripts}: none of its ids has an audio file under {audio_dir}")
+    marker = out / ".made_by_make_data_path"
+    if out.exists() and any(out.iterdir()) and not marker.exists():
+        raise FileExistsError(f"{out} already holds files that make_data_path did not write; give an empty or new "
+                              "folder for the train/dev split (nothing was changed)")
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text("train/ and dev/ here were written by asr_workbench.finetune.make_data_path\n")
+    if len(keys) < 2:
+        raise datadir.DataError(f"{transcripts}: {len(keys)} utterance(s) with audio; a train/dev split needs at least 2")
+    rng = random.Random(seed)
+    shuffled = keys[:]
+    rng.shuffle(shuffled)
+    n_dev = min(len(keys) - 1, max(min_dev, round(dev_fraction * len(keys))))
+    dev = set(shuffled[:n_dev])
+    for split, members in (("train", [k for k in keys if k not in dev]), ("dev", [k for k in keys if k in dev])):
+        d = out / split
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        atomic_write_text(d / "wav.scp", "".join(f"{k} {files[k]}\n" for k in members))
+        atomic_write_text(d / "text", "".join(f"{k} {texts[k]}\n" for k in members))
+    if missing:
+        atomic_write_text(out / "missing_audio.txt", "".join(f"{k}\n" for k in missing))
+    return out, len(keys) - n_dev, n_dev

@@ -1,0 +1,125 @@
+"""A fine-tune's output as a self-contained model folder that funasr and the workbench load directly.
+
+funasr leaves checkpoints (``model.pt.ep*``, ``model.pt.best``, ``model.pt.avgN``)
+and a config with absolute paths into the base model folder; tokens and
+``am.mvn`` are not copied, so the folder breaks when the base moves. This module
+picks a checkpoint and lays out ``output_dir/model/`` like a ModelScope download:
+weights-only ``model.pt``, path-free ``config.yaml``, the base's tokens,
+``am.mvn``, ``configuration.json`` and ``decoding.yaml``, and a model card.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from asr_workbench.fileio import atomic_write_text
+from asr_workbench.modelhub import ModelFolder
+
+__all__ = ["TRAINING_KEYS", "checkpoint_path", "list_checkpoints", "export_model_folder", "strip_optimizer_state",
+           "path_free"]
+
+# what a fine-tuned config.yaml keeps from the training config, besides the base architecture
+TRAINING_KEYS = ("train_conf", "optim", "optim_conf", "scheduler", "scheduler_conf", "specaug", "specaug_conf",
+                 "dataset_conf", "freeze_param", "seed")
+_CKPT = re.compile(r"^model\.pt(\.(best|avg\d+|ep\d+(\.\d+)?))?$")
+
+
+def list_checkpoints(train_dir: Path) -> list[str]:
+    """funasr checkpoints present in ``train_dir`` (``model.pt.best``, ``model.pt.avg5``, ``model.pt.ep3``...)."""
+    names = [p.name for p in train_dir.iterdir() if _CKPT.match(p.name) and p.name != "model.pt"] if train_dir.is_dir() else []
+    return sorted(names, key=lambda n: (not n.endswith("best"), not n.startswith("model.pt.avg"), _epoch_of(n), n))
+
+
+def _epoch_of(name: str) -> int:
+    m = re.search(r"\.ep(\d+)", name)
+    return int(m.group(1)) if m else 0
+
+
+def checkpoint_path(train_dir: Path, name: str = "auto", avg_n: int | None = None) -> Path:
+    """The checkpoint file for ``name``: ``auto`` is this run's n-best average (``model.pt.avg{avg_n}``)
+    when present, else ``model.pt.best``."""
+    if name in ("auto", "model"):
+        avg = train_dir / f"model.pt.avg{avg_n}"
+        name = avg.name if avg_n and avg.is_file() else "model.pt.best"
+    path = train_dir / name
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint {name} in {train_dir} (present: {', '.join(list_checkpoints(train_dir)) or 'none'})")
+    return path
+
+
+def path_free(value: Any) -> Any:
+    """A config with every absolute path (into the base folder or the build machine) removed."""
+    if isinstance(value, Mapping):
+        return {k: path_free(v) for k, v in value.items() if not (isinstance(v, str) and os.path.isabs(v))}
+    if isinstance(value, list):
+        return [path_free(v) for v in value]
+    return value
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def export_model_folder(base: ModelFolder, train_dir: Path, checkpoint: str, out: Path,
+                        training_config: Mapping[str, Any], card: str) -> Path:
+    """Write ``out`` (replacing it) from ``checkpoint`` of ``train_dir`` and the base model's files."""
+    import torch
+
+    ckpt = checkpoint_path(train_dir, checkpoint)
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    torch.save(_load_state(ckpt), tmp / "model.pt")
+    conf_json = base.path / "configuration.json"
+    metas: dict[str, Any] = {}
+    if conf_json.is_file():
+        metas = json.loads(conf_json.read_text(encoding="utf-8")).get("file_path_metas", {})
+    copied = {"model.pt", "config.yaml", "README.md", "configuration.json"}
+    for src in base.path.iterdir():  # tokens, am.mvn, seg_dict, decoding.yaml, ... (never the base weights)
+        if src.is_file() and src.name not in copied and not src.name.startswith("model.pt") and src.suffix not in (".pt", ".pb", ".bin", ".onnx"):
+            shutil.copy2(src, tmp / src.name)
+    config = dict(base.config)
+    for key in TRAINING_KEYS:
+        if key in training_config:
+            config[key] = training_config[key]
+    config = path_free(config)
+    atomic_write_text(tmp / "config.yaml", yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+    configuration = json.loads(conf_json.read_text(encoding="utf-8")) if conf_json.is_file() else {
+        "framework": "pytorch", "task": "auto-speech-recognition", "model": {"type": "funasr"}}
+    metas = dict(metas) if metas else {"init_param": "model.pt", "config": "config.yaml"}
+    metas.update(init_param="model.pt", config="config.yaml")
+    configuration["file_path_metas"] = metas
+    atomic_write_text(tmp / "configuration.json", json.dumps(configuration, ensure_ascii=False, indent=2))
+    atomic_write_text(tmp / "README.md", card)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def strip_optimizer_state(train_dir: Path) -> list[str]:
+    """Rewrite kept checkpoints (``model.pt.ep*``, ``.best``) as weights only; ``model.pt`` keeps its state for resume."""
+    import torch
+
+    done = []
+    for name in list_checkpoints(train_dir):
+        if name.startswith("model.pt.avg"):
+            continue
+        path = train_dir / name
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "optimizer" in state:
+            torch.save({"state_dict": state["state_dict"]}, path)
+            done.append(name)
+    return done

@@ -1,0 +1,210 @@
+"""The fine-tuning notebook and its parts: parameters reach funasr's trainer, the exported folder stands alone."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from asr_workbench import datadir, decode, finetune, training
+from asr_workbench.finetune import export
+from conftest import DEMO_DATA, DEMO_MODEL, REPO
+
+
+def _subset(src: Path, dst: Path, n: int) -> Path:
+    """The first ``n`` utterances of a demo split, audio paths absolute."""
+    wavs, texts = datadir.read_table(src / "wav.scp"), datadir.read_table(src / "text")
+    keys = list(wavs)[:n]
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / "wav.scp").write_text("".join(f"{k} {(src / wavs[k]).resolve()}\n" for k in keys))
+    (dst / "text").write_text("".join(f"{k} {texts[k]}\n" for k in keys), encoding="utf-8")
+    return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny-target")
+    _subset(DEMO_DATA / "target/train", root / "train", 12)
+    _subset(DEMO_DATA / "target/dev", root / "validation", 4)  # FunASR 0.x's name for dev
+    return root
+
+
+@pytest.fixture(scope="session")
+def notebook_finetune(tmp_path_factory, tiny_data):
+    """One fine-tune through the notebook (papermill), from a copy of the base model that is then deleted."""
+    work = tmp_path_factory.mktemp("finetune-notebook")
+    base = work / "base-model"
+    shutil.copytree(DEMO_MODEL, base)
+    out = work / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "papermill", str(REPO / "notebooks/finetune.ipynb"), str(work / "out.ipynb"),
+         "-f", str(REPO / "params/demo/finetune.yaml"), "-p", "model", str(base), "-p", "data_path", str(tiny_data),
+         "-p", "output_dir", str(out), "-p", "max_epoch", "2", "-p", "keep_nbest_models", "2", "--no-progress-bar"],
+        capture_output=True, text=True, timeout=900, cwd=str(work))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    shutil.rmtree(base)  # the fine-tuned folder must not need its base any more
+    return out, work
+
+
+def test_notebook_writes_config_checkpoints_model_and_metrics(notebook_finetune):
+    out, _ = notebook_finetune
+    assert (out / "config.yaml").is_file() and (out / "metrics.json").is_file()
+    names = export.list_checkpoints(out / "train")
+    assert {"model.pt.ep1", "model.pt.ep2", "model.pt.best", "model.pt.avg2"} <= set(names)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["checkpoint"] == "model.pt.avg2" and set(m["dev_cer"]) >= {"base", "model.pt.avg2", "model.pt.ep1"}
+    assert not list(REPO.glob("outputs/20*"))  # hydra never wrote ./outputs/<date>
+
+
+def test_exported_model_loads_without_its_base(notebook_finetune):
+    out, _ = notebook_finetune
+    folder = out / "model"
+    for name in ("config.yaml", "model.pt", "tokens.json", "am.mvn", "configuration.json", "decoding.yaml", "README.md"):
+        assert (folder / name).is_file(), name
+    text = (folder / "config.yaml").read_text(encoding="utf-8")
+    assert "/" not in "".join(v for v in yaml.safe_load(text).get("tokenizer_conf", {}).values() if isinstance(v, str))
+    assert str(out.parent) not in text
+    state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    model = decode.load_model(str(folder), device="cpu")
+    wav = sorted((DEMO_DATA / "target/test/audio").iterdir())[0]
+    hyp = decode.transcribe(model, [("u", str(wav))])
+    assert hyp[0].text
+
+
+def test_executed_notebook_shows_schedule_curves_and_cer(notebook_finetune):
+    _, work = notebook_finetune
+    nb = json.loads((work / "out.ipynb").read_text(encoding="utf-8"))
+    outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    html = "".join("".join(o.get("data", {}).get("text/html", "")) for o in outputs)
+    assert "dev CER" in html and "fine-tuned model folder" in html and "Warnings" in html
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2  # schedule + curves
+
+
+ALL_PARAMS = dict(dataset_type="small", batch_bins=3000, max_epoch=7, accum_grad=3, keep_nbest_models=4, optim="adamw",
+                  lr=3e-4, scheduler="warmuplr", scheduler_conf={"warmup_steps": 11}, specaug="SpecAugLFR",
+                  specaug_conf={"apply_time_warp": False, "num_freq_mask": 2, "freq_mask_width_range": [0, 10],
+                                "lfr_rate": 6, "apply_freq_mask": True, "apply_time_mask": False},
+                  precision="bf16", resume=True, early_stopping_patience=2, freeze_param="encoder", seed=7,
+                  num_workers=0, max_duration_s=12.5)
+
+
+def test_every_parameter_reaches_the_resolved_config(tmp_path, tiny_data):
+    p = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), **ALL_PARAMS)
+    c = p.config
+    assert (c["dataset_conf"]["batch_type"], c["dataset_conf"]["batch_size"]) == ("token", 3000)
+    assert c["train_conf"]["max_epoch"] == 7 and c["train_conf"]["accum_grad"] == 3
+    assert c["train_conf"]["avg_nbest_model"] == 4 and c["train_conf"]["keep_nbest_models"] >= 4
+    assert (c["optim"], c["optim_conf"]["lr"], c["scheduler"], c["scheduler_conf"]) == ("adamw", 3e-4, "warmuplr", {"warmup_steps": 11})
+    assert c["specaug"] == "SpecAugLFR" and c["specaug_conf"] == ALL_PARAMS["specaug_conf"]
+    assert c["train_conf"]["use_bf16"] is True and c["train_conf"]["use_fp16"] is False
+    assert c["train_conf"]["resume"] is True and c["train_conf"]["early_stopping_patience"] == 2
+    assert (c["freeze_param"], c["seed"], c["dataset_conf"]["num_workers"]) == ("encoder", 7, 0)
+    assert c["dataset_conf"]["max_source_length"] == 1250
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["train_conf"] == c["train_conf"] and saved["optim_conf"] == c["optim_conf"]
+    assert p.config["init_param"] == str(DEMO_MODEL / "model.pt")
+
+
+def test_large_dataset_type_counts_milliseconds_and_shards(tmp_path, tiny_data):
+    p = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), dataset_type="large", batch_bins=20000)
+    assert p.config["dataset_conf"]["batch_size"] == 2000  # 20 000 ms = 2 000 frames of 10 ms
+    assert p.config["dataset_conf"]["data_split_num"] >= 1
+    listing = Path(p.config["train_data_set_list"])
+    assert listing.suffix == ".list" and all(Path(x).is_file() for x in listing.read_text().split())
+
+
+def test_finetune_yaml_then_parameters_then_overrides(tmp_path, tiny_data):
+    p = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), finetune_overrides={"train_conf": {"grad_clip": 1.5}})
+    ft = yaml.safe_load((DEMO_MODEL / "finetune.yaml").read_text())
+    assert p.config["optim_conf"]["lr"] == ft["optim_conf"]["lr"]  # finetune.yaml over config.yaml
+    assert p.config["train_conf"]["grad_clip"] == 1.5
+    with pytest.raises(ValueError, match="unknown option.*train_cfg"):
+        finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), finetune_overrides={"train_cfg": {}})
+    with pytest.raises(ValueError, match="train_conf.max_epoch is set twice"):
+        finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_epoch=3,
+                      finetune_overrides={"train_conf": {"max_epoch": 5}})
+    with pytest.raises(ValueError, match="optim 'adamx' is not a funasr optimizer"):
+        finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), optim="adamx")
+
+
+def test_long_warmup_is_warned_with_a_fix(tmp_path, tiny_data):
+    p = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_epoch=2, scheduler_conf={"warmup_steps": 30000})
+    assert any("warmup_steps=30000" in w and "scheduler_conf" in w for w in p.warnings)
+    assert len(p.lr) == p.total_steps and max(p.lr) < 0.01 * (p.config["optim_conf"]["lr"])
+
+
+def test_silent_drops_and_unknown_characters_reported(tmp_path, tiny_data):
+    p = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_duration_s=1.5)
+    assert p.train.dropped and all("max_source_length" in d["reason"] for d in p.train.dropped)
+    assert any("silently skip" in w for w in p.warnings)
+
+
+def test_behaviour_accum_grad_keep_nbest_specaug_max_epoch(tmp_path, tiny_data):
+    """One short real run: the trainer stepped its scheduler once per accum_grad batches, ran max_epoch
+    epochs, averaged keep_nbest_models checkpoints, and built the model without SpecAugment."""
+    p = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_epoch=3, accum_grad=2,
+                      keep_nbest_models=2, specaug="none", batch_bins=1500, dev_cer="end")
+    r = finetune.run(p, live=False)
+    train = tmp_path / "train"
+    log = (train / "train.log").read_text(encoding="utf-8")
+    assert sorted(x.name for x in train.glob("model.pt.ep*")) == ["model.pt.ep1", "model.pt.ep2", "model.pt.ep3"]
+    state = torch.load(train / "model.pt", map_location="cpu", weights_only=True)
+    batches = int(log.split("batch_num: ")[1].split(",")[0])
+    assert batches >= 2
+    assert state["scheduler"]["last_epoch"] == 3 * (batches // 2)  # accum_grad=2: one optimizer step per 2 batches
+    avg_line = next(x for x in log.splitlines() if x.startswith("average_checkpoints:"))
+    assert avg_line.count("model.pt.ep") == 2 and (train / "model.pt.avg2").is_file()
+    assert "SpecAugLFR(" not in log and "(specaug)" not in log
+    assert r.checkpoint == "model.pt.avg2"
+
+
+def test_resume_after_kill_finishes_planned_epochs(tmp_path, tiny_data):
+    p = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_epoch=3, keep_nbest_models=2, batch_bins=1500)
+
+    def kill_after_first_epoch(line: str) -> None:
+        if "Checkpoint saved to" in line and line.rstrip().endswith("model.pt.ep1"):
+            raise KeyboardInterrupt  # what interrupting the notebook kernel does
+
+    with pytest.raises(KeyboardInterrupt):
+        training.launch(p.config, tmp_path / "train", on_line=kill_after_first_epoch)
+    assert not (tmp_path / "train" / "model.pt.ep3").exists()
+    p2 = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_epoch=3, keep_nbest_models=2,
+                       batch_bins=1500, resume=True)
+    r = finetune.run(p2, live=False)
+    log = (tmp_path / "train" / "train.log").read_text(encoding="utf-8")
+    assert log.count("Train epoch: 0, rank: 0") == 1  # the resumed run did not start over
+    assert "Train epoch: 2, rank: 0" in log
+    assert (tmp_path / "train" / "model.pt.ep3").is_file() and (tmp_path / "train" / "model.pt.avg2").is_file()
+    assert r.model_dir.is_dir()
+
+
+def test_torchrun_launch_paths_on_cpu(tmp_path, tiny_data):
+    """1-process torchrun always; 2-process gloo DDP (the CPU-safe trainer supports it)."""
+    p = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path / "a"), max_epoch=1, keep_nbest_models=1, batch_bins=1500)
+    training.launch(p.config, tmp_path / "a" / "train", torchrun=True)
+    assert (tmp_path / "a" / "train" / "model.pt.ep1").is_file()
+    p2 = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path / "b"), max_epoch=1, keep_nbest_models=1,
+                       batch_bins=1500, device="cpu", num_gpus=2)
+    assert p2.nproc == 2
+    training.launch(p2.config, tmp_path / "b" / "train", nproc=2, env={"OMP_NUM_THREADS": "1"})
+    log = (tmp_path / "b" / "train" / "train.log").read_text(encoding="utf-8")
+    assert "use_ddp: True" in log and "Train epoch: 0, rank: 1" in log
+    assert (tmp_path / "b" / "train" / "model.pt.ep1").is_file()
+
+
+def test_make_data_path_from_audio_folder_and_table(tmp_path):
+    src = DEMO_DATA / "target/dev"
+    audio = tmp_path / "audio"
+    shutil.copytree(src / "audio", audio)
+    out, n_train, n_dev = finetune.make_data_path(audio, src / "text", tmp_path / "data", dev_fraction=0.2, seed=3)
+    assert n_dev == round(0.2 * (n_train + n_dev)) and (out / "train/wav.scp").is_file()
+    again = finetune.make_data_path(audio, src / "text", tmp_path / "data2", dev_fraction=0.2, seed=3)
+    assert (out / "dev/text").read_text() == (again[0] / "dev/text").read_text()  # seeded
