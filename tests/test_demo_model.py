@@ -101,3 +101,30 @@ def test_plain_automodel_call_as_documented():
     wav = sorted((DEMO_DATA / "base/test/audio").iterdir())[0]
     out = model.generate(input=str(wav))
     assert out and out[0]["key"] and isinstance(out[0]["text"], str) and out[0]["text"].strip()
+
+
+@pytest.fixture(scope="session")
+def demo_finetune(tmp_path_factory):
+    """The demo's fine-tuning story, replayed: the shipped model + finetune.yaml on target/train."""
+    from asr_workbench.demo import build
+
+    report = json.loads((DEMO / "build_report.json").read_text(encoding="utf-8"))
+    work = tmp_path_factory.mktemp("demo-finetune")
+    return build.finetune_check(DEMO_MODEL, DEMO, work, report["finetune"]["epochs"], ncpu=2), report
+
+
+def test_finetuning_halves_target_cer(demo_finetune):
+    result, report = demo_finetune
+    before = report["cer"]["target/test"]
+    assert result["target_test_cer_after"] < before / 2
+    # the model card's figure, within what thread scheduling can change in a short CPU run
+    assert result["target_test_cer_after"] == pytest.approx(report["finetune"]["target_test_cer_after"], abs=0.05)
+
+
+def test_card_states_the_numbers():
+    card = (DEMO_MODEL / "README.md").read_text(encoding="utf-8")
+    report = json.loads((DEMO / "build_report.json").read_text(encoding="utf-8"))
+    for name, cer in report["cer"].items():
+        assert f"| {name} | {cer * 100:.2f} % |" in card
+    assert f"{report['finetune']['target_test_cer_after'] * 100:.2f} %" in card
+    assert report["cer"]["base/test"] <= 0.05 and report["cer"]["target/test"] >= 0.40

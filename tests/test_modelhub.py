@@ -38,7 +38,7 @@ def test_modelscope_cache_is_used_without_network(tmp_path, layout):
     shutil.copytree(DEMO_MODEL, target)
     t = time.time()
     mf = modelhub.open_model(MODEL_ID, cache_dir=str(tmp_path))
-    assert time.time() - t < 5
+    assert time.time() - t < 20  # no download attempt, no retries
     assert mf.path.resolve() == target.resolve() and mf.source == "modelscope-cache" and mf.model_id == MODEL_ID
 
 
@@ -53,7 +53,7 @@ def test_unknown_id_offline_fails_fast_with_clear_message(tmp_path):
     t = time.time()
     with pytest.raises(modelhub.ModelError, match=r"not in the ModelScope cache .* could not be downloaded"):
         modelhub.open_model("iic/no-such-model", cache_dir=str(tmp_path))
-    assert time.time() - t < 30
+    assert time.time() - t < 60  # one bounded attempt, not a retry storm
 
 
 def test_not_a_folder_nor_an_id():

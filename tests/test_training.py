@@ -34,6 +34,21 @@ def test_builder_smoke_run_end_to_end(tmp_path):
     for name in ("config.yaml", "model.pt", "tokens.json", "am.mvn", "configuration.json", "README.md"):
         assert (out / "model" / name).is_file()
     assert (work / "train" / "model.pt.ep1").is_file()  # funasr's trainer really ran an epoch
-    assert (work / "finetune_check" / "model.pt.ep1").is_file()
+    assert (work / "finetune_check" / "train" / "model.pt.ep1").is_file()
+    assert (work / "finetune_check" / "model" / "model.pt").is_file()
     am_mvn = (out / "model" / "am.mvn").read_text()
     assert am_mvn.startswith("<Nnet>") and "<AddShift> 560 560" in am_mvn
+
+
+@pytest.mark.slow
+def test_full_build_reaches_the_numbers(tmp_path):
+    """The whole demo build (about 20-25 minutes on 2 cores; `make test-all`): the issue's CER targets."""
+    import json
+
+    out, work = tmp_path / "demo", tmp_path / "work"
+    proc = subprocess.run([sys.executable, "-m", "asr_workbench.demo.build", "--out", str(out), "--work", str(work)],
+                          capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "build_report.json").read_text(encoding="utf-8"))
+    assert report["cer"]["base/test"] <= 0.05 and report["cer"]["target/test"] >= 0.40
+    assert report["finetune"]["target_test_cer_after"] < report["cer"]["target/test"] / 2

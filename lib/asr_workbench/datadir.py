@@ -29,7 +29,7 @@ from asr_workbench.scoring import tokens as score_tokens
 
 __all__ = [
     "Issue", "DataReport", "Utterance", "DataSet", "DataError",
-    "read_lines", "read_table", "load_dataset", "write_jsonl", "write_jsonl_from_dir",
+    "read_lines", "read_table", "load_dataset", "training_target", "write_jsonl", "write_jsonl_from_dir",
 ]
 
 _SPLIT = re.compile(r"\s+")
@@ -190,7 +190,8 @@ def _check_audio(key: str, path: Path, where: str, report: DataReport) -> audio_
         report.add(key, where, "error", "truncated", f"audio cannot be decoded to the end (truncated or corrupt): {path} ({e})")
         return None
     declared = _wav_declared_frames(path) if info.format == "WAV" else None
-    if declared is not None and declared > frames:
+    streamed = declared is not None and (declared == 0 or declared * info.channels * 2 >= 0xFFFFFFF0 // 2)
+    if declared is not None and not streamed and declared > frames:
         report.add(key, where, "error", "truncated",
                    f"truncated WAV: header declares {declared} frames, file holds {frames}: {path}")
         return None
@@ -265,7 +266,8 @@ def load_dataset(
         texts = _parse_table(text_path, report, "text") if has_text else {}
     else:
         raise DataError(f"{data}: not a data folder (wav.scp [+ text]) nor a .jsonl file")
-    report.n_input = len(wavs) + sum(1 for i in report.issues if i.code in ("duplicate_id", "malformed_line"))
+    report.n_input = len(wavs) + sum(1 for i in report.issues if i.code in ("duplicate_id", "malformed_line")
+                                     and i.where.rsplit(":", 1)[0] == str(wav_path))
 
     vocab_set = set(vocab) if vocab is not None else None
     oov_counter: Counter[str] = Counter()
@@ -338,6 +340,15 @@ def load_dataset(
     return DataSet(data, utts, report, has_text)
 
 
+_CJK_GAP = re.compile(r"(?<=[\u3007\u3400-\u4dbf\u4e00-\u9fff])\s+|\s+(?=[\u3007\u3400-\u4dbf\u4e00-\u9fff])")
+
+
+def training_target(text: str) -> str:
+    """A transcript as funasr's char tokenizer should see it: no spaces around Chinese characters
+    (Kaldi-style ``今 天``), single spaces kept between Latin words."""
+    return _CJK_GAP.sub("", " ".join(text.split()))
+
+
 def write_jsonl(utterances: Sequence[Utterance], out: str | Path) -> Path:
     """funasr training jsonl (key, source, source_len in 10 ms frames, target, target_len).
 
@@ -347,9 +358,10 @@ def write_jsonl(utterances: Sequence[Utterance], out: str | Path) -> Path:
     for u in utterances:
         if u.text is None:
             continue
-        target = u.text.replace(" ", "")
+        target = training_target(u.text)
         lines.append(json.dumps({"key": u.key, "source": u.audio, "source_len": int(u.duration_s * 100),
-                                 "target": target, "target_len": len(target)}, ensure_ascii=False))
+                                 "target": target, "target_len": len(score_tokens(target)) or len(target)},
+                                ensure_ascii=False))
     out = Path(out)
     atomic_write_text(out, "".join(line + "\n" for line in lines))
     return out

@@ -158,8 +158,10 @@ def _decode_items(model: Any, items: Sequence[tuple[str, str, float]], opts: Dec
         waves = [audio.load(items[i][1]) for i in batch]
         res = model.generate(input=waves, batch_size=len(batch), **kw)
         if len(res) != len(batch):
-            raise RuntimeError(f"funasr returned {len(res)} results for a batch of {len(batch)}")
-        sink([Hypothesis(items[i][0], str(r.get("text", "")), items[i][2]) for i, r in zip(batch, res)])
+            # funasr's Paraformer returns one empty result for a batch in which no utterance yields a token
+            # (all silence): decode one by one so every utterance gets its own (possibly empty) hypothesis
+            res = [(model.generate(input=[w], batch_size=1, **kw) or [{}])[0] for w in waves]
+        sink([Hypothesis(items[i][0], str(r.get("text", "") or ""), items[i][2]) for i, r in zip(batch, res)])
 
 
 def transcribe(model: Any, items: Sequence[tuple[str, str]], batch_size: int = 16) -> list[Hypothesis]:
@@ -173,19 +175,30 @@ def transcribe(model: Any, items: Sequence[tuple[str, str]], batch_size: int = 1
 
 
 def _read_partial(path: Path, fingerprint: str) -> dict[str, Hypothesis]:
+    """Hypotheses of an earlier run with the same fingerprint; a line cut off by an interruption ends it."""
     if not path.is_file():
         return {}
     lines = path.read_text(encoding="utf-8").splitlines()
-    if not lines or json.loads(lines[0]).get("fingerprint") != fingerprint:
+    try:
+        if not lines or json.loads(lines[0]).get("fingerprint") != fingerprint:
+            return {}
+    except json.JSONDecodeError:
         return {}
     out = {}
     for line in lines[1:]:
         try:
             h = json.loads(line)
-        except json.JSONDecodeError:  # a line cut off by the interruption
+        except json.JSONDecodeError:
             break
         out[h["key"]] = Hypothesis(h["key"], h["text"], h["duration_s"])
     return out
+
+
+def _rewrite_partial(path: Path, fingerprint: str, done: dict[str, Hypothesis]) -> None:
+    """Start the partial file anew with what parsed, so appended lines never join a cut-off one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"fingerprint": fingerprint}) + "\n"
+                    + "".join(json.dumps(asdict(h), ensure_ascii=False) + "\n" for h in done.values()), encoding="utf-8")
 
 
 def _shard_worker(model_dir: str, device: str, items: list[tuple[str, str, float]], opts: DecodeOptions,
@@ -219,13 +232,11 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
     """
     from tqdm.auto import tqdm
 
-    device = resolve_device(opts.device)
-    devices = list(opts.devices) or [device]
+    devices = list(opts.devices) or [resolve_device(opts.device)]
+    device = devices[0]
     n_proc = max(1, opts.njob) * len(devices)
     done = _read_partial(partial_file, fingerprint)
-    if not done:
-        partial_file.parent.mkdir(parents=True, exist_ok=True)
-        partial_file.write_text(json.dumps({"fingerprint": fingerprint}) + "\n", encoding="utf-8")
+    _rewrite_partial(partial_file, fingerprint, done)
     todo = [it for it in items if it[0] not in done]
     audio_total = sum(d for _, _, d in items)
     bar = tqdm(total=round(audio_total, 1), unit="s audio", desc="decoding", disable=not progress)
@@ -261,11 +272,17 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
                 os.environ.pop("OMP_NUM_THREADS", None)
             else:
                 os.environ["OMP_NUM_THREADS"] = env_threads
-        while any(p.is_alive() for p in procs) or not queue.empty():
-            try:
-                bar.update(round(queue.get(timeout=0.2), 1))
-            except Exception:  # queue.Empty
-                pass
+        try:
+            while any(p.is_alive() for p in procs) or not queue.empty():
+                try:
+                    bar.update(round(queue.get(timeout=0.2), 1))
+                except Exception:  # queue.Empty
+                    pass
+        finally:  # an interrupted kernel must not leave shard processes holding CPUs or GPUs
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+                p.join()
         failed = [i for i, p in enumerate(procs) if p.exitcode != 0]
         with open(partial_file, "a", encoding="utf-8") as f:  # keep what the shards finished
             for part in parts:

@@ -171,11 +171,13 @@ def run(
 
     items = [(u.key, u.audio, u.duration_s) for u in ds.utterances]
     partial = out / ".hyps.partial.jsonl"
-    dec = decode.decode(str(mf.path), items, opts, partial, _fingerprint(mf, settings, items),
+    dec = decode.decode(str(mf.path), items, opts, partial,
+                        _fingerprint(mf, {**settings, "vad_model": vad_model, "devices": devices}, items),
                         model=loaded_model, progress=progress)
     rows, cer = score_run(ds, dec.hypotheses, out)
     input_files = [data_path] if data_path.is_file() else [data_path / "wav.scp", data_path / "text"]
-    skipped = sorted({i.key for i in ds.report.errors if i.key})
+    decoded = {h.key for h in dec.hypotheses}
+    skipped = sorted({i.key for i in ds.report.errors if i.key and i.key not in decoded})
     metrics: dict[str, Any] = {
         "cer": round(cer.cer, 6) if cer else None,
         "sub": cer.substitutions if cer else None, "del": cer.deletions if cer else None,

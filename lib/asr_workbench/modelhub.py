@@ -53,9 +53,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MODELSCOPE_CACHE") or Path.home() / ".cache" / "modelscope")
 
 
-def _models_cache(cache_dir: Path) -> Path:
-    # modelscope lays out <cache>/models/<owner>--<name>/...; callers may pass <cache> or <cache>/models
-    return cache_dir if cache_dir.name == "models" else cache_dir / "models"
+def _cache_root(cache_dir: Path) -> Path:
+    # modelscope lays out <cache>/models/<owner>--<name>/... itself; accept <cache>/models too
+    return cache_dir.parent if cache_dir.name == "models" else cache_dir
 
 
 def resolve_model_dir(model: str, cache_dir: str | os.PathLike[str] | None = None,
@@ -66,11 +66,14 @@ def resolve_model_dir(model: str, cache_dir: str | os.PathLike[str] | None = Non
         return local, "folder"
     if not _MODEL_ID.match(model):
         raise ModelError(f"model {model!r}: no such folder ({local}) and not a ModelScope id (owner/name)")
+    if local.parent.is_dir() and local.parent != paths.repo_root():
+        raise ModelError(f"model {model!r}: no such folder {local} (its parent folder exists, so this looks like a "
+                         "mistyped path rather than a ModelScope id)")
     from modelscope import snapshot_download
 
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     cache = paths.resolve(cache) if not cache.is_absolute() else cache
-    cache_arg = str(_models_cache(cache))
+    cache_arg = str(_cache_root(cache))
     try:
         return Path(snapshot_download(model, revision=revision, cache_dir=cache_arg, local_files_only=True)), "modelscope-cache"
     except Exception as e:  # modelscope_hub.errors.CacheNotFound

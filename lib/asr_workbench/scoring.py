@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +27,9 @@ NORMALISER = ("zh-char-v1: NFKC (full->half width), drop <unk>/punctuation/space
               "one token per CJK character, per Latin word or digit run (MER for mixed text)")
 
 _UNK = re.compile(r"<unk>", re.IGNORECASE)
-_CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_TOKEN = re.compile(rf"[{_CJK}]|[a-z0-9']+")
+_CJK = r"\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORD = r"[a-z0-9\u00c0-\u024f]+"
+_TOKEN = re.compile(rf"[{_CJK}]|{_WORD}(?:'{_WORD})*")
 
 
 def tokens(text: str) -> list[str]:
@@ -137,8 +139,29 @@ def alignment_text(score: UttScore) -> str:
     return f"REF: {line(0)}\nHYP: {line(1)}\nOPS: {line(2)}\n"
 
 
+@contextmanager
+def _python_int_error_counts() -> Iterator[None]:
+    """funasr 1.4.16's ``compute_wer_by_line`` returns the error count as ``numpy.int16``; ``compute_wer``
+    sums those and multiplies by 100, which overflows past 327 errors and prints a negative %WER.
+    Within this block it returns a Python int (the counts themselves are right)."""
+    import funasr.metrics.wer as wer
+
+    original = wer.compute_wer_by_line
+
+    def by_line(hyp: list[str], ref: list[str]) -> dict[str, int]:
+        out = original(hyp, ref)
+        return {k: int(v) for k, v in out.items()}
+
+    wer.compute_wer_by_line = by_line
+    try:
+        yield
+    finally:
+        wer.compute_wer_by_line = original
+
+
 def write_funasr_text_cer(keys: Sequence[str], scores: Sequence[UttScore], out_dir: Path) -> Path:
-    """``ref.proc``, ``text.proc`` and ``text.cer`` in ``out_dir`` via funasr's ``compute_wer``."""
+    """``ref.proc``, ``text.proc`` and ``text.cer`` in ``out_dir`` via funasr's ``compute_wer``
+    (with its int16 overflow worked around, see :func:`_python_int_error_counts`)."""
     from funasr.metrics.wer import compute_wer
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -146,5 +169,6 @@ def write_funasr_text_cer(keys: Sequence[str], scores: Sequence[UttScore], out_d
     rows = [(k, s) for k, s in zip(keys, scores) if s.ref]
     ref_proc.write_text("".join(f"{k} {s.ref}\n" for k, s in rows), encoding="utf-8")
     hyp_proc.write_text("".join(f"{k} {s.hyp}\n".replace(" \n", "\n") for k, s in rows), encoding="utf-8")
-    compute_wer(str(ref_proc), str(hyp_proc), str(cer_file))
+    with _python_int_error_counts():
+        compute_wer(str(ref_proc), str(hyp_proc), str(cer_file))
     return cer_file

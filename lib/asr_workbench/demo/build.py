@@ -35,6 +35,7 @@ import yaml
 
 from asr_workbench import datadir, training
 from asr_workbench.demo import corpus
+from asr_workbench.finetune.config import deep_merge
 from asr_workbench.scoring import NORMALISER, corpus_cer
 
 __all__ = ["BuildSizes", "FULL", "SMOKE", "MODEL_CONFIG", "FINETUNE_DEFAULTS", "DECODING_DEFAULTS",
@@ -133,13 +134,6 @@ CONFIGURATION_JSON = {
 }
 
 SPECIAL_TOKENS = ["<blank>", "<s>", "</s>"]
-
-
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 @dataclass
@@ -247,40 +241,23 @@ def _train_config(base: dict[str, Any], vocab_file: Path, am_mvn: Path, train: P
     cfg["tokenizer_conf"]["token_list"] = str(vocab_file)
     cfg["frontend_conf"]["cmvn_file"] = str(am_mvn)
     cfg.update(train_data_set_list=str(train), valid_data_set_list=str(dev), ncpu=ncpu, seed=SEED)
-    return _deep_merge(cfg, over)
+    return deep_merge(cfg, over)
 
 
 def finetune_check(model_dir: Path, out: Path, work: Path, epochs: int, ncpu: int) -> dict[str, Any]:
-    """Fine-tune the exported model on target train with its finetune.yaml; CER before/after."""
-    from funasr.download.download_model_from_hub import download_model
+    """Fine-tune the exported model on target/train through the workbench's own fine-tuning path
+    (the model's finetune.yaml, funasr's trainer); CER on the test sets before/after."""
+    from asr_workbench import finetune
 
-    tgt = out / "data/target"
-    jl = {s: datadir.write_jsonl_from_dir(tgt / s, work / f"jsonl/target_{s}.jsonl") for s in ("train", "dev")}
-    kwargs = download_model(model=str(model_dir.resolve()), is_training=True)  # reads configuration.json
-    ft = yaml.safe_load((model_dir / "finetune.yaml").read_text(encoding="utf-8"))
-    cfg = _deep_merge(kwargs, ft)
-    cfg = _deep_merge(cfg, {"train_conf": {"max_epoch": epochs, "resume": False},
-                            "train_data_set_list": str(jl["train"]), "valid_data_set_list": str(jl["dev"]),
-                            "ncpu": ncpu, "seed": SEED})
     ft_dir = work / "finetune_check"
     if ft_dir.exists():
         shutil.rmtree(ft_dir)
-    t0 = time.time()
-    training.launch(cfg, ft_dir, on_line=_progress_line)
-    seconds = time.time() - t0
-    avg = f"model.pt.avg{cfg['train_conf']['avg_nbest_model']}"
-    ckpt = avg if (ft_dir / avg).exists() else "model.pt.best"
-    tuned = work / "finetuned_model"
-    if tuned.exists():
-        shutil.rmtree(tuned)
-    shutil.copytree(model_dir, tuned)
-    import torch
-
-    state = torch.load(ft_dir / ckpt, map_location="cpu", weights_only=True)
-    torch.save(state.get("state_dict", state), tuned / "model.pt")
-    return {"epochs": epochs, "seconds": round(seconds, 1), "checkpoint": ckpt,
-            "target_test_cer_after": round(score_dir(tuned, tgt / "test", ncpu), 4),
-            "base_test_cer_after": round(score_dir(tuned, out / "data/base/test", ncpu), 4)}
+    plan = finetune.plan(str(model_dir), str(out / "data/target"), str(ft_dir), max_epoch=epochs, seed=SEED,
+                         device="cpu")
+    result = finetune.run(plan, live=False)
+    return {"epochs": epochs, "seconds": round(result.seconds, 1), "checkpoint": result.checkpoint,
+            "target_test_cer_after": round(score_dir(result.model_dir, out / "data/target/test", ncpu), 4),
+            "base_test_cer_after": round(score_dir(result.model_dir, out / "data/base/test", ncpu), 4)}
 
 
 def _progress_line(line: str) -> None:
