@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,3 +24,44 @@ def demo_model():
     from asr_workbench import decode
 
     return decode.load_model(str(DEMO_MODEL), device="cpu", ncpu=2)
+
+
+def _read_table(path: Path) -> dict[str, str]:
+    from asr_workbench import datadir
+
+    return datadir.read_table(path)
+
+
+def subset(src: Path, dst: Path, n: int) -> Path:
+    """The first ``n`` utterances of a demo split, audio paths absolute."""
+    wavs, texts = _read_table(src / "wav.scp"), _read_table(src / "text")
+    keys = list(wavs)[:n]
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / "wav.scp").write_text("".join(f"{k} {(src / wavs[k]).resolve()}\n" for k in keys))
+    (dst / "text").write_text("".join(f"{k} {texts[k]}\n" for k in keys), encoding="utf-8")
+    return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny-target")
+    subset(DEMO_DATA / "target/train", root / "train", 12)
+    subset(DEMO_DATA / "target/dev", root / "validation", 4)  # FunASR 0.x's name for dev
+    return root
+
+
+@pytest.fixture(scope="session")
+def notebook_finetune(tmp_path_factory, tiny_data):
+    """One fine-tune through the notebook (papermill), from a copy of the base model that is then deleted."""
+    work = tmp_path_factory.mktemp("finetune-notebook")
+    base = work / "base-model"
+    shutil.copytree(DEMO_MODEL, base)
+    out = work / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "papermill", str(REPO / "notebooks/finetune.ipynb"), str(work / "out.ipynb"),
+         "-f", str(REPO / "params/demo/finetune.yaml"), "-p", "model", str(base), "-p", "data_path", str(tiny_data),
+         "-p", "output_dir", str(out), "-p", "max_epoch", "2", "-p", "keep_nbest_models", "2", "--no-progress-bar"],
+        capture_output=True, text=True, timeout=900, cwd=str(work))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    shutil.rmtree(base)  # the fine-tuned folder must not need its base any more
+    return out, work

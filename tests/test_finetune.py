@@ -4,52 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from asr_workbench import datadir, decode, finetune, training
+from asr_workbench import decode, finetune, training
 from asr_workbench.finetune import export
-from conftest import DEMO_DATA, DEMO_MODEL, REPO
-
-
-def _subset(src: Path, dst: Path, n: int) -> Path:
-    """The first ``n`` utterances of a demo split, audio paths absolute."""
-    wavs, texts = datadir.read_table(src / "wav.scp"), datadir.read_table(src / "text")
-    keys = list(wavs)[:n]
-    dst.mkdir(parents=True, exist_ok=True)
-    (dst / "wav.scp").write_text("".join(f"{k} {(src / wavs[k]).resolve()}\n" for k in keys))
-    (dst / "text").write_text("".join(f"{k} {texts[k]}\n" for k in keys), encoding="utf-8")
-    return dst
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny-target")
-    _subset(DEMO_DATA / "target/train", root / "train", 12)
-    _subset(DEMO_DATA / "target/dev", root / "validation", 4)  # FunASR 0.x's name for dev
-    return root
-
-
-@pytest.fixture(scope="session")
-def notebook_finetune(tmp_path_factory, tiny_data):
-    """One fine-tune through the notebook (papermill), from a copy of the base model that is then deleted."""
-    work = tmp_path_factory.mktemp("finetune-notebook")
-    base = work / "base-model"
-    shutil.copytree(DEMO_MODEL, base)
-    out = work / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "papermill", str(REPO / "notebooks/finetune.ipynb"), str(work / "out.ipynb"),
-         "-f", str(REPO / "params/demo/finetune.yaml"), "-p", "model", str(base), "-p", "data_path", str(tiny_data),
-         "-p", "output_dir", str(out), "-p", "max_epoch", "2", "-p", "keep_nbest_models", "2", "--no-progress-bar"],
-        capture_output=True, text=True, timeout=900, cwd=str(work))
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    shutil.rmtree(base)  # the fine-tuned folder must not need its base any more
-    return out, work
+from conftest import DEMO_DATA, DEMO_MODEL
 
 
 def test_notebook_writes_config_checkpoints_model_and_metrics(notebook_finetune):

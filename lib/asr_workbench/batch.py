@@ -88,7 +88,12 @@ def export_html(executed: Path, html_path: Path, hide_code: bool = False) -> Pat
     cfg.NbConvertBase.display_data_priority = HTML_PRIORITY
     exporter = HTMLExporter(config=cfg, exclude_input=hide_code, exclude_input_prompt=hide_code,
                             exclude_output_prompt=hide_code)
-    body, _ = exporter.from_notebook_node(nbformat.read(str(executed), as_version=4))
+    nb = nbformat.read(str(executed), as_version=4)
+    for cell in nb.cells:  # a widget with no static fallback (a progress bar) means nothing in a static page
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if not (
+                "application/vnd.jupyter.widget-view+json" in o.get("data", {}) and "text/html" not in o.get("data", {}))]
+    body, _ = exporter.from_notebook_node(nb)
     atomic_write_text(html_path, body)
     return html_path
 

@@ -36,8 +36,19 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
             m = json.loads(metrics.read_text(encoding="utf-8"))
             if m.get("cer") is not None:
-                scope = f"on {m['n_scored']} utterances" if "n_scored" in m else f"(dev, {m.get('checkpoint', '')})"
-                print(f"  CER {m['cer'] * 100:.2f} % {scope} (normaliser {m['normaliser'].split(':')[0]})")
+                norm = m["normaliser"].split(":")[0]
+                if "per_set_cer" in m:
+                    for name, cer in m["per_set_cer"].items():
+                        base = m.get("per_set_base_cer", {}).get(name)
+                        was = f"base {base * 100:.2f} % -> " if base is not None else ""
+                        print(f"  {name}: {was}fine-tuned {cer * 100:.2f} % CER (normaliser {norm})")
+                    for w in m.get("warnings", []):
+                        print(f"  warning: {w}")
+                elif "n_scored" in m:
+                    print(f"  CER {m['cer'] * 100:.2f} % on {m['n_scored']} utterances (normaliser {norm})")
+                else:
+                    print(f"  dev CER {m['cer'] * 100:.2f} % ({m.get('checkpoint')}; base "
+                          f"{m['dev_cer']['base'] * 100:.2f} %) -> {m.get('model_dir')} (normaliser {norm})")
         if rec.error:
             print(f"  error: {rec.error}", file=sys.stderr)
             failed += 1

@@ -81,9 +81,9 @@ def load_model(model_dir: str, device: str = "cpu", ncpu: int | None = None, **k
     import logging
 
     extra = {"ncpu": ncpu} if ncpu else {}
-    chatter = io.StringIO()  # funasr prints banners and INFO lines while loading; errors still raise
+    chatter = io.StringIO()  # funasr prints banners and INFO/WARNING lines while loading; errors still raise
     previous = logging.root.manager.disable
-    logging.disable(logging.INFO)
+    logging.disable(logging.WARNING)
     try:
         with contextlib.redirect_stdout(chatter):
             from funasr import AutoModel

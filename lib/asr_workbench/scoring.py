@@ -21,7 +21,7 @@ from pathlib import Path
 import jiwer
 
 __all__ = ["NORMALISER", "normalise", "tokens", "UttScore", "CerResult", "score_utterance", "corpus_cer",
-           "aggregate", "aligned_pairs", "alignment_text", "write_funasr_text_cer"]
+           "aggregate", "aligned_pairs", "alignment_text", "write_funasr_text_cer", "Bootstrap", "paired_bootstrap"]
 
 NORMALISER = ("zh-char-v1: NFKC (full->half width), drop <unk>/punctuation/spaces, lower-case Latin; "
               "one token per CJK character, per Latin word or digit run (MER for mixed text)")
@@ -172,3 +172,33 @@ def write_funasr_text_cer(keys: Sequence[str], scores: Sequence[UttScore], out_d
     with _python_int_error_counts():
         compute_wer(str(ref_proc), str(hyp_proc), str(cer_file))
     return cer_file
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """A CER difference (``b - a``) with its paired-bootstrap confidence interval."""
+
+    delta: float
+    low: float
+    high: float
+    n_resamples: int
+    confidence: float
+    seed: int
+
+
+def paired_bootstrap(errors_a: Sequence[int], errors_b: Sequence[int], ref_tokens: Sequence[int],
+                     n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> Bootstrap:
+    """Corpus-CER difference ``b - a`` over the same utterances, with a percentile interval from resampling
+    utterances with replacement (both systems on the same resample, so the pairing is kept)."""
+    import numpy as np
+
+    ea, eb, n = (np.asarray(x, dtype=np.int64) for x in (errors_a, errors_b, ref_tokens))
+    if not (len(ea) == len(eb) == len(n)) or len(n) == 0:
+        raise ValueError("paired_bootstrap needs equally long, non-empty per-utterance lists")
+    delta = float((eb.sum() - ea.sum()) / max(1, n.sum()))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(n), size=(n_resamples, len(n)))
+    deltas = (eb[idx].sum(axis=1) - ea[idx].sum(axis=1)) / np.maximum(1, n[idx].sum(axis=1))
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(deltas, [alpha, 1 - alpha])
+    return Bootstrap(delta, float(low), float(high), n_resamples, confidence, seed)

@@ -24,7 +24,7 @@ from asr_workbench.fileio import atomic_write_text
 from asr_workbench.modelhub import ModelFolder
 
 __all__ = ["TRAINING_KEYS", "checkpoint_path", "list_checkpoints", "export_model_folder", "strip_optimizer_state",
-           "path_free"]
+           "path_free", "assemble_model"]
 
 # what a fine-tuned config.yaml keeps from the training config, besides the base architecture
 TRAINING_KEYS = ("train_conf", "optim", "optim_conf", "scheduler", "scheduler_conf", "specaug", "specaug_conf",
@@ -123,3 +123,55 @@ def strip_optimizer_state(train_dir: Path) -> list[str]:
             torch.save({"state_dict": state["state_dict"]}, path)
             done.append(name)
     return done
+
+
+def assemble_model(finetune_dir: Path, name: str, base: ModelFolder | None, required_files: list[str], out: Path) -> Path:
+    """A runnable model folder from a fine-tune output (FunASR 0.x ``infer_after_finetune.py``'s job).
+
+    ``name`` is ``model`` (the workbench's self-contained ``finetune_dir/model/``) or a funasr checkpoint
+    (``model.pt.best``, ``model.pt.avg5``, ``model.pt.ep3``) of ``finetune_dir/train/`` (or of ``finetune_dir``
+    itself when funasr's trainer was run by hand). Files in ``required_files`` that the assembled folder lacks
+    are copied from ``base``; nothing existing is overwritten. Raises ``FileNotFoundError`` naming what is missing.
+    """
+    from asr_workbench.modelhub import check_folder
+
+    own = finetune_dir / "model"
+    if name == "model":
+        if not own.is_dir():
+            raise FileNotFoundError(f"{finetune_dir}: no model/ folder (not a workbench fine-tune?); name a funasr "
+                                    "checkpoint in decoding_model_name instead, e.g. model.pt.best")
+        folder = own
+        missing = [f for f in required_files if not (folder / f).exists()]
+        if missing:  # complete a copy, never the fine-tune's own folder
+            if out.exists():
+                shutil.rmtree(out)
+            shutil.copytree(own, out)
+            folder = out
+    else:
+        train_dir = finetune_dir / "train" if (finetune_dir / "train").is_dir() else finetune_dir
+        if own.is_dir():
+            template = check_folder(own)
+            training_config: Mapping[str, Any] = {}
+        elif base is not None:
+            template = base
+            cfg = train_dir / "config.yaml"
+            training_config = yaml.safe_load(cfg.read_text(encoding="utf-8")) if cfg.is_file() else {}
+        else:
+            raise FileNotFoundError(f"{finetune_dir}: no model/ folder to take config and tokens from; "
+                                    "give modelscope_model_name (the base model) too")
+        export_model_folder(template, train_dir, name, out, training_config,
+                            f"# {name} of {finetune_dir}\n\nAssembled for evaluation by ASR Workbench.\n")
+        folder = out
+    still = []
+    for f in required_files:
+        if (folder / f).exists():
+            continue
+        if base is not None and (base.path / f).is_file():
+            shutil.copy2(base.path / f, folder / f)
+        else:
+            still.append(f)
+    if still:
+        raise FileNotFoundError(f"assembled model {folder} lacks {', '.join(still)}"
+                                + ("" if base is not None else " (give modelscope_model_name to copy them from the base model)")
+                                + (f" and the base model {base.path} has none" if base is not None else ""))
+    return folder

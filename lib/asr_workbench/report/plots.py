@@ -9,7 +9,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 from matplotlib import font_manager
 
-__all__ = ["CJK_FONTS", "setup_cjk_font", "error_types_bar", "cer_vs_duration", "lr_schedule_plot"]
+__all__ = ["CJK_FONTS", "setup_cjk_font", "error_types_bar", "cer_vs_duration", "lr_schedule_plot", "cer_bars",
+           "utterance_scatter"]
 
 CJK_FONTS = ("WenQuanYi Micro Hei", "WenQuanYi Zen Hei", "Noto Sans CJK SC", "Noto Sans CJK JP",
              "Noto Serif CJK SC", "Source Han Sans SC", "Source Han Sans CN", "SimHei", "Microsoft YaHei",
@@ -88,5 +89,43 @@ def lr_schedule_plot(lr: Sequence[float], steps_per_epoch: int, warnings: Sequen
     warm = any("warmup" in w for w in warnings)
     ax.set_title("planned learning rate" + ("  (warm-up longer than the run: see warning)" if warm else ""),
                  color="#c00" if warm else "black", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def cer_bars(sets: Sequence[Any]) -> plt.Figure:
+    """Per test set: base vs fine-tuned CER; the fine-tuned bar carries the change's 95% interval."""
+    import numpy as np
+
+    setup_cjk_font()
+    fig, ax = plt.subplots(figsize=(max(4, 1.8 * len(sets) + 2), 3.4))
+    x = np.arange(len(sets))
+    base = [(s.base or {}).get("cer") or 0 for s in sets]
+    ft = [s.finetuned.get("cer") or 0 for s in sets]
+    ax.bar(x - 0.2, [b * 100 for b in base], 0.4, label="base", color="#999")
+    yerr = None
+    if all(s.delta for s in sets):  # interval of the fine-tuned CER implied by the paired interval of the change
+        yerr = np.array([[(s.delta.delta - s.delta.low) * 100 for s in sets], [(s.delta.high - s.delta.delta) * 100 for s in sets]])
+    ax.bar(x + 0.2, [f * 100 for f in ft], 0.4, yerr=yerr, capsize=4, label="fine-tuned (95% interval of the change)",
+           color=["#d62728" if s.worse else "#1f77b4" for s in sets])
+    ax.set_xticks(x, [s.name for s in sets])
+    ax.set_ylabel("CER (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def utterance_scatter(sets: Sequence[Any]) -> plt.Figure:
+    """Per-utterance CER, base (x) against fine-tuned (y): below the diagonal improved, above regressed."""
+    setup_cjk_font()
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    top = 0.0
+    for s in sets:
+        xs, ys = [p["base_cer"] * 100 for p in s.pairs], [p["ft_cer"] * 100 for p in s.pairs]
+        ax.scatter(xs, ys, s=12, alpha=0.6, label=s.name)
+        top = max([top, *xs, *ys])
+    ax.plot([0, top or 1], [0, top or 1], color="#888", lw=0.8)
+    ax.set(xlabel="base CER (%)", ylabel="fine-tuned CER (%)", title="per utterance")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -11,7 +11,8 @@ from typing import Any
 from asr_workbench.scoring import UttScore, aligned_pairs
 
 __all__ = ["Html", "config_html", "table_html", "summary_table", "data_report_table", "diff_html", "audio_html", "worst_table", "warnings_html", "finetune_data_table",
-           "dev_cer_table", "finetune_summary"]
+           "dev_cer_table", "finetune_summary", "comparison_table", "changed_utterances",
+           "checkpoint_table"]
 
 _STYLE = {"S": "background:#fdd;color:#a00", "D": "background:#eee;color:#a00;text-decoration:line-through",
           "I": "background:#dfd;color:#070"}
@@ -153,3 +154,44 @@ def finetune_summary(metrics: dict[str, Any]) -> Html:
             ("steps", f"{metrics['steps_per_epoch']} per epoch, {metrics['total_steps']} planned"),
             ("normaliser", metrics["normaliser"])]
     return table_html(["", ""], rows)
+
+
+def comparison_table(sets: Sequence[Any]) -> Html:
+    """Base vs fine-tuned per test set: CER, S/D/I, change with its 95% interval, utterance counts, RTF."""
+    rows = []
+    for s in sets:
+        b, f, d = s.base or {}, s.finetuned, s.delta
+        pct = lambda v: f"{v * 100:.2f} %" if v is not None else "-"  # noqa: E731
+        sdi = lambda m: f"{m.get('sub')}/{m.get('del')}/{m.get('ins')}" if m else "-"  # noqa: E731
+        change = (f"<b style='color:{'#c00' if s.worse else ('#070' if d.high < 0 else '#000')}'>{d.delta * 100:+.2f}</b> "
+                  f"[{d.low * 100:+.2f}, {d.high * 100:+.2f}]") if d else "-"
+        rows.append((s.name, pct(b.get("cer")), pct(f.get("cer")), change, sdi(b), sdi(f),
+                     f"{s.improved} / {s.regressed} / {s.unchanged}", f"{b.get('rtf', '-')} / {f.get('rtf')}"))
+    return table_html(["test set", "base CER", "fine-tuned CER", "change, points [95% interval]", "base S/D/I",
+                       "fine-tuned S/D/I", "improved / regressed / unchanged", "RTF base / fine-tuned"], rows,
+                      raw_cols=(3,))
+
+
+def changed_utterances(sets: Sequence[Any], n: int = 5, audio: bool = True) -> Html:
+    """The most improved and most regressed utterances of each set: both hypotheses as coloured diffs."""
+    parts = []
+    for s in sets:
+        for title, group in (("most improved", s.most_improved[:n]), ("most regressed", s.most_regressed[:n])):
+            if not group:
+                continue
+            rows = [(p["key"], f"{p['base_errors']} -> {p['ft_errors']} / {p['ref_tokens']}",
+                     diff_html(p["ref_norm"], p["base_hyp_norm"]), diff_html(p["ref_norm"], p["ft_hyp_norm"]),
+                     audio_html(p["audio"]) if audio else "") for p in group]
+            parts.append(f"<h4>{html.escape(s.name)}: {title}</h4>"
+                         + table_html(["key", "errors base -> fine-tuned", "base", "fine-tuned", "audio"], rows,
+                                      raw_cols=(2, 3, 4)))
+    return Html("".join(parts) or "<p>No utterance changed.</p>")
+
+
+def checkpoint_table(checkpoints: Sequence[dict[str, Any]]) -> Html:
+    """CER of several checkpoints of one fine-tune on its dev set."""
+    if not checkpoints:
+        return Html("<p>No checkpoint comparison asked for (compare_checkpoints).</p>")
+    best = min(c["cer"] for c in checkpoints)
+    rows = [(c["name"] + ("  <- best" if c["cer"] == best else ""), f"{c['cer'] * 100:.2f} %", c["data"]) for c in checkpoints]
+    return table_html(["checkpoint", "dev CER", "data"], rows)

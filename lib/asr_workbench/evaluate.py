@@ -1,0 +1,227 @@
+"""The post-fine-tune evaluation notebook's one call: base versus fine-tuned, per test set, with confidence.
+
+:func:`run` assembles a runnable model from a fine-tune output (``decoding_model_name``
++ ``required_files`` from the base model, as FunASR 0.x's ``infer_after_finetune.py``),
+decodes every test set with the fine-tuned and the base model through the inference
+pipeline (:func:`asr_workbench.infer.run`: the same files per model and set), and
+compares them: CER change with a paired-bootstrap interval, improved / regressed /
+unchanged utterances, and a warning for every set that got significantly worse
+(the forgetting case). ``comparison.json`` and ``comparison.md`` go to ``output_dir``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from asr_workbench import decode, infer, modelhub, paths, runs, scoring
+from asr_workbench.finetune import export
+from asr_workbench.fileio import atomic_write_json, atomic_write_text
+
+__all__ = ["SetComparison", "EvalResult", "compare_results", "run"]
+
+REQUIRED_FILES = ["am.mvn", "tokens.json", "configuration.json", "decoding.yaml"]
+
+
+@dataclass
+class SetComparison:
+    """One test set: fine-tuned against base."""
+
+    name: str
+    data_dir: str
+    finetuned: dict[str, Any]
+    base: dict[str, Any] | None = None
+    delta: scoring.Bootstrap | None = None
+    improved: int = 0
+    regressed: int = 0
+    unchanged: int = 0
+    most_improved: list[dict[str, Any]] = field(default_factory=list)
+    most_regressed: list[dict[str, Any]] = field(default_factory=list)
+    pairs: list[dict[str, Any]] = field(default_factory=list)  # per utterance: key, base/ft errors, ref tokens
+
+    @property
+    def worse(self) -> bool:
+        """The fine-tuned model is worse beyond the interval (the whole interval above zero)."""
+        return self.delta is not None and self.delta.low > 0
+
+
+@dataclass
+class EvalResult:
+    """What an evaluation run produced."""
+
+    output_dir: Path
+    model_dir: Path
+    base_dir: Path | None
+    sets: list[SetComparison]
+    checkpoints: list[dict[str, Any]]
+    warnings: list[str]
+    comparison: dict[str, Any]
+
+
+def _summary(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: m.get(k) for k in ("cer", "sub", "del", "ins", "ref_tokens", "n_scored", "rtf", "wall_seconds",
+                                  "audio_seconds", "output_dir")}
+
+
+def compare_results(name: str, data_dir: str, ft: infer.InferResult, base: infer.InferResult | None,
+                    n_bootstrap: int = 1000, seed: int = 0, top: int = 5) -> SetComparison:
+    """Pair two runs' per-utterance results (scored in both) and compare them."""
+    cmp = SetComparison(name, data_dir, {**_summary(ft.metrics), "output_dir": str(ft.output_dir)})
+    if base is None:
+        return cmp
+    cmp.base = {**_summary(base.metrics), "output_dir": str(base.output_dir)}
+    b = {r["key"]: r for r in base.results if r.get("scored")}
+    pairs = []
+    for r in ft.results:
+        if r.get("scored") and r["key"] in b:
+            o = b[r["key"]]
+            pairs.append({"key": r["key"], "audio": r["audio"], "ref_norm": r["ref_norm"], "ref_tokens": r["ref_tokens"],
+                          "base_errors": o["errors"], "ft_errors": r["errors"], "base_hyp_norm": o["hyp_norm"],
+                          "ft_hyp_norm": r["hyp_norm"], "base_cer": o["cer"], "ft_cer": r["cer"]})
+    cmp.pairs = pairs
+    if not pairs:
+        return cmp
+    cmp.delta = scoring.paired_bootstrap([p["base_errors"] for p in pairs], [p["ft_errors"] for p in pairs],
+                                         [p["ref_tokens"] for p in pairs], n_bootstrap, 0.95, seed)
+    cmp.improved = sum(p["ft_errors"] < p["base_errors"] for p in pairs)
+    cmp.regressed = sum(p["ft_errors"] > p["base_errors"] for p in pairs)
+    cmp.unchanged = len(pairs) - cmp.improved - cmp.regressed
+    gain = sorted(pairs, key=lambda p: p["ft_errors"] - p["base_errors"])
+    cmp.most_improved = [p for p in gain[:top] if p["ft_errors"] < p["base_errors"]]
+    cmp.most_regressed = [p for p in reversed(gain[-top:]) if p["ft_errors"] > p["base_errors"]]
+    return cmp
+
+
+def _base_model_name(finetune_dir: Path, given: str | None) -> str | None:
+    if given:
+        return given
+    cfg = finetune_dir / "config.yaml"
+    if cfg.is_file():
+        data = yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}
+        return (data.get("workbench") or {}).get("model")
+    return None
+
+
+def _dev_set(finetune_dir: Path) -> str | None:
+    """The fine-tune's own dev list (the jsonl funasr validated on), for checkpoint comparisons."""
+    cfg = finetune_dir / "config.yaml"
+    if cfg.is_file():
+        dev = (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("valid_data_set_list")
+        if dev and Path(dev).is_file():
+            return str(dev)
+    return None
+
+
+def _markdown(result_sets: list[SetComparison], checkpoints: list[dict[str, Any]]) -> str:
+    lines = [f"# Base vs fine-tuned\n\nnormaliser: {scoring.NORMALISER}\n",
+             "| test set | base CER | fine-tuned CER | change (points) | 95% interval | improved / regressed / unchanged | RTF base / ft |",
+             "|---|---|---|---|---|---|---|"]
+    for s in result_sets:
+        b = s.base or {}
+        pct = lambda v: f"{v * 100:.2f} %" if v is not None else "-"  # noqa: E731
+        d = s.delta
+        lines.append(f"| {s.name} | {pct(b.get('cer'))} | {pct(s.finetuned.get('cer'))} | "
+                     f"{f'{d.delta * 100:+.2f}' if d else '-'}{' (worse)' if s.worse else ''} | "
+                     f"{f'[{d.low * 100:+.2f}, {d.high * 100:+.2f}]' if d else '-'} | "
+                     f"{s.improved} / {s.regressed} / {s.unchanged} | {b.get('rtf', '-')} / {s.finetuned.get('rtf')} |")
+    if checkpoints:
+        lines += ["", "| checkpoint | dev CER |", "|---|---|"]
+        lines += [f"| {c['name']} | {c['cer'] * 100:.2f} % |" for c in checkpoints]
+    return "\n".join(lines) + "\n"
+
+
+def run(
+    output_dir: str,
+    finetune_dir: str,
+    data_dir: str | None = None,
+    test_sets: dict[str, str] | None = None,
+    decoding_model_name: str = "model",
+    modelscope_model_name: str | None = None,
+    required_files: list[str] | None = None,
+    batch_size: int | None = None,
+    ctc_weight: float | None = None,
+    beam_size: int | None = None,
+    decoding_overrides: dict[str, Any] | None = None,
+    on_bad_input: str = "skip",
+    cache_dir: str | None = None,
+    device: str = "auto",
+    compare_with_base: bool = True,
+    compare_checkpoints: list[str] | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    progress: bool = True,
+) -> EvalResult:
+    """Evaluate a fine-tune on every test set, against its base model.
+
+    Args:
+        output_dir: run folder; per model and set ``<set>/<finetuned|base>/`` with the inference files.
+        finetune_dir: a fine-tune's ``output_dir`` (the workbench's, or funasr's own checkpoint folder).
+        data_dir / test_sets: one data folder, or a mapping name -> folder (both may be given).
+        decoding_model_name: ``model`` (the self-contained ``finetune_dir/model/``) or a funasr checkpoint.
+        modelscope_model_name: the base model (default: the one the workbench fine-tune started from).
+        required_files: files copied from the base when the assembled folder lacks them.
+        compare_checkpoints: checkpoints of the same fine-tune to evaluate on its dev set.
+        n_bootstrap / seed: paired-bootstrap resamples for the CER-change interval.
+    """
+    out = runs.prepare_output_dir(output_dir)
+    ft_dir = paths.resolve(finetune_dir)
+    if not ft_dir.is_dir():
+        raise FileNotFoundError(f"finetune_dir {ft_dir} does not exist")
+    sets = {**({"data": data_dir} if data_dir else {}), **(test_sets or {})}
+    if not sets:
+        raise ValueError("give data_dir or test_sets (name -> data folder)")
+    required = list(REQUIRED_FILES if required_files is None else required_files)
+    base_name = _base_model_name(ft_dir, modelscope_model_name)
+    base = modelhub.open_model(base_name, cache_dir=cache_dir) if base_name else None
+    if compare_with_base and base is None:
+        raise ValueError("compare_with_base needs modelscope_model_name (the base model): it is not recorded in "
+                         f"{ft_dir / 'config.yaml'}")
+    model_dir = export.assemble_model(ft_dir, decoding_model_name, base, required, out / "models" / decoding_model_name)
+    common = dict(batch_size=batch_size, ctc_weight=ctc_weight, beam_size=beam_size, device=device,
+                  decoding_overrides=decoding_overrides, on_bad_input=on_bad_input, cache_dir=cache_dir,
+                  progress=progress)
+    dev_name = decode.resolve_device(device)
+    ft_model = decode.load_model(str(model_dir), device=dev_name)
+    base_model = decode.load_model(str(base.path), device=dev_name) if compare_with_base and base else None
+    results: list[SetComparison] = []
+    for name, folder in sets.items():
+        ft_res = infer.run(str(model_dir), folder, str(out / name / "finetuned"), loaded_model=ft_model, **common)
+        base_res = (infer.run(str(base.path), folder, str(out / name / "base"), loaded_model=base_model, **common)
+                    if base_model is not None and base is not None else None)
+        results.append(compare_results(name, str(paths.resolve(folder)), ft_res, base_res, n_bootstrap, seed))
+    checkpoints = []
+    dev = _dev_set(ft_dir) or next(iter(sets.values()))
+    for ckpt in compare_checkpoints or []:
+        folder = export.assemble_model(ft_dir, ckpt, base, required, out / "models" / ckpt)
+        res = infer.run(str(folder), dev, str(out / "checkpoints" / ckpt), **common)
+        checkpoints.append({"name": ckpt, "cer": res.metrics["cer"], "data": dev, "output_dir": str(res.output_dir)})
+    warnings = [f"{s.name}: the fine-tuned model is worse than the base beyond the 95% interval "
+                f"(CER {s.base['cer'] * 100:.2f} % -> {s.finetuned['cer'] * 100:.2f} %, change "
+                f"[{s.delta.low * 100:+.2f}, {s.delta.high * 100:+.2f}] points): it forgot this domain"
+                for s in results if s.worse and s.base and s.delta]
+    comparison = {
+        "normaliser": scoring.NORMALISER, "finetune_dir": str(ft_dir), "decoding_model_name": decoding_model_name,
+        "model_dir": str(model_dir), "base_model": base_name, "base_dir": str(base.path) if base else None,
+        "n_bootstrap": n_bootstrap, "seed": seed, "warnings": warnings,
+        "sets": [{"name": s.name, "data_dir": s.data_dir, "finetuned": s.finetuned, "base": s.base,
+                  "delta_cer": asdict(s.delta) if s.delta else None, "worse": s.worse, "improved": s.improved,
+                  "regressed": s.regressed, "unchanged": s.unchanged,
+                  "most_improved": [p["key"] for p in s.most_improved],
+                  "most_regressed": [p["key"] for p in s.most_regressed]} for s in results],
+        "checkpoints": checkpoints,
+    }
+    atomic_write_json(out / "comparison.json", comparison)
+    atomic_write_text(out / "comparison.md", _markdown(results, checkpoints))
+    runs.write_config(out, {"finetune_dir": str(ft_dir), "decoding_model_name": decoding_model_name,
+                            "modelscope_model_name": base_name, "required_files": required, "test_sets": sets,
+                            "compare_with_base": compare_with_base, "compare_checkpoints": compare_checkpoints or [],
+                            "n_bootstrap": n_bootstrap, "seed": seed, **{k: v for k, v in common.items() if k != "progress"}})
+    runs.write_metrics(out, {"cer": results[0].finetuned["cer"], "normaliser": scoring.NORMALISER,
+                             "per_set_cer": {s.name: s.finetuned["cer"] for s in results},
+                             "per_set_base_cer": {s.name: (s.base or {}).get("cer") for s in results},
+                             "warnings": warnings, "model_dir": str(model_dir),
+                             "provenance": runs.provenance(model_dir / "model.pt")})
+    return EvalResult(out, model_dir, base.path if base else None, results, checkpoints, warnings, comparison)

@@ -1,0 +1,120 @@
+"""The post-fine-tune evaluation notebook: base vs fine-tuned, per set, with a paired-bootstrap interval."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from asr_workbench import evaluate, infer, scoring
+from asr_workbench.finetune import export
+from asr_workbench.modelhub import check_folder
+from conftest import DEMO_DATA, DEMO_MODEL, REPO, subset
+
+
+@pytest.fixture(scope="session")
+def evaluation(tmp_path_factory, notebook_finetune):
+    """papermill runs notebooks/infer_after_finetune.ipynb on the shared short fine-tune."""
+    ft_out, _ = notebook_finetune
+    work = tmp_path_factory.mktemp("evaluate")
+    sets = {"target": str(subset(DEMO_DATA / "target/test", work / "target", 16)),
+            "base": str(subset(DEMO_DATA / "base/test", work / "base", 16))}
+    out = work / "run"
+    params = work / "infer_after_finetune.yaml"
+    params.write_text(json.dumps({"finetune_dir": str(ft_out), "test_sets": sets, "modelscope_model_name": str(DEMO_MODEL),
+                                  "compare_checkpoints": ["model.pt.best", "model.pt.ep1"], "n_bootstrap": 300,
+                                  "output_dir": str(out), "device": "cpu"}))
+    proc = subprocess.run([sys.executable, "-m", "papermill", str(REPO / "notebooks/infer_after_finetune.ipynb"),
+                           str(work / "out.ipynb"), "-f", str(params), "--no-progress-bar"],
+                          capture_output=True, text=True, timeout=900, cwd=str(work))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, work
+
+
+def _rows(path: Path) -> dict[str, dict]:
+    return {r["key"]: r for r in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if r["scored"]}
+
+
+def test_every_model_and_set_gets_the_inference_files(evaluation):
+    out, _ = evaluation
+    for name in ("target", "base"):
+        for model in ("finetuned", "base"):
+            for f in ("results.jsonl", "metrics.json", "1best_recog/text.cer", "errors.txt", "data_report.jsonl"):
+                assert (out / name / model / f).is_file(), (name, model, f)
+    assert (out / "comparison.json").is_file() and (out / "comparison.md").read_text().startswith("# Base vs fine-tuned")
+
+
+def test_comparison_matches_a_recomputation_from_the_results(evaluation):
+    out, _ = evaluation
+    comparison = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
+    for s in comparison["sets"]:
+        ft, base = _rows(out / s["name"] / "finetuned/results.jsonl"), _rows(out / s["name"] / "base/results.jsonl")
+        keys = [k for k in ft if k in base]
+        n = sum(ft[k]["ref_tokens"] for k in keys)
+        delta = (sum(ft[k]["errors"] for k in keys) - sum(base[k]["errors"] for k in keys)) / n
+        d = s["delta_cer"]
+        assert d["delta"] == pytest.approx(delta, abs=1e-9)
+        assert d["low"] <= d["delta"] <= d["high"]
+        assert s["improved"] == sum(ft[k]["errors"] < base[k]["errors"] for k in keys)
+        assert s["regressed"] == sum(ft[k]["errors"] > base[k]["errors"] for k in keys)
+        assert s["improved"] + s["regressed"] + s["unchanged"] == len(keys)
+        assert s["finetuned"]["cer"] == json.loads((out / s["name"] / "finetuned/metrics.json").read_text())["cer"]
+        assert s["worse"] == (d["low"] > 0)
+
+
+def test_interval_narrows_with_more_utterances(evaluation):
+    out, _ = evaluation
+    ft, base = _rows(out / "target/finetuned/results.jsonl"), _rows(out / "target/base/results.jsonl")
+    keys = [k for k in ft if k in base]
+    a, b, n = ([base[k]["errors"] for k in keys], [ft[k]["errors"] for k in keys], [ft[k]["ref_tokens"] for k in keys])
+    small = scoring.paired_bootstrap(a, b, n, 500, seed=1)
+    big = scoring.paired_bootstrap(a * 4, b * 4, n * 4, 500, seed=1)  # four times the utterances, same distribution
+    assert big.delta == pytest.approx(small.delta)
+    assert (big.high - big.low) < 0.75 * (small.high - small.low)
+
+
+def test_checkpoint_comparison_and_notebook_output(evaluation):
+    out, work = evaluation
+    comparison = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
+    assert [c["name"] for c in comparison["checkpoints"]] == ["model.pt.best", "model.pt.ep1"]
+    assert all(0 <= c["cer"] for c in comparison["checkpoints"])
+    nb = json.loads((work / "out.ipynb").read_text(encoding="utf-8"))
+    outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    html = "".join("".join(o.get("data", {}).get("text/html", "")) for o in outputs)
+    assert "95% interval" in html and "dev CER" in html
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2
+
+
+def test_forgetting_is_flagged():
+    def res(errors: list[int]) -> infer.InferResult:
+        rows = [{"key": f"u{i}", "scored": True, "errors": e, "ref_tokens": 10, "cer": e / 10, "audio": "",
+                 "ref_norm": "", "hyp_norm": ""} for i, e in enumerate(errors)]
+        return infer.InferResult(Path("."), {"cer": sum(errors) / (10 * len(errors))}, rows, None, {})  # type: ignore[arg-type]
+
+    worse = evaluate.compare_results("general", "x", res([3] * 30), res([0] * 30), n_bootstrap=200)
+    assert worse.worse and worse.regressed == 30 and worse.delta.low > 0
+    same = evaluate.compare_results("general", "x", res([1, 0] * 15), res([0, 1] * 15), n_bootstrap=200)
+    assert not same.worse and same.delta.low <= 0 <= same.delta.high
+
+
+def test_assemble_checkpoint_copies_only_missing_required_files(tmp_path, notebook_finetune):
+    ft_out, _ = notebook_finetune
+    base = check_folder(DEMO_MODEL)
+    folder = export.assemble_model(ft_out, "model.pt.ep1", base, ["am.mvn", "tokens.json", "decoding.yaml"],
+                                   tmp_path / "ep1")
+    assert (folder / "model.pt").is_file() and (folder / "tokens.json").is_file()
+    # a plain funasr output folder (no model/): config and tokens must come from the base model
+    bare = tmp_path / "bare"
+    shutil.copytree(ft_out / "train", bare)
+    (tmp_path / "b").mkdir()
+    folder = export.assemble_model(bare, "model.pt.best", base, ["am.mvn", "tokens.json"], tmp_path / "b" / "m")
+    assert (folder / "am.mvn").read_bytes() == (DEMO_MODEL / "am.mvn").read_bytes()
+    with pytest.raises(FileNotFoundError, match="give modelscope_model_name"):
+        export.assemble_model(bare, "model.pt.best", None, ["am.mvn"], tmp_path / "c")
+    with pytest.raises(FileNotFoundError, match="no checkpoint model.pt.ep99"):
+        export.assemble_model(ft_out, "model.pt.ep99", base, [], tmp_path / "d")
