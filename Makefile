@@ -24,7 +24,7 @@ test-all: setup
 	$(PY) -m pytest -m ''
 
 demo: setup
-	$(PY) -m asr_workbench run params/demo/infer.yaml
+	$(PY) -m asr_workbench run params/demo/demo.pipeline.yaml
 
 lab: setup
 	$(PY) -m jupyter lab notebooks/

@@ -12,7 +12,7 @@ import yaml
 
 from asr_workbench import decode, finetune, training
 from asr_workbench.finetune import export
-from conftest import DEMO_DATA, DEMO_MODEL
+from conftest import DEMO_DATA, DEMO_MODEL, REPO
 
 
 def test_notebook_writes_config_checkpoints_model_and_metrics(notebook_finetune):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from asr_workbench import decode, infer
+from asr_workbench import batch, decode, infer
 from conftest import DEMO_DATA, DEMO_MODEL, REPO
 
 RUN_FILES = ["config.yaml", "data_report.jsonl", "1best_recog/text", "1best_recog/text.cer", "results.jsonl",
@@ -110,9 +111,11 @@ def test_run_command_adds_executed_notebook_and_html(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "asr_workbench", "run", "params/demo/infer.yaml", "-q",
                            "-p", f"output_dir={out}", "-p", "data_dir=demo/data/target/dev"],
-                          capture_output=True, text=True, timeout=900, cwd=str(REPO))
+                          capture_output=True, text=True, timeout=900, cwd=str(REPO),
+                          env={**os.environ, "ASR_WORKBENCH_OUTPUTS": str(tmp_path / "outputs")})
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "report:" in proc.stdout and "CER" in proc.stdout
+    assert str(out / "report.html") in proc.stdout and "CER" in proc.stdout
+    assert batch.read_index(tmp_path / "outputs" / "runs.jsonl")[0]["output_dir"] == str(out)
     for name in RUN_FILES + ["infer.ipynb", "report.html", "command.txt"]:
         assert (out / name).is_file(), name
     html = (out / "report.html").read_text(encoding="utf-8")

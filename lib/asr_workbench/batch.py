@@ -1,17 +1,30 @@
-"""Run notebooks headlessly with papermill into run folders, with an HTML copy beside them.
+"""Run notebooks headlessly with papermill: single params files, pipelines and sweeps, with a run index.
 
-A params file ``params/<suite>/<notebook>.yaml`` names its notebook
-(``notebooks/<notebook>.ipynb``) and holds only that notebook's parameters;
-every key must be a parameter of the notebook (papermill itself only warns).
-Each run goes to ``output_dir`` (from the params, or ``outputs/<suite>-<notebook>-<time>``)
-and leaves the executed notebook, ``report.html`` and ``command.txt``.
+- A params file ``params/<suite>/<notebook>.yaml`` names its notebook (``notebooks/<notebook>.ipynb``) and holds
+  only that notebook's parameters; every key must be a parameter of the notebook (papermill itself only warns).
+- A pipeline ``*.pipeline.yaml`` lists ``steps`` (``name``, ``params`` file and/or ``notebook``, ``with``
+  overrides) run in order; ``${step.key}`` in a value is an earlier step's resolved parameter
+  (``${finetune.output_dir}``). A failed step skips the steps after it.
+- A sweep ``*.sweep.yaml`` has a ``base`` params file, a ``grid`` of list-valued keys (their product is
+  run, each point under a readable name such as ``lr=0.0005_max_epoch=2``) and optional ``with`` values.
+
+Each run goes to ``output_dir`` (fixed by the params, else ``outputs/<name>-<time>``) and leaves the executed
+notebook (papermill records the parameters in its metadata), ``report.html`` and ``command.txt``; a line per
+finished run is appended to ``outputs/runs.jsonl`` (under a file lock: runs may finish in parallel).
 """
 
 from __future__ import annotations
 
+import fcntl
+import itertools
+import json
+import os
+import re
 import shlex
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,8 +34,14 @@ import yaml
 from asr_workbench import paths
 from asr_workbench.fileio import atomic_write_text
 
-__all__ = ["RunRecord", "notebook_for", "notebook_parameters", "load_params", "check_params", "export_html",
-           "run_notebook"]
+__all__ = ["RunSpec", "RunRecord", "notebook_for", "notebook_parameters", "load_params", "check_params",
+           "export_html", "expand", "load_pipeline", "load_sweep", "execute", "run_all", "run_notebook",
+           "append_index", "read_index", "INDEX"]
+
+INDEX = "runs.jsonl"  # under paths.outputs_root()
+_REF = re.compile(r"\$\{([A-Za-z0-9_\-]+)\.([A-Za-z0-9_]+)\}")
+_PIPELINE_KEYS, _STEP_KEYS, _SWEEP_KEYS = {"description", "steps"}, {"name", "params", "notebook", "with"}, \
+    {"description", "base", "notebook", "grid", "with"}
 
 # what the HTML copy may show, richest first: no widget views (they need live widget state),
 # so the static text/html fallback of the utterance browser is shown instead
@@ -31,18 +50,32 @@ HTML_PRIORITY = ["application/javascript", "text/html", "text/markdown", "image/
 
 
 @dataclass
+class RunSpec:
+    """One notebook run, fully resolved before anything executes (what ``--dry-run`` prints)."""
+
+    name: str  # "demo/infer", "demo.pipeline/finetune", "lr.sweep/lr=0.0005"
+    notebook: Path
+    params: dict[str, Any]  # output_dir included
+    source: str  # the file it came from
+    group: str  # runs of one group (a pipeline) execute in order; groups are independent
+    command: str = ""
+
+
+@dataclass
 class RunRecord:
-    """One executed notebook."""
+    """One executed (or skipped) notebook."""
 
     name: str
     notebook: Path
     output_dir: Path
     executed: Path
     html: Path | None
-    status: str  # "ok" | "failed"
+    status: str  # "ok" | "failed" | "skipped"
     error: str | None
     seconds: float
     started: float = 0.0  # time.time() when the run began
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 def notebook_for(params_file: Path) -> Path:
@@ -98,49 +131,291 @@ def export_html(executed: Path, html_path: Path, hide_code: bool = False) -> Pat
     return html_path
 
 
-def _default_output_dir(params_file: Path, notebook: Path) -> Path:
-    suite = params_file.parent.name
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = paths.repo_root() / "outputs" / f"{suite}-{notebook.stem}-{stamp}"
+def _stamp() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _fresh_dir(name: str, stamp: str, taken: set[Path]) -> Path:
+    base = paths.outputs_root() / f"{re.sub(r'[^A-Za-z0-9_.=+-]+', '-', name).strip('-')}-{stamp}"
     out, n = base, 1
-    while out.exists():
+    while out.exists() or out in taken:
         n += 1
         out = base.with_name(f"{base.name}-{n}")
+    taken.add(out)
     return out
+
+
+def _with_overrides(notebook: Path, params: dict[str, Any], overrides: dict[str, Any], source: str) -> dict[str, Any]:
+    """``params`` with the command line's ``-p`` values that are parameters of ``notebook``."""
+    known = notebook_parameters(notebook)
+    return {**params, **{k: v for k, v in overrides.items() if k in known}}
+
+
+def _resolve_refs(value: Any, done: dict[str, dict[str, Any]], where: str) -> Any:
+    if isinstance(value, str):
+        def sub(m: re.Match[str]) -> str:
+            step, key = m.group(1), m.group(2)
+            if step not in done:
+                raise ValueError(f"{where}: ${{{step}.{key}}} names no earlier step")
+            if key not in done[step]:
+                raise ValueError(f"{where}: step {step!r} has no parameter {key!r}")
+            return str(done[step][key])
+
+        whole = _REF.fullmatch(value)
+        if whole and whole.group(1) in done and whole.group(2) in done[whole.group(1)]:
+            return done[whole.group(1)][whole.group(2)]  # keep the type (a dict, a number)
+        return _REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _resolve_refs(v, done, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_refs(v, done, where) for v in value]
+    return value
+
+
+def _finish(spec_name: str, notebook: Path, params: dict[str, Any], source: str, group: str, stamp: str,
+            taken: set[Path], cmd: str) -> RunSpec:
+    check_params(notebook, params, source)
+    params = dict(params)
+    out = params.get("output_dir")
+    params["output_dir"] = str(paths.resolve(out) if out else _fresh_dir(spec_name.replace("/", "-"), stamp, taken))
+    return RunSpec(spec_name, notebook, params, source, group, cmd)
+
+
+def load_pipeline(path: Path, overrides: dict[str, Any], stamp: str, taken: set[Path]) -> list[RunSpec]:
+    """The steps of a ``*.pipeline.yaml`` with ``${step.key}`` references resolved."""
+    data = load_params(path)
+    bad = set(data) - _PIPELINE_KEYS
+    if bad or not isinstance(data.get("steps"), list) or not data["steps"]:
+        raise ValueError(f"{path}: a pipeline has 'steps' (a non-empty list) and optional 'description'"
+                         + (f"; unknown key(s) {', '.join(sorted(bad))}" if bad else ""))
+    label = path.name.removesuffix(".yaml")
+    done: dict[str, dict[str, Any]] = {}
+    specs = []
+    for i, step in enumerate(data["steps"], 1):
+        where = f"{path}: step {i}"
+        if not isinstance(step, dict) or set(step) - _STEP_KEYS or "name" not in step:
+            raise ValueError(f"{where}: a step has 'name' and 'params' and/or 'notebook', optional 'with' "
+                             f"(got {step!r})")
+        name = str(step["name"])
+        if name in done:
+            raise ValueError(f"{where}: duplicate step name {name!r}")
+        base: dict[str, Any] = {}
+        if step.get("params"):
+            pfile = paths.resolve(step["params"])
+            base = load_params(pfile)
+            nb = paths.resolve(f"notebooks/{step['notebook']}.ipynb") if step.get("notebook") else notebook_for(pfile)
+        elif step.get("notebook"):
+            nb = paths.resolve(f"notebooks/{step['notebook']}.ipynb")
+        else:
+            raise ValueError(f"{where}: give 'params' (a params file) or 'notebook'")
+        if not nb.is_file():
+            raise ValueError(f"{where}: no notebook {nb}")
+        params = {**base, **_resolve_refs(step.get("with") or {}, done, where)}
+        params = _with_overrides(nb, params, overrides, where)
+        spec = _finish(f"{label}/{name}", nb, params, where, str(path), stamp, taken,
+                       f"asr-workbench run {shlex.quote(str(path))}")
+        done[name] = spec.params
+        specs.append(spec)
+    return specs
+
+
+def _point_name(point: dict[str, Any]) -> str:
+    return "_".join(f"{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in point.items())
+
+
+def load_sweep(path: Path, overrides: dict[str, Any], stamp: str, taken: set[Path]) -> list[RunSpec]:
+    """One run per point of the grid of a ``*.sweep.yaml``."""
+    data = load_params(path)
+    bad = set(data) - _SWEEP_KEYS
+    grid = data.get("grid")
+    if bad or "base" not in data or not isinstance(grid, dict) or not grid or not all(
+            isinstance(v, list) and v for v in grid.values()):
+        raise ValueError(f"{path}: a sweep has 'base' (a params file) and 'grid' (key: non-empty list), optional "
+                         "'notebook' and 'with'" + (f"; unknown key(s) {', '.join(sorted(bad))}" if bad else ""))
+    pfile = paths.resolve(data["base"])
+    nb = paths.resolve(f"notebooks/{data['notebook']}.ipynb") if data.get("notebook") else notebook_for(pfile)
+    base = {**load_params(pfile), **(data.get("with") or {})}
+    label = path.name.removesuffix(".yaml")
+    specs = []
+    keys = list(grid)
+    for values in itertools.product(*(grid[k] for k in keys)):
+        point = dict(zip(keys, values))
+        params = _with_overrides(nb, {**base, **point}, overrides, str(path))
+        name = _point_name(point)
+        if base.get("output_dir"):  # a fixed folder: one sub-folder per point
+            params["output_dir"] = str(Path(str(base["output_dir"])) / name)
+        specs.append(_finish(f"{label}/{name}", nb, params, str(path), f"{path}#{name}", stamp, taken,
+                             f"asr-workbench run {shlex.quote(str(path))}"))
+    return specs
+
+
+def expand(targets: Sequence[str | Path], overrides: dict[str, Any] | None = None) -> list[RunSpec]:
+    """Params files, pipelines, sweeps, or folders of them -> the runs to execute, in order."""
+    overrides = overrides or {}
+    stamp, taken = _stamp(), set()
+    files: list[Path] = []
+    for t in targets:
+        p = paths.resolve(t)
+        if p.is_dir():
+            files += sorted(p.glob("*.yaml"))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"{t}: no such params file or folder")
+    specs: list[RunSpec] = []
+    for f in files:
+        if f.name.endswith(".pipeline.yaml"):
+            specs += load_pipeline(f, overrides, stamp, taken)
+        elif f.name.endswith(".sweep.yaml"):
+            specs += load_sweep(f, overrides, stamp, taken)
+        else:
+            nb = notebook_for(f)
+            params = _with_overrides(nb, load_params(f), overrides, str(f))
+            shown = f.relative_to(paths.repo_root()) if f.is_relative_to(paths.repo_root()) else f
+            cmd = shlex.join(["asr-workbench", "run", str(shown)] + [
+                x for k, v in overrides.items() for x in ("-p", f"{k}={json.dumps(v) if not isinstance(v, str) else v}")])
+            specs.append(_finish(f"{f.parent.name}/{f.stem}", nb, params, str(f), str(f), stamp, taken, cmd))
+    unused = sorted(k for k in overrides if not any(k in notebook_parameters(s.notebook) for s in specs))
+    if unused:
+        raise ValueError(f"-p {', '.join(unused)}: not a parameter of any notebook in these runs")
+    return specs
+
+
+def _metrics(out: Path) -> dict[str, Any]:
+    m = out / "metrics.json"
+    try:
+        return json.loads(m.read_text(encoding="utf-8")) if m.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def execute(spec: RunSpec, hide_code: bool = False, progress: bool = True) -> RunRecord:
+    """Run one spec with papermill; a failing cell gives a ``failed`` record, never an exception."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    out = Path(spec.params["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    executed = out / spec.notebook.name
+    atomic_write_text(out / "command.txt", f"{spec.command}\n# same notebook with papermill (from {paths.repo_root()}):\n"
+                      f"# papermill {shlex.quote(str(spec.notebook))} {shlex.quote(str(executed))} "
+                      + " ".join(f"-y {shlex.quote(yaml.safe_dump({k: v}, default_flow_style=True).strip())}"
+                                 for k, v in spec.params.items()) + "\n")
+    t0 = time.time()
+    status, error = "ok", None
+    try:
+        papermill.execute_notebook(str(spec.notebook), str(executed), parameters=spec.params,
+                                   cwd=str(paths.repo_root()), progress_bar=progress, kernel_name="python3")
+    except PapermillExecutionError as e:
+        status, error = "failed", f"cell {e.exec_count}: {e.ename}: {e.evalue}"
+    except Exception as e:  # the kernel died, a parameter could not be injected...
+        status, error = "failed", f"{type(e).__name__}: {e}"
+    html = export_html(executed, out / "report.html", hide_code) if executed.is_file() else None
+    metrics = _metrics(out) if status == "ok" else {}
+    return RunRecord(spec.name, spec.notebook, out, executed, html, status, error, round(time.time() - t0, 1), t0,
+                     spec.params, metrics)
+
+
+def _index_entry(rec: RunRecord) -> dict[str, Any]:
+    m = rec.metrics
+    data = "/".join(Path(str(m["data_dir"])).parts[-2:]) if m.get("data_dir") else "dev"
+    per_set = m.get("per_set_cer") or ({data: m["cer"]} if m.get("cer") is not None else {})
+    return {"name": rec.name, "status": rec.status, "notebook": rec.notebook.stem, "output_dir": str(rec.output_dir),
+            "html": str(rec.html) if rec.html else None, "started": datetime.fromtimestamp(rec.started).isoformat(timespec="seconds"),
+            "seconds": rec.seconds, "error": rec.error, "primary_cer": m.get("cer"), "per_set_cer": per_set,
+            "rtf": m.get("rtf"), "normaliser": m.get("normaliser"), "parameters": rec.params}
+
+
+def append_index(rec: RunRecord, index: Path | None = None) -> None:
+    """Append one line to the run index under an exclusive lock (parallel runs never interleave)."""
+    index = index or paths.outputs_root() / INDEX
+    index.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(_index_entry(rec), ensure_ascii=False, default=str) + "\n"
+    with open(index, "a", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def read_index(index: str | Path | None = None) -> list[dict[str, Any]]:
+    """The run index (a cut-off last line, from a crash mid-write, is skipped)."""
+    path = paths.resolve(index) if index else paths.outputs_root() / INDEX
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def _run_group(specs: list[RunSpec], hide_code: bool, progress: bool, env: dict[str, str],
+               index: Path | None) -> list[RunRecord]:
+    os.environ.update(env)
+    records: list[RunRecord] = []
+    for spec in specs:
+        if records and records[-1].status != "ok":
+            out = Path(spec.params["output_dir"])
+            rec = RunRecord(spec.name, spec.notebook, out, out / spec.notebook.name, None, "skipped",
+                            f"skipped: {records[-1].name} {records[-1].status}", 0.0, time.time(), spec.params)
+        else:
+            rec = execute(spec, hide_code, progress)
+        append_index(rec, index)
+        records.append(rec)
+    return records
+
+
+def run_all(specs: Sequence[RunSpec], jobs: int = 1, devices: Sequence[str] = (), hide_code: bool = False,
+            progress: bool = True, index: Path | None = None) -> list[RunRecord]:
+    """Execute the specs: groups (pipelines) in order inside, independent groups ``jobs`` at a time.
+
+    With several jobs each run's kernel gets one torch thread (``OMP_NUM_THREADS=1``); with ``devices`` each
+    job gets its own GPU (``CUDA_VISIBLE_DEVICES``).
+    """
+    groups: dict[str, list[RunSpec]] = {}
+    for s in specs:
+        groups.setdefault(s.group, []).append(s)
+    ordered = list(groups.values())
+    if jobs <= 1:
+        env = {"CUDA_VISIBLE_DEVICES": devices[0]} if devices else {}
+        saved = {k: os.environ.get(k) for k in env}
+        try:
+            return [r for g in ordered for r in _run_group(g, hide_code, progress, env, index)]
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    import multiprocessing as mp
+
+    results: list[RunRecord] = []
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = []
+        for i, g in enumerate(ordered):
+            env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+            if devices:
+                env["CUDA_VISIBLE_DEVICES"] = devices[i % len(devices)]
+            futures.append(pool.submit(_run_group, g, hide_code, False, env, index))
+        for f in futures:
+            results += f.result()
+    return results
 
 
 def run_notebook(params_file: str | Path, overrides: dict[str, Any] | None = None, hide_code: bool = False,
                  notebook: str | Path | None = None, progress: bool = True) -> RunRecord:
-    """Execute the notebook a params file names into its run folder; never raises for a failing cell.
-
-    Returns a :class:`RunRecord` whose ``status`` is ``failed`` (with the cell's error) when a cell raised.
-    """
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
+    """Execute the notebook one params file names into its run folder (and append it to the index)."""
     params_file = paths.resolve(params_file)
-    nb = paths.resolve(notebook) if notebook else notebook_for(params_file)
-    params = {**load_params(params_file), **(overrides or {})}
-    check_params(nb, params, str(params_file))
-    out = paths.resolve(params["output_dir"]) if params.get("output_dir") else _default_output_dir(params_file, nb)
-    out.mkdir(parents=True, exist_ok=True)
-    params["output_dir"] = str(out)
-    executed = out / nb.name
-    root = paths.repo_root()
-    shown = params_file.relative_to(root) if params_file.is_relative_to(root) else params_file
-    cmd = ["asr-workbench", "run", str(shown)]
-    for k, v in (overrides or {}).items():
-        cmd += ["-p", f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix(chr(10) + '...')}"]
-    atomic_write_text(out / "command.txt", shlex.join(cmd) + "\n"
-                      f"# same run with papermill (from {root}):\n# papermill {shlex.quote(str(nb))} "
-                      f"{shlex.quote(str(executed))} -f {shlex.quote(str(params_file))} -p output_dir {shlex.quote(str(out))}\n")
-    t0 = time.time()
-    status, error = "ok", None
-    try:
-        papermill.execute_notebook(str(nb), str(executed), parameters=params, cwd=str(paths.repo_root()),
-                                   progress_bar=progress, kernel_name="python3")
-    except PapermillExecutionError as e:
-        status, error = "failed", f"cell {e.exec_count}: {e.ename}: {e.evalue}"
-    html = export_html(executed, out / "report.html", hide_code) if executed.is_file() else None
-    return RunRecord(f"{params_file.parent.name}/{params_file.stem}", nb, out, executed, html, status, error,
-                     round(time.time() - t0, 1), t0)
+    if notebook is None:
+        spec = expand([params_file], overrides)[0]
+    else:
+        nb = paths.resolve(notebook)
+        params = {**load_params(params_file), **(overrides or {})}
+        spec = _finish(f"{params_file.parent.name}/{params_file.stem}", nb, params, str(params_file),
+                       str(params_file), _stamp(), set(), f"asr-workbench run {shlex.quote(str(params_file))}")
+    rec = execute(spec, hide_code, progress)
+    append_index(rec)
+    return rec

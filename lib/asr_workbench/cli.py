@@ -1,8 +1,9 @@
-"""``asr-workbench`` (also ``python -m asr_workbench``): run notebooks from params files."""
+"""``asr-workbench`` (also ``python -m asr_workbench``): run notebooks from params files, pipelines and sweeps."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,52 +20,78 @@ def _parse_override(text: str) -> tuple[str, Any]:
     return key, yaml.safe_load(value)
 
 
+def _cer(value: Any) -> str:
+    return f"{value * 100:.2f} %" if isinstance(value, (int, float)) else "-"
+
+
+def _details(rec: Any) -> list[str]:
+    """What a finished run says about itself (from its metrics.json)."""
+    m, lines = rec.metrics, []
+    norm = str(m.get("normaliser", "")).split(":")[0]
+    if "per_set_cer" in m:
+        for name, cer in m["per_set_cer"].items():
+            base = (m.get("per_set_base_cer") or {}).get(name)
+            lines.append(f"{name}: base {_cer(base)} -> fine-tuned {_cer(cer)} CER ({norm})")
+        lines += [f"warning: {w}" for w in m.get("warnings", [])]
+    elif "n_scored" in m and m.get("cer") is not None:
+        lines.append(f"CER {_cer(m['cer'])} on {m['n_scored']} utterances of {Path(str(m.get('data_dir'))).name} ({norm})")
+    elif "dev_cer" in m:
+        lines.append(f"dev CER {_cer(m['cer'])} ({m.get('checkpoint')}; base {_cer(m['dev_cer'].get('base'))}) "
+                     f"-> {m.get('model_dir')}")
+    return lines
+
+
 def _cmd_run(a: argparse.Namespace) -> int:
-    from asr_workbench.batch import run_notebook
+    from asr_workbench import batch
 
-    overrides = dict(a.param or [])
-    failed = 0
-    for params_file in a.params:
-        rec = run_notebook(params_file, overrides, hide_code=a.hide_code, progress=not a.quiet)
-        print(f"[{rec.status}] {rec.name}: {rec.seconds:.0f} s")
-        print(f"  run folder: {rec.output_dir}")
-        if rec.html:
-            print(f"  report:     {rec.html}")
-        metrics = rec.output_dir / "metrics.json"
-        if rec.status == "ok" and metrics.is_file() and metrics.stat().st_mtime >= rec.started:
-            import json
+    specs = batch.expand(a.params, dict(a.param or []))
+    if a.dry_run:
+        for s in specs:
+            print(f"{s.name}  [{s.notebook.name}]  group {s.group}")
+            print("  " + yaml.safe_dump(s.params, allow_unicode=True, sort_keys=False).strip().replace("\n", "\n  "))
+        return 0
+    devices = [d for d in (a.devices or "").split(",") if d]
+    records = batch.run_all(specs, jobs=a.jobs, devices=devices, hide_code=a.hide_code, progress=not a.quiet)
+    print(f"\n{'run':<40} {'status':<8} {'CER':>9} {'time':>7}  report")
+    for r in records:
+        print(f"{r.name:<40} {r.status:<8} {_cer(r.metrics.get('cer')):>9} {r.seconds:>6.0f}s  {r.html or '-'}")
+    for r in records:
+        for line in _details(r):
+            print(f"  {r.name}: {line}")
+        if r.error:
+            print(f"  {r.name}: {r.error}", file=sys.stderr)
+    print(f"\nrun folders under {Path(records[0].output_dir).parent if records else '-'}; index: "
+          f"{batch.paths.outputs_root() / batch.INDEX}")
+    return 1 if any(r.status != "ok" for r in records) else 0
 
-            m = json.loads(metrics.read_text(encoding="utf-8"))
-            if m.get("cer") is not None:
-                norm = m["normaliser"].split(":")[0]
-                if "per_set_cer" in m:
-                    for name, cer in m["per_set_cer"].items():
-                        base = m.get("per_set_base_cer", {}).get(name)
-                        was = f"base {base * 100:.2f} % -> " if base is not None else ""
-                        print(f"  {name}: {was}fine-tuned {cer * 100:.2f} % CER (normaliser {norm})")
-                    for w in m.get("warnings", []):
-                        print(f"  warning: {w}")
-                elif "n_scored" in m:
-                    print(f"  CER {m['cer'] * 100:.2f} % on {m['n_scored']} utterances (normaliser {norm})")
-                else:
-                    print(f"  dev CER {m['cer'] * 100:.2f} % ({m.get('checkpoint')}; base "
-                          f"{m['dev_cer']['base'] * 100:.2f} %) -> {m.get('model_dir')} (normaliser {norm})")
-        if rec.error:
-            print(f"  error: {rec.error}", file=sys.stderr)
-            failed += 1
-    return 1 if failed else 0
+
+def _cmd_leaderboard(a: argparse.Namespace) -> int:
+    from asr_workbench import leaderboard
+
+    board = leaderboard.load(a.index, notebook=a.notebook, data=a.data)
+    print(json.dumps(board.rows, ensure_ascii=False, indent=1, default=str) if a.json else board.text())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="asr-workbench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="execute the notebook each params file names (params/<suite>/<notebook>.yaml)")
-    r.add_argument("params", nargs="+", type=Path, help="params file(s)")
+    r = sub.add_parser("run", help="execute params files (params/<suite>/<notebook>.yaml), *.pipeline.yaml, *.sweep.yaml")
+    r.add_argument("params", nargs="+", type=Path, help="params / pipeline / sweep files, or folders of them")
     r.add_argument("-p", "--param", action="append", type=_parse_override, metavar="KEY=VALUE",
-                   help="override one parameter (YAML value), e.g. -p batch_size=8")
-    r.add_argument("--hide-code", action="store_true", help="HTML report without code cells, for sharing")
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+                   help="set a parameter (YAML value) in every run whose notebook has it, e.g. -p batch_size=8")
+    r.add_argument("--dry-run", action="store_true", help="print the expanded runs and exit")
+    r.add_argument("--jobs", type=int, default=1, help="independent runs (pipelines, sweep points) in parallel")
+    r.add_argument("--devices", default="", help="GPUs for the parallel runs, e.g. 0,1 (one per run)")
+    r.add_argument("--hide-code", action="store_true", help="HTML reports without code cells, for sharing")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=_cmd_run)
+    lb = sub.add_parser("leaderboard", help="the runs of outputs/runs.jsonl, best CER first")
+    lb.add_argument("--index", default=None, help="run index (default outputs/runs.jsonl)")
+    lb.add_argument("--notebook", default=None, help="only runs of this notebook (infer, finetune, ...)")
+    lb.add_argument("--data", default=None, help="only runs on this data set name")
+    lb.add_argument("--json", action="store_true", help="rows as JSON")
+    lb.set_defaults(func=_cmd_leaderboard)
     a = p.parse_args(argv)
     try:
         return a.func(a)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["repo_root", "resolve"]
+__all__ = ["repo_root", "resolve", "outputs_root"]
 
 
 def repo_root() -> Path:
@@ -30,3 +30,9 @@ def resolve(path: str | os.PathLike[str]) -> Path:
     """``path`` made absolute: ``~`` expanded, relative paths taken from the repository root."""
     p = Path(os.path.expanduser(os.fspath(path)))
     return p if p.is_absolute() else (repo_root() / p)
+
+
+def outputs_root() -> Path:
+    """Where fresh run folders and the run index go: ``$ASR_WORKBENCH_OUTPUTS``, else ``<repo>/outputs``."""
+    env = os.environ.get("ASR_WORKBENCH_OUTPUTS")
+    return Path(env).resolve() if env else repo_root() / "outputs"

@@ -226,6 +226,8 @@ def run(p: FinetunePlan, live: bool = True) -> FinetuneResult:
                 seen.add(name)
                 cer[name] = _checkpoint_cer(p, train_dir, name)
 
+    if not p.config["train_conf"].get("resume") and train_dir.exists():
+        shutil.rmtree(train_dir)  # a fresh run: stale checkpoints of an earlier run must not be averaged or exported
     t0 = time.time()
     env = {"OMP_NUM_THREADS": "1"} if p.nproc > 1 else {}
     training.launch(p.config, train_dir, nproc=p.nproc, on_line=on_line, env=env)

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 from matplotlib import font_manager
 
 __all__ = ["CJK_FONTS", "setup_cjk_font", "error_types_bar", "cer_vs_duration", "lr_schedule_plot", "cer_bars",
-           "utterance_scatter"]
+           "utterance_scatter", "cer_vs_parameter"]
 
 CJK_FONTS = ("WenQuanYi Micro Hei", "WenQuanYi Zen Hei", "Noto Sans CJK SC", "Noto Sans CJK JP",
              "Noto Serif CJK SC", "Source Han Sans SC", "Source Han Sans CN", "SimHei", "Microsoft YaHei",
@@ -126,6 +126,25 @@ def utterance_scatter(sets: Sequence[Any]) -> plt.Figure:
         top = max([top, *xs, *ys])
     ax.plot([0, top or 1], [0, top or 1], color="#888", lw=0.8)
     ax.set(xlabel="base CER (%)", ylabel="fine-tuned CER (%)", title="per utterance")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def cer_vs_parameter(board: Any, parameter: str | None) -> plt.Figure:
+    """CER of the runs against one swept parameter, a line per data set."""
+    setup_cjk_font()
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    rows = [r for r in board.rows if r.get("cer") is not None and parameter and parameter in r["parameters"]]
+    if not rows:
+        ax.text(0.5, 0.5, f"no run varies {parameter!r}" if parameter else "set sweep_param to plot CER against it",
+                ha="center", va="center", transform=ax.transAxes)
+        return fig
+    for data in sorted({r["data"] for r in rows}):
+        pts = sorted(((r["parameters"][parameter], r["cer"] * 100) for r in rows if r["data"] == data),
+                     key=lambda t: (str(type(t[0])), t[0]))
+        ax.plot([str(x) for x, _ in pts], [y for _, y in pts], "o-", label=data)
+    ax.set(xlabel=parameter, ylabel="CER (%)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -12,7 +12,7 @@ from asr_workbench.scoring import UttScore, aligned_pairs
 
 __all__ = ["Html", "config_html", "table_html", "summary_table", "data_report_table", "diff_html", "audio_html", "worst_table", "warnings_html", "finetune_data_table",
            "dev_cer_table", "finetune_summary", "comparison_table", "changed_utterances",
-           "checkpoint_table"]
+           "checkpoint_table", "leaderboard_table"]
 
 _STYLE = {"S": "background:#fdd;color:#a00", "D": "background:#eee;color:#a00;text-decoration:line-through",
           "I": "background:#dfd;color:#070"}
@@ -195,3 +195,18 @@ def checkpoint_table(checkpoints: Sequence[dict[str, Any]]) -> Html:
     best = min(c["cer"] for c in checkpoints)
     rows = [(c["name"] + ("  <- best" if c["cer"] == best else ""), f"{c['cer'] * 100:.2f} %", c["data"]) for c in checkpoints]
     return table_html(["checkpoint", "dev CER", "data"], rows)
+
+
+def leaderboard_table(board: Any) -> Html:
+    """The leaderboard: CER, the parameters that differ between runs, RTF, links to the HTML reports."""
+    if not board.rows:
+        return Html("<p>No runs in the index yet (asr-workbench run ... appends to outputs/runs.jsonl).</p>")
+    rows = []
+    for r in board.rows:
+        link = f"<a href='file://{html.escape(r['html'])}'>report</a>" if r.get("html") else "-"
+        rows.append((html.escape(r["name"]), html.escape(r["notebook"]), html.escape(r["data"]),
+                     f"{r['cer'] * 100:.2f} %" if r.get("cer") is not None else "-",
+                     *[html.escape(str(r["parameters"].get(p))) for p in board.params],
+                     r.get("rtf") or "-", html.escape(r["status"]), link))
+    cols = list(range(len(rows[0])))
+    return table_html(["run", "notebook", "data", "CER", *board.params, "RTF", "status", "report"], rows, raw_cols=cols)

@@ -1,0 +1,54 @@
+"""A leaderboard of runs, read from the run index (``outputs/runs.jsonl``), never from whatever folders exist."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from asr_workbench.batch import read_index
+
+__all__ = ["Leaderboard", "load", "varying_parameters"]
+
+_IGNORED = {"output_dir"}
+
+
+def varying_parameters(entries: list[dict[str, Any]]) -> list[str]:
+    """Parameter names whose values differ between the runs (the interesting columns)."""
+    keys = sorted({k for e in entries for k in e.get("parameters", {})} - _IGNORED)
+    return [k for k in keys if len({json.dumps(e.get("parameters", {}).get(k), sort_keys=True, default=str)
+                                    for e in entries}) > 1]
+
+
+@dataclass
+class Leaderboard:
+    """One row per run and data set, best CER first; failed runs at the end."""
+
+    rows: list[dict[str, Any]]
+    params: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        head = ["run", "notebook", "data", "CER", "RTF", "status", *self.params]
+        lines = ["  ".join(head)]
+        for r in self.rows:
+            cer = f"{r['cer'] * 100:.2f}%" if r.get("cer") is not None else "-"
+            lines.append("  ".join([r["name"], r["notebook"], r["data"], cer, str(r.get("rtf") or "-"), r["status"],
+                                    *[json.dumps(r["parameters"].get(p), ensure_ascii=False, default=str) for p in self.params]]))
+        return "\n".join(lines)
+
+
+def load(index: str | None = None, notebook: str | None = None, data: str | None = None) -> Leaderboard:
+    """The runs of ``index`` (default ``outputs/runs.jsonl``), filtered by notebook and data set name."""
+    entries = [e for e in read_index(index) if not notebook or e.get("notebook") == notebook]
+    rows = []
+    for e in entries:
+        sets = e.get("per_set_cer") or {"-": None}
+        for name, cer in sets.items():
+            if data and name != data:
+                continue
+            rows.append({"name": e["name"], "notebook": e.get("notebook", ""), "data": name, "cer": cer,
+                         "rtf": e.get("rtf"), "status": e.get("status", ""), "html": e.get("html"),
+                         "output_dir": e.get("output_dir"), "started": e.get("started"),
+                         "parameters": e.get("parameters", {})})
+    rows.sort(key=lambda r: (r["status"] != "ok", r["cer"] is None, r["cer"] if r["cer"] is not None else 0))
+    return Leaderboard(rows, varying_parameters(entries))

@@ -1,0 +1,118 @@
+"""Batch runs: pipelines with references, sweeps, failure isolation, the run index and the leaderboard."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from asr_workbench import batch, leaderboard
+from conftest import DEMO_DATA, DEMO_MODEL, REPO, subset
+
+
+def _cli(args: list[str], outputs: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ASR_WORKBENCH_OUTPUTS": str(outputs)}
+    return subprocess.run([sys.executable, "-m", "asr_workbench", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=str(REPO), env=env)
+
+
+@pytest.fixture(scope="session")
+def tiny_sets(tmp_path_factory, tiny_data):
+    root = tmp_path_factory.mktemp("tiny-sets")
+    return {"target": str(subset(DEMO_DATA / "target/test", root / "target", 6)),
+            "base": str(subset(DEMO_DATA / "base/test", root / "base", 6)), "finetune": str(tiny_data)}
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory, tiny_sets):
+    work = tmp_path_factory.mktemp("pipeline")
+    pipe = work / "tiny.pipeline.yaml"
+    pipe.write_text(yaml.safe_dump({"description": "tiny demo pipeline", "steps": [
+        {"name": "infer", "params": "params/demo/infer.yaml", "with": {"data_dir": tiny_sets["target"]}},
+        {"name": "finetune", "params": "params/demo/finetune.yaml",
+         "with": {"data_path": tiny_sets["finetune"], "max_epoch": 1, "keep_nbest_models": 1, "output_dir": None}},
+        {"name": "evaluate", "params": "params/demo/infer_after_finetune.yaml",
+         "with": {"finetune_dir": "${finetune.output_dir}", "test_sets": {"target": tiny_sets["target"], "base": tiny_sets["base"]},
+                  "compare_checkpoints": [], "n_bootstrap": 100}},
+    ]}))
+    proc = _cli(["run", str(pipe), "-q"], work / "outputs")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return work / "outputs", proc.stdout
+
+
+def test_pipeline_steps_feed_each_other_and_leave_run_folders(pipeline_run):
+    outputs, stdout = pipeline_run
+    index = batch.read_index(outputs / "runs.jsonl")
+    assert [e["name"] for e in index] == ["tiny.pipeline/infer", "tiny.pipeline/finetune", "tiny.pipeline/evaluate"]
+    assert all(e["status"] == "ok" for e in index)
+    ft, ev = index[1], index[2]
+    assert ev["parameters"]["finetune_dir"] == ft["output_dir"]
+    for e in index:
+        out = Path(e["output_dir"])
+        assert out.parent == outputs  # fresh run folders go under the outputs root
+        nb = json.loads((out / f"{e['notebook']}.ipynb").read_text(encoding="utf-8"))
+        assert nb["metadata"]["papermill"]["parameters"]["output_dir"] == e["output_dir"]
+        assert (out / "report.html").is_file() and (out / "command.txt").is_file()
+    assert set(ev["per_set_cer"]) == {"target", "base"} and ev["primary_cer"] is not None
+    assert "target: base" in stdout and "fine-tuned" in stdout  # the closing summary
+
+
+def test_sweep_failure_isolation_and_parallel_index(tmp_path, tiny_sets):
+    sweep = tmp_path / "bs.sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"base": "params/demo/infer.yaml", "grid": {"batch_size": [2, 4]},
+                                     "with": {"data_dir": tiny_sets["target"]}}))
+    broken = tmp_path / "broken" / "infer.yaml"
+    broken.parent.mkdir()
+    broken.write_text(yaml.safe_dump({"model": str(DEMO_MODEL), "data_dir": str(tmp_path / "no-such-data")}))
+    proc = _cli(["run", str(sweep), str(broken), "--jobs", "2", "-q"], tmp_path / "outputs")
+    assert proc.returncode == 1  # one run failed ...
+    index = batch.read_index(tmp_path / "outputs" / "runs.jsonl")
+    status = {e["name"]: e["status"] for e in index}
+    assert status == {"bs.sweep/batch_size=2": "ok", "bs.sweep/batch_size=4": "ok", "broken/infer": "failed"}  # ... the others ran
+    failed = next(e for e in index if e["status"] == "failed")
+    assert "DataError" in failed["error"] and "no-such-data" in failed["error"]
+    assert (Path(failed["output_dir"]) / "report.html").is_file()  # the failed run is still a readable record
+    ok = [e for e in index if e["status"] == "ok"]
+    assert ok[0]["per_set_cer"] == ok[1]["per_set_cer"]  # batch size does not change the transcripts here
+    assert "failed" in proc.stdout and "batch_size=2" in proc.stdout
+    board = leaderboard.load(str(tmp_path / "outputs" / "runs.jsonl"), notebook="infer")
+    assert "batch_size" in board.params and board.rows[-1]["status"] == "failed"
+
+
+def test_shipped_pipeline_and_sweep_expand():
+    specs = batch.expand(["params/demo/demo.pipeline.yaml", "params/demo/lr.sweep.yaml"])
+    names = [s.name for s in specs]
+    assert names == ["demo.pipeline/infer", "demo.pipeline/finetune", "demo.pipeline/evaluate",
+                     "demo.pipeline/leaderboard", "lr.sweep/lr=0.0005", "lr.sweep/lr=0.002"]
+    assert specs[2].params["finetune_dir"] == specs[1].params["output_dir"]
+    assert specs[4].params["lr"] == 0.0005 and specs[4].params["output_dir"] != specs[5].params["output_dir"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"steps": [{"name": "a", "params": "params/demo/infer.yaml", "with": {"data_dir": "${b.output_dir}"}}]}, "names no earlier step"),
+    ({"steps": [{"name": "a", "params": "params/demo/infer.yaml"}, {"name": "a", "params": "params/demo/infer.yaml"}]}, "duplicate step"),
+    ({"stages": []}, "unknown key"),
+    ({"steps": [{"name": "a", "params": "params/demo/infer.yaml", "with": {"modle": "x"}}]}, "modle not parameter"),
+])
+def test_pipeline_schema_errors(tmp_path, content, message):
+    f = tmp_path / "bad.pipeline.yaml"
+    f.write_text(yaml.safe_dump(content))
+    with pytest.raises(ValueError, match=message):
+        batch.expand([f])
+
+
+def test_sweep_schema_errors(tmp_path):
+    f = tmp_path / "bad.sweep.yaml"
+    f.write_text(yaml.safe_dump({"base": "params/demo/infer.yaml", "grid": {"batch_size": 4}}))
+    with pytest.raises(ValueError, match="grid"):
+        batch.expand([f])
+
+
+def test_unknown_override_is_refused():
+    with pytest.raises(ValueError, match="not a parameter of any notebook"):
+        batch.expand(["params/demo/infer.yaml"], {"bacth_size": 2})
