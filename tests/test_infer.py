@@ -187,3 +187,13 @@ def test_plots_render_chinese_with_a_cjk_font(recwarn):
     fig = report.error_types_bar({"sub": 1, "del": 2, "ins": 3, "cer": 0.1, "ref_tokens": 60}, title="今天是星期一")
     fig.savefig(io.BytesIO(), format="png")
     assert not [w for w in recwarn if "missing from font" in str(w.message)]
+
+
+def test_decoding_is_deterministic(demo_model):
+    """funasr's frontend dithers at inference by default; the workbench's loaded model must not."""
+    d = DEMO_DATA / "target/test"
+    items = [(k, str(d / p)) for k, p in (line.split() for line in (d / "wav.scp").read_text().splitlines()[:6])]
+    first = [h.text for h in decode.transcribe(demo_model, items, batch_size=1)]
+    second = [h.text for h in decode.transcribe(demo_model, items, batch_size=1)]
+    assert first == second
+    assert demo_model.kwargs["frontend"].dither == 0.0

@@ -34,7 +34,7 @@ def _details(rec: Any) -> list[str]:
             lines.append(f"{name}: base {_cer(base)} -> fine-tuned {_cer(cer)} CER ({norm})")
         lines += [f"warning: {w}" for w in m.get("warnings", [])]
     elif "n_scored" in m and m.get("cer") is not None:
-        lines.append(f"CER {_cer(m['cer'])} on {m['n_scored']} utterances of {Path(str(m.get('data_dir'))).name} ({norm})")
+        lines.append(f"CER {_cer(m['cer'])} on {m['n_scored']} utterances of {'/'.join(Path(str(m.get('data_dir'))).parts[-2:])} ({norm})")
     elif "dev_cer" in m:
         lines.append(f"dev CER {_cer(m['cer'])} ({m.get('checkpoint')}; base {_cer(m['dev_cer'].get('base'))}) "
                      f"-> {m.get('model_dir')}")

@@ -36,6 +36,7 @@ class DecodeOptions:
     devices: tuple[str, ...] = ()  # e.g. ("cuda:0", "cuda:1"); empty: [device]
     njob: int = 1  # processes per device
     vad_model: str | None = None
+    precision: str = "fp32"  # fp32, or bf16 / fp16 autocast on CUDA
     extra: dict[str, Any] = field(default_factory=dict)  # other generate() keywords (decoding overrides)
 
 
@@ -88,10 +89,16 @@ def load_model(model_dir: str, device: str = "cpu", ncpu: int | None = None, **k
         with contextlib.redirect_stdout(chatter):
             from funasr import AutoModel
 
-            return AutoModel(model=model_dir, device=resolve_device(device), disable_update=True,
-                             disable_pbar=True, log_level="ERROR", **extra, **kwargs)
+            model = AutoModel(model=model_dir, device=resolve_device(device), disable_update=True,
+                              disable_pbar=True, log_level="ERROR", **extra, **kwargs)
     finally:
         logging.disable(previous)
+    # funasr's WavFrontend applies its training-time dither (random noise, default 1.0) at inference too, so
+    # the same audio can decode differently from one call to the next: the workbench decodes deterministically
+    frontend = model.kwargs.get("frontend")
+    if frontend is not None and getattr(frontend, "dither", 0.0):
+        frontend.dither = 0.0
+    return model
 
 
 def option_notes(model_config: dict[str, Any], opts: DecodeOptions) -> list[str]:
@@ -145,10 +152,30 @@ def length_sorted_batches(durations: Sequence[float], batch_size: int,
 def _decode_items(model: Any, items: Sequence[tuple[str, str, float]], opts: DecodeOptions,
                   sink: Callable[[list[Hypothesis]], None]) -> None:
     """Decode ``(key, path, duration)`` items batch by batch; ``sink`` gets each finished batch."""
-    from asr_workbench import audio
-
     kw = _generate_kwargs(opts)
     durations = [d for _, _, d in items]
+    with _autocast(model, opts.precision):
+        _decode_loop(model, items, opts, kw, durations, sink)
+
+
+def _autocast(model: Any, precision: str) -> Any:
+    """bf16 / fp16 autocast on a CUDA model; fp32 (and any CPU model) decodes as is."""
+    import contextlib
+
+    import torch
+
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+    device = next(model.model.parameters()).device
+    if precision == "fp32" or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def _decode_loop(model: Any, items: Sequence[tuple[str, str, float]], opts: DecodeOptions, kw: dict[str, Any],
+                 durations: list[float], sink: Callable[[list[Hypothesis]], None]) -> None:
+    from asr_workbench import audio
+
     if opts.vad_model:  # long audio: funasr segments each file itself
         for key, path, dur in items:
             res = model.generate(input=audio.load(path), batch_size_s=opts.batch_seconds or 300, **kw)

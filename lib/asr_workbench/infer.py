@@ -125,6 +125,7 @@ def run(
     vad_model: str | None = None,
     progress: bool = True,
     loaded_model: Any = None,
+    precision: str = "fp32",
 ) -> InferResult:
     """Transcribe ``data_dir`` with ``model`` and score it when ``text`` exists.
 
@@ -140,6 +141,7 @@ def run(
         cache_dir: ModelScope cache (default ``$MODELSCOPE_CACHE`` or ``~/.cache/modelscope``).
         vad_model: a funasr VAD model (e.g. ``fsmn-vad``) for audio longer than ~30 s.
         loaded_model: an AutoModel already loaded from ``model`` (reused, single process only).
+        precision: ``fp32``, or ``bf16`` / ``fp16`` autocast when decoding on a GPU (ignored on CPU).
     """
     out = runs.prepare_output_dir(output_dir)
     mf = modelhub.open_model(model, cache_dir=cache_dir)
@@ -153,7 +155,7 @@ def run(
         batch_seconds=settings.get("batch_seconds"),
         beam_size=settings.get("beam_size"),
         ctc_weight=settings.get("ctc_weight"),
-        device=device, devices=tuple(devices), njob=int(njob), vad_model=vad_model,
+        device=device, devices=tuple(devices), njob=int(njob), vad_model=vad_model, precision=precision,
         extra={k: v for k, v in settings.items() if k not in _OWN_KEYS},
     )
     data_path = paths.resolve(data_dir)
@@ -164,7 +166,7 @@ def run(
         "model": model, "model_dir": str(mf.path), "model_source": mf.source,
         "data_dir": str(data_path), "output_dir": str(out),
         "decoding": settings, "device": decode.resolve_device(device), "devices": devices, "njob": njob,
-        "on_bad_input": on_bad_input, "vad_model": vad_model, "cache_dir": cache_dir,
+        "on_bad_input": on_bad_input, "vad_model": vad_model, "cache_dir": cache_dir, "precision": precision,
         "normaliser": scoring.NORMALISER, "notes": notes,
     }
     runs.write_config(out, config)
@@ -172,7 +174,7 @@ def run(
     items = [(u.key, u.audio, u.duration_s) for u in ds.utterances]
     partial = out / ".hyps.partial.jsonl"
     dec = decode.decode(str(mf.path), items, opts, partial,
-                        _fingerprint(mf, {**settings, "vad_model": vad_model, "devices": devices}, items),
+                        _fingerprint(mf, {**settings, "vad_model": vad_model, "devices": devices, "precision": precision}, items),
                         model=loaded_model, progress=progress)
     rows, cer = score_run(ds, dec.hypotheses, out)
     input_files = [data_path] if data_path.is_file() else [data_path / "wav.scp", data_path / "text"]
