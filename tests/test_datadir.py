@@ -54,6 +54,7 @@ def test_every_bad_case_is_reported_with_file_and_line(tmp_path):
     with wave.open(str(d / "full.wav"), "wb") as w:
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(b"\x01\x00" * 32000)
     (d / "trunc.wav").write_bytes((d / "full.wav").read_bytes()[:44 + 2000])
+    (d / "trunc.flac").write_bytes(SRC[0].read_bytes()[: SRC[0].stat().st_size // 2])
     _tone(d / "sr8k.wav", sr=8000)
     _tone(d / "stereo.wav", channels=2)
     _tone(d / "long.wav", seconds=31)
@@ -65,6 +66,7 @@ def test_every_bad_case_is_reported_with_file_and_line(tmp_path):
         "short short.wav",
         "empty empty.wav",
         "trunc trunc.wav",
+        "truncflac trunc.flac",
         f"pipe touch {marker} |",
         "malformed",
         "good other.wav",
@@ -79,14 +81,14 @@ def test_every_bad_case_is_reported_with_file_and_line(tmp_path):
     ds = datadir.load_dataset(d)
     codes = _codes(ds)
     expected = {("missing", "missing_file"), ("notaudio", "not_audio"), ("short", "too_short"),
-                ("empty", "empty_audio"), ("trunc", "truncated"), ("pipe", "pipe_command"),
+                ("empty", "empty_audio"), ("trunc", "truncated"), ("truncflac", "truncated"), ("pipe", "pipe_command"),
                 ("malformed", "malformed_line"), ("good", "duplicate_id"), ("sr8k", "resampled"),
                 ("stereo", "downmixed"), ("long", "long_audio"), ("notext", "no_text"),
                 ("emptytext", "empty_transcript"), ("ghost", "text_without_audio")}
     assert expected <= codes
     assert not marker.exists()  # the pipe command was refused, never run
     where = {i.code: i.where for i in ds.report.issues}
-    assert where["missing_file"].endswith("wav.scp:2") and where["duplicate_id"].endswith("wav.scp:9")
+    assert where["missing_file"].endswith("wav.scp:2") and where["duplicate_id"].endswith("wav.scp:10")
     assert where["text_without_audio"].endswith("text:6")
     decoded = {u.key for u in ds.utterances}
     assert decoded == {"good", "sr8k", "stereo", "long", "notext", "emptytext"}

@@ -181,14 +181,30 @@ def _decode_loop(model: Any, items: Sequence[tuple[str, str, float]], opts: Deco
             res = model.generate(input=audio.load(path), batch_size_s=opts.batch_seconds or 300, **kw)
             sink([Hypothesis(key, " ".join(r.get("text", "") for r in res).strip(), dur)])
         return
-    for batch in length_sorted_batches(durations, opts.batch_size, opts.batch_seconds):
-        waves = [audio.load(items[i][1]) for i in batch]
-        res = model.generate(input=waves, batch_size=len(batch), **kw)
-        if len(res) != len(batch):
-            # funasr's Paraformer returns one empty result for a batch in which no utterance yields a token
-            # (all silence): decode one by one so every utterance gets its own (possibly empty) hypothesis
-            res = [(model.generate(input=[w], batch_size=1, **kw) or [{}])[0] for w in waves]
-        sink([Hypothesis(items[i][0], str(r.get("text", "") or ""), items[i][2]) for i, r in zip(batch, res)])
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = list(length_sorted_batches(durations, opts.batch_size, opts.batch_seconds))
+
+    def load(batch: list[int]) -> list[Any]:
+        return [audio.load(items[i][1]) for i in batch]
+
+    # read (and resample) the next batch's audio while the model decodes this one
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(load, batches[0]) if batches else None
+        for n, batch in enumerate(batches):
+            waves = pending.result() if pending is not None else []
+            pending = pool.submit(load, batches[n + 1]) if n + 1 < len(batches) else None
+            _decode_batch(model, items, batch, waves, kw, sink)
+
+
+def _decode_batch(model: Any, items: Sequence[tuple[str, str, float]], batch: list[int], waves: list[Any],
+                  kw: dict[str, Any], sink: Callable[[list[Hypothesis]], None]) -> None:
+    res = model.generate(input=waves, batch_size=len(batch), **kw)
+    if len(res) != len(batch):
+        # funasr's Paraformer returns one empty result for a batch in which no utterance yields a token
+        # (all silence): decode one by one so every utterance gets its own (possibly empty) hypothesis
+        res = [(model.generate(input=[w], batch_size=1, **kw) or [{}])[0] for w in waves]
+    sink([Hypothesis(items[i][0], str(r.get("text", "") or ""), items[i][2]) for i, r in zip(batch, res)])
 
 
 def transcribe(model: Any, items: Sequence[tuple[str, str]], batch_size: int = 16) -> list[Hypothesis]:
