@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -198,8 +198,3 @@ def run(
     partial.unlink(missing_ok=True)
     return InferResult(out, metrics, rows, ds.report, config, notes)
 
-
-def as_dict(result: InferResult) -> dict[str, Any]:
-    """Plain-data view (for JSON)."""
-    return {"output_dir": str(result.output_dir), "metrics": result.metrics, "notes": result.notes,
-            "issues": [asdict(i) for i in result.report.issues]}
