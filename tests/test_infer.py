@@ -197,3 +197,19 @@ def test_decoding_is_deterministic(demo_model):
     second = [h.text for h in decode.transcribe(demo_model, items, batch_size=1)]
     assert first == second
     assert demo_model.kwargs["frontend"].dither == 0.0
+
+
+def test_precomputed_features_decode_like_funasr_on_waveforms(demo_model):
+    """The workbench computes Paraformer's fbank itself (to overlap it with decoding); funasr fed the same
+    batches of waveforms must give the same transcripts."""
+    from asr_workbench import audio
+
+    d = DEMO_DATA / "target/test"
+    items = [(k, str(d / p)) for k, p in (line.split() for line in (d / "wav.scp").read_text().splitlines()[:24])]
+    ours = {h.key: h.text for h in decode.transcribe(demo_model, items, batch_size=8)}
+    durations = [audio.probe(p).duration_s for _, p in items]
+    theirs = {}
+    for batch in decode.length_sorted_batches(durations, 8):
+        res = demo_model.generate(input=[audio.load(items[i][1]) for i in batch], batch_size=len(batch))
+        theirs.update({items[i][0]: r["text"] for i, r in zip(batch, res)})
+    assert ours == theirs

@@ -184,22 +184,34 @@ def _decode_loop(model: Any, items: Sequence[tuple[str, str, float]], opts: Deco
     from concurrent.futures import ThreadPoolExecutor
 
     batches = list(length_sorted_batches(durations, opts.batch_size, opts.batch_seconds))
+    frontend = model.kwargs.get("frontend")
+    # funasr's Paraformer takes ready features (data_type="fbank"): computing them here lets the next batch's
+    # audio reading and fbank run while the model decodes this one. Other model classes get waveforms.
+    features = frontend is not None and type(model.model).__name__ == "Paraformer"
 
-    def load(batch: list[int]) -> list[Any]:
-        return [audio.load(items[i][1]) for i in batch]
+    def load(batch: list[int]) -> tuple[list[Any], Any]:
+        waves = [audio.load(items[i][1]) for i in batch]
+        if not features or len(batch) < 2:  # funasr squeezes the lengths of a 1-utterance fbank batch to a scalar
+            return waves, None
+        import torch
+        from funasr.utils.load_utils import extract_fbank
 
-    # read (and resample) the next batch's audio while the model decodes this one
+        return waves, extract_fbank([torch.from_numpy(w) for w in waves], data_type="sound", frontend=frontend)
+
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(load, batches[0]) if batches else None
         for n, batch in enumerate(batches):
-            waves = pending.result() if pending is not None else []
+            waves, feats = pending.result() if pending is not None else ([], None)
             pending = pool.submit(load, batches[n + 1]) if n + 1 < len(batches) else None
-            _decode_batch(model, items, batch, waves, kw, sink)
+            _decode_batch(model, items, batch, waves, feats, kw, sink)
 
 
 def _decode_batch(model: Any, items: Sequence[tuple[str, str, float]], batch: list[int], waves: list[Any],
-                  kw: dict[str, Any], sink: Callable[[list[Hypothesis]], None]) -> None:
-    res = model.generate(input=waves, batch_size=len(batch), **kw)
+                  feats: Any, kw: dict[str, Any], sink: Callable[[list[Hypothesis]], None]) -> None:
+    if feats is not None:
+        res = model.generate(input=feats[0], input_len=feats[1], data_type="fbank", batch_size=1, **kw)
+    else:
+        res = model.generate(input=waves, batch_size=len(batch), **kw)
     if len(res) != len(batch):
         # funasr's Paraformer returns one empty result for a batch in which no utterance yields a token
         # (all silence): decode one by one so every utterance gets its own (possibly empty) hypothesis
