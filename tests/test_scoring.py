@@ -57,3 +57,21 @@ def test_text_cer_written_by_funasr_matches_our_numbers(tmp_path):
     assert wrong == ours.substitutions + ours.deletions + ours.insertions
     assert wer == round(ours.cer * 100, 2)
     assert tail[2] == "Scored 4 sentences, 0 not present in hyp."
+
+
+def test_text_cer_split_over_processes_is_byte_identical(tmp_path):
+    """Large sets are scored by funasr's compute_wer in parallel chunks; the merged file equals one run's."""
+    import random
+
+    rng = random.Random(0)
+    chars = "今天是星期一下午三点我的电话号码"
+    refs = ["".join(rng.choice(chars) for _ in range(rng.randint(5, 40))) for _ in range(500)]
+    hyps = [r[: len(r) - 3] + "".join(rng.choice(chars) for _ in range(rng.randint(0, 6))) for r in refs]
+    keys = [f"u{i:04d}" for i in range(500)]
+    scores = [scoring.score_utterance(r, h) for r, h in zip(refs, hyps)]
+    one = scoring.write_funasr_text_cer(keys, scores, tmp_path / "one", processes=1).read_text(encoding="utf-8")
+    two = scoring.write_funasr_text_cer(keys, scores, tmp_path / "two", processes=2).read_text(encoding="utf-8")
+    assert one == two
+    assert not list((tmp_path / "two").glob(".text_cer.*"))  # the chunk files are cleaned up
+    ours = scoring.aggregate(scores)
+    assert f"%WER {round(ours.cer * 100, 2)} [ {ours.substitutions + ours.deletions + ours.insertions} / {ours.ref_tokens}," in two
