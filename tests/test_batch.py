@@ -116,3 +116,38 @@ def test_sweep_schema_errors(tmp_path):
 def test_unknown_override_is_refused():
     with pytest.raises(ValueError, match="not a parameter of any notebook"):
         batch.expand(["params/demo/infer.yaml"], {"bacth_size": 2})
+
+
+def test_failed_first_step_skips_the_rest_of_its_pipeline(tmp_path):
+    pipe = tmp_path / "broken.pipeline.yaml"
+    pipe.write_text(yaml.safe_dump({"steps": [
+        {"name": "infer", "params": "params/demo/infer.yaml", "with": {"data_dir": str(tmp_path / "nothing")}},
+        {"name": "again", "params": "params/demo/infer.yaml", "with": {"output_dir": "${infer.output_dir}-2"}}]}))
+    proc = _cli(["run", str(pipe), "-q"], tmp_path / "outputs")
+    assert proc.returncode == 1
+    index = batch.read_index(tmp_path / "outputs" / "runs.jsonl")
+    assert [(e["name"], e["status"]) for e in index] == [("broken.pipeline/infer", "failed"),
+                                                         ("broken.pipeline/again", "skipped")]
+    assert "skipped: broken.pipeline/infer failed" in index[1]["error"]
+
+
+def test_runs_may_not_share_an_output_dir_or_override_the_grid(tmp_path):
+    a, b = tmp_path / "a" / "infer.yaml", tmp_path / "b" / "infer.yaml"
+    for f in (a, b):
+        f.parent.mkdir()
+        f.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "same")}))
+    with pytest.raises(ValueError, match="would both write to"):
+        batch.expand([a, b])
+    with pytest.raises(ValueError, match="replace the swept values"):
+        batch.expand(["params/demo/lr.sweep.yaml"], {"lr": 0.1})
+    with pytest.raises(ValueError, match="all 6 runs to one folder"):
+        batch.expand(["params/demo/lr.sweep.yaml", "params/demo/demo.pipeline.yaml"], {"output_dir": "x"})
+
+
+def test_sweep_point_folders_are_safe_names(tmp_path):
+    sweep = tmp_path / "odd.sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"base": "params/demo/infer.yaml", "grid": {"decoding_overrides": [{"a b": "c/d"}]},
+                                     "with": {"output_dir": str(tmp_path / "fixed")}}))
+    spec = batch.expand([sweep])[0]
+    out = Path(spec.params["output_dir"])
+    assert out.parent == tmp_path / "fixed" and "/" not in out.name and " " not in out.name

@@ -81,7 +81,8 @@ def test_checkpoint_comparison_and_notebook_output(evaluation):
     out, work = evaluation
     comparison = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
     assert [c["name"] for c in comparison["checkpoints"]] == ["model.pt.best", "model.pt.ep1"]
-    assert all(0 <= c["cer"] for c in comparison["checkpoints"])
+    for c in comparison["checkpoints"]:  # each checkpoint's figure is its own inference run's CER
+        assert c["cer"] == json.loads((Path(c["output_dir"]) / "metrics.json").read_text())["cer"]
     nb = json.loads((work / "out.ipynb").read_text(encoding="utf-8"))
     outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
     assert not [o for o in outputs if o["output_type"] == "error"]
@@ -108,6 +109,15 @@ def test_assemble_checkpoint_copies_only_missing_required_files(tmp_path, notebo
     folder = export.assemble_model(ft_out, "model.pt.ep1", base, ["am.mvn", "tokens.json", "decoding.yaml"],
                                    tmp_path / "ep1")
     assert (folder / "model.pt").is_file() and (folder / "tokens.json").is_file()
+    # "model" lacking a required file: a completed copy, the fine-tune's own folder untouched
+    partial = tmp_path / "partial-finetune"
+    shutil.copytree(ft_out / "model", partial / "model")
+    (partial / "model" / "am.mvn").unlink()
+    (partial / "model" / "decoding.yaml").write_text("batch_size: 3\n")
+    folder = export.assemble_model(partial, "model", base, ["am.mvn", "decoding.yaml"], tmp_path / "completed")
+    assert folder == tmp_path / "completed" and not (partial / "model" / "am.mvn").exists()
+    assert (folder / "am.mvn").read_bytes() == (DEMO_MODEL / "am.mvn").read_bytes()
+    assert (folder / "decoding.yaml").read_text() == "batch_size: 3\n"  # never over the fine-tune's own
     # a plain funasr output folder (no model/): config and tokens must come from the base model
     bare = tmp_path / "bare"
     shutil.copytree(ft_out / "train", bare)

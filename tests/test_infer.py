@@ -189,14 +189,22 @@ def test_plots_render_chinese_with_a_cjk_font(recwarn):
     assert not [w for w in recwarn if "missing from font" in str(w.message)]
 
 
-def test_decoding_is_deterministic(demo_model):
-    """funasr's frontend dithers at inference by default; the workbench's loaded model must not."""
+def test_decoding_is_deterministic(tmp_path):
+    """funasr's frontend dithers at inference by default (and restores its build-time frontend before every
+    generate); a model folder that keeps the default must still decode the same way every time."""
+    import shutil
+
+    folder = tmp_path / "dithering-model"
+    shutil.copytree(DEMO_MODEL, folder)
+    cfg = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    cfg["frontend_conf"].pop("dither")  # funasr's default: 1.0
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    model = decode.load_model(str(folder), device="cpu")
     d = DEMO_DATA / "target/test"
     items = [(k, str(d / p)) for k, p in (line.split() for line in (d / "wav.scp").read_text().splitlines()[:6])]
-    first = [h.text for h in decode.transcribe(demo_model, items, batch_size=1)]
-    second = [h.text for h in decode.transcribe(demo_model, items, batch_size=1)]
-    assert first == second
-    assert demo_model.kwargs["frontend"].dither == 0.0
+    runs = [[h.text for h in decode.transcribe(model, items, batch_size=b)] for b in (1, 1, 4, 4)]
+    assert runs[0] == runs[1] and runs[2] == runs[3]
+    assert model.kwargs["frontend"].dither == 0.0
 
 
 def test_precomputed_features_decode_like_funasr_on_waveforms(demo_model):

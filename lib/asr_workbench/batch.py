@@ -135,8 +135,13 @@ def _stamp() -> str:
     return datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
+def _safe_name(name: str) -> str:
+    """A folder name from a run or sweep-point name: letters, digits and ``_.=+-`` only."""
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "-", name).strip("-.") or "run"
+
+
 def _fresh_dir(name: str, stamp: str, taken: set[Path]) -> Path:
-    base = paths.outputs_root() / f"{re.sub(r'[^A-Za-z0-9_.=+-]+', '-', name).strip('-')}-{stamp}"
+    base = paths.outputs_root() / f"{_safe_name(name)}-{stamp}"
     out, n = base, 1
     while out.exists() or out in taken:
         n += 1
@@ -236,14 +241,17 @@ def load_sweep(path: Path, overrides: dict[str, Any], stamp: str, taken: set[Pat
     nb = paths.resolve(f"notebooks/{data['notebook']}.ipynb") if data.get("notebook") else notebook_for(pfile)
     base = {**load_params(pfile), **(data.get("with") or {})}
     label = path.name.removesuffix(".yaml")
+    clash = sorted(set(grid) & set(overrides))
+    if clash:
+        raise ValueError(f"{path}: -p {', '.join(clash)} would replace the swept values; change the grid instead")
     specs = []
     keys = list(grid)
     for values in itertools.product(*(grid[k] for k in keys)):
         point = dict(zip(keys, values))
         params = _with_overrides(nb, {**base, **point}, overrides, str(path))
         name = _point_name(point)
-        if base.get("output_dir"):  # a fixed folder: one sub-folder per point
-            params["output_dir"] = str(Path(str(base["output_dir"])) / name)
+        if base.get("output_dir"):  # a fixed folder: one sub-folder per point, named safely
+            params["output_dir"] = str(Path(str(base["output_dir"])) / _safe_name(name))
         specs.append(_finish(f"{label}/{name}", nb, params, str(path), f"{path}#{name}", stamp, taken,
                              f"asr-workbench run {shlex.quote(str(path))}"))
     return specs
@@ -278,6 +286,14 @@ def expand(targets: Sequence[str | Path], overrides: dict[str, Any] | None = Non
     unused = sorted(k for k in overrides if not any(k in notebook_parameters(s.notebook) for s in specs))
     if unused:
         raise ValueError(f"-p {', '.join(unused)}: not a parameter of any notebook in these runs")
+    if "output_dir" in overrides and len(specs) > 1:
+        raise ValueError(f"-p output_dir would send all {len(specs)} runs to one folder; set it per params file")
+    seen: dict[str, str] = {}
+    for s in specs:
+        if s.params["output_dir"] in seen:
+            raise ValueError(f"runs {seen[s.params['output_dir']]} and {s.name} would both write to "
+                             f"{s.params['output_dir']}; give them different output_dir values")
+        seen[s.params["output_dir"]] = s.name
     return specs
 
 
@@ -310,7 +326,11 @@ def execute(spec: RunSpec, hide_code: bool = False, progress: bool = True) -> Ru
         status, error = "failed", f"cell {e.exec_count}: {e.ename}: {e.evalue}"
     except Exception as e:  # the kernel died, a parameter could not be injected...
         status, error = "failed", f"{type(e).__name__}: {e}"
-    html = export_html(executed, out / "report.html", hide_code) if executed.is_file() else None
+    html = None
+    try:
+        html = export_html(executed, out / "report.html", hide_code) if executed.is_file() else None
+    except Exception as e:  # a report that cannot be rendered must not stop the other runs
+        error = (error + "; " if error else "") + f"HTML export failed: {type(e).__name__}: {e}"
     metrics = _metrics(out) if status == "ok" else {}
     return RunRecord(spec.name, spec.notebook, out, executed, html, status, error, round(time.time() - t0, 1), t0,
                      spec.params, metrics)
@@ -356,8 +376,19 @@ def read_index(index: str | Path | None = None) -> list[dict[str, Any]]:
 
 
 def _run_group(specs: list[RunSpec], hide_code: bool, progress: bool, env: dict[str, str],
-               index: Path | None) -> list[RunRecord]:
+               index: Path | None, devices: Any = None) -> list[RunRecord]:
     os.environ.update(env)
+    device = devices.get() if devices is not None else None  # a free GPU, given back when the group ends
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+    try:
+        return _run_specs(specs, hide_code, progress, index)
+    finally:
+        if device is not None:
+            devices.put(device)
+
+
+def _run_specs(specs: list[RunSpec], hide_code: bool, progress: bool, index: Path | None) -> list[RunRecord]:
     records: list[RunRecord] = []
     for spec in specs:
         if records and records[-1].status != "ok":
@@ -393,13 +424,15 @@ def run_all(specs: Sequence[RunSpec], jobs: int = 1, devices: Sequence[str] = ()
     import multiprocessing as mp
 
     results: list[RunRecord] = []
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = []
-        for i, g in enumerate(ordered):
-            env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-            if devices:
-                env["CUDA_VISIBLE_DEVICES"] = devices[i % len(devices)]
-            futures.append(pool.submit(_run_group, g, hide_code, False, env, index))
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        free = None
+        if devices:
+            free = manager.Queue()
+            for d in devices:
+                free.put(d)
+        env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        futures = [pool.submit(_run_group, g, hide_code, False, env, index, free) for g in ordered]
         for f in futures:
             results += f.result()
     return results

@@ -89,16 +89,14 @@ def load_model(model_dir: str, device: str = "cpu", ncpu: int | None = None, **k
         with contextlib.redirect_stdout(chatter):
             from funasr import AutoModel
 
-            model = AutoModel(model=model_dir, device=resolve_device(device), disable_update=True,
-                              disable_pbar=True, log_level="ERROR", **extra, **kwargs)
+            # funasr's WavFrontend applies its training-time dither (random noise, default 1.0) at inference
+            # too, so the same audio could decode differently call to call; built with dither 0 (funasr restores
+            # its build-time frontend before every generate(), so setting it afterwards would not last)
+            conf = {**kwargs.pop("frontend_conf", {}), "dither": 0.0}
+            return AutoModel(model=model_dir, device=resolve_device(device), disable_update=True,
+                             disable_pbar=True, log_level="ERROR", frontend_conf=conf, **extra, **kwargs)
     finally:
         logging.disable(previous)
-    # funasr's WavFrontend applies its training-time dither (random noise, default 1.0) at inference too, so
-    # the same audio can decode differently from one call to the next: the workbench decodes deterministically
-    frontend = model.kwargs.get("frontend")
-    if frontend is not None and getattr(frontend, "dither", 0.0):
-        frontend.dither = 0.0
-    return model
 
 
 def option_notes(model_config: dict[str, Any], opts: DecodeOptions) -> list[str]:
@@ -177,6 +175,7 @@ def _decode_loop(model: Any, items: Sequence[tuple[str, str, float]], opts: Deco
     from asr_workbench import audio
 
     if opts.vad_model:  # long audio: funasr segments each file itself
+        kw = {k: v for k, v in kw.items() if k != "batch_size_s"}
         for key, path, dur in items:
             res = model.generate(input=audio.load(path), batch_size_s=opts.batch_seconds or 300, **kw)
             sink([Hypothesis(key, " ".join(r.get("text", "") for r in res).strip(), dur)])
@@ -208,6 +207,7 @@ def _decode_loop(model: Any, items: Sequence[tuple[str, str, float]], opts: Deco
 
 def _decode_batch(model: Any, items: Sequence[tuple[str, str, float]], batch: list[int], waves: list[Any],
                   feats: Any, kw: dict[str, Any], sink: Callable[[list[Hypothesis]], None]) -> None:
+    kw = {k: v for k, v in kw.items() if k not in ("data_type", "batch_size", "input_len")}
     if feats is not None:
         res = model.generate(input=feats[0], input_len=feats[1], data_type="fbank", batch_size=1, **kw)
     else:
@@ -313,6 +313,8 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
         n_used = min(n_proc, len(todo))
         shards = [todo[i::n_used] for i in range(n_used)]  # round-robin keeps shard lengths balanced
         parts = [partial_file.with_suffix(f".part{i}") for i in range(n_used)]
+        for part in partial_file.parent.glob(partial_file.with_suffix(".part*").name):
+            part.unlink()  # left by an interrupted run: another fingerprint's results must not be merged
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
         procs = [ctx.Process(target=_shard_worker, args=(model_dir, devices[i % len(devices)], shards[i], opts,
@@ -339,10 +341,15 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
                     p.terminate()
                 p.join()
         failed = [i for i, p in enumerate(procs) if p.exitcode != 0]
-        with open(partial_file, "a", encoding="utf-8") as f:  # keep what the shards finished
+        with open(partial_file, "a", encoding="utf-8") as f:  # keep what the shards finished (whole lines only)
             for part in parts:
                 if part.is_file():
-                    f.write(part.read_text(encoding="utf-8"))
+                    for line in part.read_text(encoding="utf-8").splitlines():
+                        try:
+                            json.loads(line)
+                        except json.JSONDecodeError:
+                            continue
+                        f.write(line + "\n")
                     part.unlink()
         if failed:
             raise RuntimeError(f"decoding shard(s) {failed} failed (exit codes "

@@ -11,6 +11,7 @@ unchanged utterances, and a warning for every set that got significantly worse
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from asr_workbench.fileio import atomic_write_json, atomic_write_text
 __all__ = ["SetComparison", "EvalResult", "compare_results", "run"]
 
 REQUIRED_FILES = ["am.mvn", "tokens.json", "configuration.json", "decoding.yaml"]
+MIN_PAIRS_FOR_WARNING = 10  # fewer paired utterances give an interval too wide (or too degenerate) to call forgetting
 
 
 @dataclass
@@ -129,7 +131,8 @@ def _markdown(result_sets: list[SetComparison], checkpoints: list[dict[str, Any]
                      f"{s.improved} / {s.regressed} / {s.unchanged} | {b.get('rtf', '-')} / {s.finetuned.get('rtf')} |")
     if checkpoints:
         lines += ["", "| checkpoint | dev CER |", "|---|---|"]
-        lines += [f"| {c['name']} | {c['cer'] * 100:.2f} % |" for c in checkpoints]
+        lines += [f"| {c['name']} | {c['cer'] * 100:.2f} % |" if c["cer"] is not None else f"| {c['name']} | - |"
+                  for c in checkpoints]
     return "\n".join(lines) + "\n"
 
 
@@ -170,9 +173,14 @@ def run(
     ft_dir = paths.resolve(finetune_dir)
     if not ft_dir.is_dir():
         raise FileNotFoundError(f"finetune_dir {ft_dir} does not exist")
+    if data_dir and "data" in (test_sets or {}):
+        raise ValueError("test_sets has a set named 'data', the name data_dir's set gets; rename it")
     sets = {**({"data": data_dir} if data_dir else {}), **(test_sets or {})}
     if not sets:
         raise ValueError("give data_dir or test_sets (name -> data folder)")
+    bad = [n for n in sets if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*", str(n))]
+    if bad:
+        raise ValueError(f"test set name(s) {bad}: use letters, digits and _.=+- (they name folders)")
     required = list(REQUIRED_FILES if required_files is None else required_files)
     base_name = _base_model_name(ft_dir, modelscope_model_name)
     base = modelhub.open_model(base_name, cache_dir=cache_dir) if base_name else None
@@ -201,7 +209,9 @@ def run(
     warnings = [f"{s.name}: the fine-tuned model is worse than the base beyond the 95% interval "
                 f"(CER {s.base['cer'] * 100:.2f} % -> {s.finetuned['cer'] * 100:.2f} %, change "
                 f"[{s.delta.low * 100:+.2f}, {s.delta.high * 100:+.2f}] points): it forgot this domain"
-                for s in results if s.worse and s.base and s.delta]
+                for s in results if s.worse and s.base and s.delta and len(s.pairs) >= MIN_PAIRS_FOR_WARNING]
+    warnings += [f"{s.name}: only {len(s.pairs)} utterances scored by both models: too few to tell whether "
+                 "fine-tuning made it worse" for s in results if s.base and len(s.pairs) < MIN_PAIRS_FOR_WARNING]
     comparison = {
         "normaliser": scoring.NORMALISER, "finetune_dir": str(ft_dir), "decoding_model_name": decoding_model_name,
         "model_dir": str(model_dir), "base_model": base_name, "base_dir": str(base.path) if base else None,

@@ -29,6 +29,7 @@ __all__ = ["TRAINING_KEYS", "checkpoint_path", "list_checkpoints", "export_model
 # what a fine-tuned config.yaml keeps from the training config, besides the base architecture
 TRAINING_KEYS = ("train_conf", "optim", "optim_conf", "scheduler", "scheduler_conf", "specaug", "specaug_conf",
                  "dataset_conf", "freeze_param", "seed")
+OPTIONAL_FILES = {"decoding.yaml", "finetune.yaml"}
 _CKPT = re.compile(r"^model\.pt(\.(best|avg\d+|ep\d+(\.\d+)?))?$")
 
 
@@ -120,7 +121,9 @@ def strip_optimizer_state(train_dir: Path) -> list[str]:
         path = train_dir / name
         state = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "optimizer" in state:
-            torch.save({"state_dict": state["state_dict"]}, path)
+            tmp = path.with_name(path.name + ".tmp")
+            torch.save({"state_dict": state["state_dict"]}, tmp)
+            os.replace(tmp, path)  # a crash mid-write leaves the original checkpoint
             done.append(name)
     return done
 
@@ -155,7 +158,7 @@ def assemble_model(finetune_dir: Path, name: str, base: ModelFolder | None, requ
         elif base is not None:
             template = base
             cfg = train_dir / "config.yaml"
-            training_config = yaml.safe_load(cfg.read_text(encoding="utf-8")) if cfg.is_file() else {}
+            training_config = (yaml.safe_load(cfg.read_text(encoding="utf-8")) if cfg.is_file() else None) or {}
         else:
             raise FileNotFoundError(f"{finetune_dir}: no model/ folder to take config and tokens from; "
                                     "give modelscope_model_name (the base model) too")
@@ -168,7 +171,7 @@ def assemble_model(finetune_dir: Path, name: str, base: ModelFolder | None, requ
             continue
         if base is not None and (base.path / f).is_file():
             shutil.copy2(base.path / f, folder / f)
-        else:
+        elif f not in OPTIONAL_FILES:  # decoding.yaml / finetune.yaml only carry defaults
             still.append(f)
     if still:
         raise FileNotFoundError(f"assembled model {folder} lacks {', '.join(still)}"

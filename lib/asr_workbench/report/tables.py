@@ -192,8 +192,10 @@ def checkpoint_table(checkpoints: Sequence[dict[str, Any]]) -> Html:
     """CER of several checkpoints of one fine-tune on its dev set."""
     if not checkpoints:
         return Html("<p>No checkpoint comparison asked for (compare_checkpoints).</p>")
-    best = min(c["cer"] for c in checkpoints)
-    rows = [(c["name"] + ("  <- best" if c["cer"] == best else ""), f"{c['cer'] * 100:.2f} %", c["data"]) for c in checkpoints]
+    scored = [c["cer"] for c in checkpoints if c["cer"] is not None]
+    best = min(scored) if scored else None
+    rows = [(c["name"] + ("  <- best" if c["cer"] is not None and c["cer"] == best else ""),
+             f"{c['cer'] * 100:.2f} %" if c["cer"] is not None else "- (not scored)", c["data"]) for c in checkpoints]
     return table_html(["checkpoint", "dev CER", "data"], rows)
 
 
