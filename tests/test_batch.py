@@ -151,3 +151,11 @@ def test_sweep_point_folders_are_safe_names(tmp_path):
     spec = batch.expand([sweep])[0]
     out = Path(spec.params["output_dir"])
     assert out.parent == tmp_path / "fixed" and "/" not in out.name and " " not in out.name
+
+
+def test_numbers_written_the_yaml_1_1_way_reach_notebooks_as_numbers(tmp_path):
+    f = tmp_path / "finetune.yaml"
+    f.write_text("lr: 1e-4\nmax_epoch: 3\n")
+    spec = batch.expand([f], {"batch_bins": "2000"})[0]
+    assert spec.params["lr"] == 0.0001 and isinstance(spec.params["lr"], float)
+    assert spec.params["batch_bins"] == 2000 and isinstance(spec.params["batch_bins"], int)

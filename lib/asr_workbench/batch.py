@@ -177,10 +177,24 @@ def _resolve_refs(value: Any, done: dict[str, dict[str, Any]], where: str) -> An
     return value
 
 
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _numbers(notebook: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """YAML 1.1 reads ``1e-4`` as a string: give numeric parameters their number."""
+    known = notebook_parameters(notebook)
+    out = dict(params)
+    for k, v in params.items():
+        kind = (known.get(k) or {}).get("inferred_type_name", "")
+        if isinstance(v, str) and _NUMBER.match(v.strip()) and kind in ("float", "int"):
+            out[k] = float(v) if kind == "float" or not v.strip().lstrip("+-").isdigit() else int(v)
+    return out
+
+
 def _finish(spec_name: str, notebook: Path, params: dict[str, Any], source: str, group: str, stamp: str,
             taken: set[Path], cmd: str) -> RunSpec:
     check_params(notebook, params, source)
-    params = dict(params)
+    params = _numbers(notebook, params)
     out = params.get("output_dir")
     params["output_dir"] = str(paths.resolve(out) if out else _fresh_dir(spec_name.replace("/", "-"), stamp, taken))
     return RunSpec(spec_name, notebook, params, source, group, cmd)

@@ -144,7 +144,7 @@ def alignment_text(score: UttScore) -> str:
 
 def _wer_module() -> Any:
     """funasr's ``funasr/metrics/wer.py``, loaded from its file without running ``funasr/__init__`` (which
-    imports torch and every model: seconds per process for a module that needs only numpy)."""
+    imports torch and every model: seconds per process for a module that needs numpy, hydra and omegaconf)."""
     import importlib.util
     import sys
 
@@ -229,7 +229,8 @@ def write_funasr_text_cer(keys: Sequence[str], scores: Sequence[UttScore], out_d
     hyp_lines = [f"{k} {s.hyp}\n".replace(" \n", "\n") for k, s in rows]
     ref_proc.write_text("".join(ref_lines), encoding="utf-8")
     hyp_proc.write_text("".join(hyp_lines), encoding="utf-8")
-    n_proc = min(processes or os.cpu_count() or 1, max(1, len(rows) // (PARALLEL_MIN_UTTS // 2)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n_proc = min(processes or cores, max(1, len(rows) // (PARALLEL_MIN_UTTS // 2)))
     if n_proc <= 1 or len(rows) < PARALLEL_MIN_UTTS:
         _funasr_text_cer((str(ref_proc), str(hyp_proc), str(cer_file)))
         return cer_file
