@@ -11,9 +11,7 @@ Results are appended to bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import shutil
 import subprocess
 import sys

@@ -217,7 +217,7 @@ def test_precomputed_features_decode_like_funasr_on_waveforms(demo_model):
     ours = {h.key: h.text for h in decode.transcribe(demo_model, items, batch_size=8)}
     durations = [audio.probe(p).duration_s for _, p in items]
     theirs = {}
-    for batch in decode.length_sorted_batches(durations, 8):
-        res = demo_model.generate(input=[audio.load(items[i][1]) for i in batch], batch_size=len(batch))
-        theirs.update({items[i][0]: r["text"] for i, r in zip(batch, res)})
+    for group in decode.length_sorted_batches(durations, 8):
+        res = demo_model.generate(input=[audio.load(items[i][1]) for i in group], batch_size=len(group))
+        theirs.update({items[i][0]: r["text"] for i, r in zip(group, res)})
     assert ours == theirs

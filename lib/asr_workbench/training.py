@@ -3,7 +3,7 @@
 funasr 1.4.16's ``train_ds.main`` hard-codes the trainer device to the CUDA
 local rank, so it fails on a CPU-only machine ("Found no NVIDIA driver"); with
 several processes it also calls ``torch.cuda.set_device`` and ``model.cuda``.
-:class:`DeviceFallbackTrainer` keeps funasr's trainer and only maps a CUDA device
+:func:`_make_trainer_class` (a ``DeviceFallbackTrainer``) keeps funasr's trainer and only maps a CUDA device
 to the CPU when CUDA is absent; :func:`launch` writes a resolved config and
 starts training in a subprocess (``torchrun`` for several processes), so
 the demo builder and the fine-tuning notebook train the same way.
@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["TrainResult", "DeviceFallbackTrainer", "launch", "train_in_process", "main"]
+__all__ = ["TrainResult", "launch", "train_in_process", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +72,6 @@ def _make_trainer_class() -> type:
             return super().warp_model(model, **kwargs)
 
     return DeviceFallbackTrainer
-
-
-def __getattr__(name: str) -> Any:  # lazy attribute: keeps `import asr_workbench.training` light
-    if name == "DeviceFallbackTrainer":
-        return _make_trainer_class()
-    raise AttributeError(name)
 
 
 @dataclass
