@@ -60,11 +60,18 @@ def machine() -> str:
 
 
 def _commit() -> str:
+    """The checkout's commit, marked when tracked files differ from it; on a machine without the git folder
+    (the GPU machine gets a copy of the work tree) ``$BENCH_COMMIT``, which bench/gpu.sh reads from .gpu/commit."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
+    git = ["git", "-C", str(paths.repo_root())]
     try:
-        return subprocess.run(["git", "-C", str(paths.repo_root()), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10).stdout.strip() or "?"
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", "lib", "bench/*.py", "bench/*.sh"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
     except OSError:
         return "?"
+    return (head + (" + uncommitted changes" if dirty else "")) if head else "?"
 
 
 def append_results(section: str, command: str, rows: list[dict], note: str = "") -> None:

@@ -6,8 +6,11 @@
 Builds a model folder with Paraformer-large's architecture (SANM 50x512 encoder, 16-block decoder, 8404 tokens;
 random weights: no hub is reachable from the benchmark machine), synthesizes >= 10 h of mixed-length audio from
 the demo clips on the machine itself, and measures in one run: plain ``AutoModel.generate`` (batch 64, input
-order, fp32, as a user calls it) against the workbench's ``infer.run`` (batch 64, length-sorted) in fp32 and bf16;
-and fine-tuning audio-seconds/s of the workbench at the recipe's settings and at 5x the batch.
+order, fp32, as a user calls it) against the workbench's ``infer.run`` (batch 64, length-sorted) in fp32 and bf16,
+decoding-only variants (features on the GPU or the CPU, batches at once, batch by audio seconds); and fine-tuning
+audio-seconds/s in the 2nd epoch: funasr's stock trainer at the recipe's settings, the workbench's trainer on the
+same config, and the workbench's recommended settings for the machine (``finetune.recommend``).
+``PARTS=infer`` or ``PARTS=finetune`` runs one half.
 """
 
 from __future__ import annotations
@@ -62,23 +65,171 @@ def large_arch(folder: Path) -> Path:
     return folder
 
 
-def plain_generate(model: Path, scp: Path, bs: int) -> float:
+def plain_generate(model: Path, scp: Path, bs: int) -> tuple[float, dict[str, str]]:
     from funasr import AutoModel
 
     m = AutoModel(model=str(model), device=DEV, disable_update=True, disable_pbar=True, log_level="ERROR", ncpu=8)
     m.generate(input=str(scp.parent / "warm.scp"), batch_size=bs)  # warm-up: CUDA kernels, allocator
-    if DEV == "cuda":
-        torch.cuda.synchronize()
+    _sync()
     t = time.perf_counter()
-    m.generate(input=str(scp), batch_size=bs)
+    res = m.generate(input=str(scp), batch_size=bs)
+    _sync()
+    return time.perf_counter() - t, {r["key"]: r["text"] for r in res}
+
+
+def _sync() -> None:
     if DEV == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - t
+
+
+def _same(a: dict[str, str], b: dict[str, str]) -> str:
+    return f"{sum(a.get(k, '').replace(' ', '') == v.replace(' ', '') for k, v in b.items())}/{len(b)}"
+
+
+def inference(model: Path, data: Path, audio_s: float, note: str) -> None:
+    """Plain generate vs the workbench end to end (fp32, bf16), then decode-only variants on one loaded model."""
+    rows = []
+    tb, plain = plain_generate(model, data / "wav_abs.scp", 64)
+    rows.append({"what": "plain AutoModel.generate(wav.scp), model loaded and warmed", "batch": 64, "order": "input",
+                 "dtype": "fp32", "x real time": round(audio_s / tb, 1), "wall s": round(tb, 1), "same text": "-"})
+    print(rows[-1], flush=True)
+    for precision, over in (("fp32", None), ("bf16", None), ("bf16", {"batch_seconds": 1280})):
+        t = time.perf_counter()
+        r = infer.run(str(model), str(data), str(OUT / f"infer-{precision}-{bool(over)}"), batch_size=64, device=DEV,
+                      precision=precision, progress=False, decoding_overrides=over)
+        wall = time.perf_counter() - t
+        hyps = {x["key"]: x["hyp"] for x in r.results}
+        m = r.metrics
+        rows.append({"what": "workbench infer.run: load + validate + decode + score + files", "batch":
+                     "64" if not over else f"{over['batch_seconds']} s of audio", "order": "sorted", "dtype": precision,
+                     "x real time": round(audio_s / wall, 1), "wall s": round(wall, 1),
+                     "same text": _same(hyps, plain) if precision == "fp32" else "-",
+                     "decode-only x real time": round(1 / m["rtf"], 1) if m["rtf"] else "-",
+                     "model load s": m.get("model_load_seconds")})
+        print(rows[-1], flush=True)
+    append_results("GPU inference: workbench vs plain funasr", "bash bench/gpu.sh", rows, note)
+    # decoding alone, one loaded model: where features are computed, how many batches at once, batch size
+    from asr_workbench import datadir, decode
+
+    ds = datadir.load_dataset(data)
+    items = [(u.key, u.audio, u.duration_s) for u in ds.utterances]
+    loaded = decode.load_model(str(model), device=DEV)
+    variants = [("fp32", 64, None, "model", 0), ("bf16", 64, None, "model", 0), ("bf16", 64, None, "cpu", 12),
+                ("bf16", 64, None, "model", 1), ("bf16", 64, None, "model", 8), ("bf16", 0, 1280, "model", 0)]
+    drows = []
+    for i, (precision, bs, secs, feats, workers) in enumerate(variants):
+        opts = decode.DecodeOptions(batch_size=bs or 64, batch_seconds=secs, device=DEV, precision=precision,
+                                    features_on=feats, workers=workers)
+        try:
+            if i == 0:  # warm-up
+                decode.decode(str(model), items[:256], opts, OUT / "warm.partial", "warm", model=loaded, progress=False)
+            _sync()
+            res = decode.decode(str(model), items, opts, OUT / f"v{i}.partial", f"v{i}", model=loaded, progress=False)
+            hw = decode.plan_workers(loaded, opts, {})
+            drows.append({"dtype": precision, "batch": f"{bs}" if bs else f"{secs} s of audio", "features on": feats,
+                          "workers": hw[0], "x real time": round(audio_s / res.wall_s, 1), "wall s": round(res.wall_s, 2),
+                          "same text as plain": _same({h.key: h.text for h in res.hypotheses}, plain)})
+        except Exception as e:  # noqa: BLE001 - a failed variant is a row, the others still run
+            import traceback
+
+            traceback.print_exc()
+            drows.append({"dtype": precision, "batch": bs or secs, "features on": feats, "workers": workers,
+                          "x real time": f"error {e!r}"[:120]})
+        print(drows[-1], flush=True)
+    append_results("GPU decoding alone (workbench decode.decode, model loaded once)", "bash bench/gpu.sh", drows,
+                   note + f"; plain generate on the same set: {audio_s / tb:.0f}x")
+
+
+def _timed_trainer(base: type, times: list[float]) -> type:
+    class Timed(base):  # type: ignore[misc, valid-type]
+        def train_epoch(self, *a, **k):  # noqa: ANN002, ANN003
+            _sync()
+            t = time.perf_counter()
+            r = super().train_epoch(*a, **k)
+            _sync()
+            times.append(time.perf_counter() - t)
+            return r
+
+    return Timed
+
+
+def _train_epochs(cfg: dict, trainer: str) -> tuple[float, float]:
+    """Train ``cfg`` 2 epochs in this process; the 2nd epoch's seconds (no start-up, warm loaders) and peak GiB."""
+    import funasr.bin.train_ds as train_ds
+    from funasr.train_utils.trainer_ds import Trainer
+
+    from asr_workbench import training
+
+    times: list[float] = []
+    base = training._make_trainer_class() if trainer == "workbench" else Trainer
+    timed = _timed_trainer(base, times)
+    if DEV == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    saved = training._make_trainer_class
+    training._make_trainer_class = lambda: timed  # train_in_process installs this class into train_ds
+    try:
+        if trainer == "workbench":
+            training.train_in_process(cfg)
+        else:
+            train_ds.Trainer = timed
+            train_ds.main(**cfg)
+    finally:
+        training._make_trainer_class = saved
+    peak = torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else 0.0
+    return min(times[1:] or times), peak
+
+
+def fine_tune(model: Path, data: Path, lines: list[str], note: str) -> None:
+    """Epoch-2 throughput (as the plain-funasr yardstick times it): funasr's stock trainer at the recipe's
+    settings, the workbench's trainer on the same resolved config, and the workbench's recommended settings."""
+    ft_data = OUT / "ft-data"
+    sub = lines[: (16 if SMALL else int(os.environ.get("FT_UTTS", 400)))]
+    texts = dict(x.split(" ", 1) for x in (data / "text").read_text(encoding="utf-8").splitlines())
+    for split, part in (("train", sub), ("dev", sub[:8])):
+        (ft_data / split).mkdir(parents=True, exist_ok=True)
+        (ft_data / split / "wav.scp").write_text("".join(f"{ln.split()[0]} {data / ln.split()[1]}\n" for ln in part))
+        (ft_data / split / "text").write_text("".join(f"{ln.split()[0]} {texts[ln.split()[0]]}\n" for ln in part),
+                                              encoding="utf-8")
+    rows = []
+    recipe = {"batch_bins": 2000 if SMALL else 6000, "num_workers": 0 if SMALL else 4, "precision": "fp32"}
+    settings = [("funasr's trainer (stock), recipe settings", "stock", recipe, False),
+                ("workbench trainer, same config", "workbench", recipe, False),
+                ("workbench, recommended settings", "workbench", {}, True)]
+    base_rate = None
+    for label, trainer, kw, rec in settings:
+        try:
+            p = finetune.plan(str(model), str(ft_data), str(OUT / f"ft-{len(rows)}"), max_epoch=2, keep_nbest_models=1,
+                              device=DEV, recommended=rec, **kw)
+            cfg = {**p.config, "output_dir": str(p.output_dir / "train")}
+            cfg["train_conf"] = {**cfg["train_conf"], "validate_interval": 10**9, "save_checkpoint_interval": 10**9,
+                                 "log_interval": 50}
+            epoch_s, peak = _train_epochs(cfg, trainer)
+            rate = p.train.hours * 3600 / epoch_s
+            if trainer == "stock":
+                base_rate = rate
+            ds = cfg["dataset_conf"]
+            rows.append({"what": label, "batch frames": ds["batch_size"], "workers": ds.get("num_workers"),
+                         "dtype": "bf16" if cfg["train_conf"].get("use_bf16") else "fp32",
+                         "audio-s per s": round(rate, 1), "epoch s": round(epoch_s, 2), "peak GiB": round(peak, 1),
+                         "vs stock recipe": round(rate / base_rate, 2) if base_rate else "-"})
+            if p.recommendation and p.recommendation.measured:
+                print("recommendation:", p.recommendation.reasons, p.recommendation.measured, flush=True)
+                rows[-1]["what"] += " (" + "; ".join(f"{k} {v}" for k, v in p.recommendation.measured.items()) + ")"
+        except Exception as e:  # noqa: BLE001
+            import traceback
+
+            traceback.print_exc()
+            rows.append({"what": label, "audio-s per s": f"error {e!r}"[:160]})
+        print(rows[-1], flush=True)
+    append_results("GPU fine-tune throughput, 2nd epoch", "bash bench/gpu.sh", rows,
+                   note + f"; {len(sub)} training utterances, 2 epochs in this process, the 2nd timed (as the "
+                   "plain-funasr yardstick times funasr's trainer)")
 
 
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     n = 24 if SMALL else int(os.environ.get("N_UTTS", 3600))  # 1-20 s uniform, ~10.5 s mean: 3600 ~ 10.5 h
+    t0 = time.perf_counter()
     data = mixed_set(Path(tempfile.gettempdir()) / f"gpu-mixed{n}", n, seed=1)
     lines = (data / "wav.scp").read_text().splitlines()
     (data / "wav_abs.scp").write_text("".join(f"{ln.split()[0]} {data / ln.split()[1]}\n" for ln in lines))
@@ -86,44 +237,15 @@ def main() -> None:
     from asr_workbench import audio as audio_mod
 
     audio_s = sum(audio_mod.probe(data / ln.split()[1]).duration_s for ln in lines)
-    print(f"data: {n} utterances, {audio_s / 3600:.2f} h", flush=True)
+    print(f"data: {n} utterances, {audio_s / 3600:.2f} h, made in {time.perf_counter() - t0:.0f} s", flush=True)
     model = large_arch(Path(tempfile.gettempdir()) / "paraformer-large-arch")
-    rows = []
-    tb = plain_generate(model, data / "wav_abs.scp", 64)
-    rows.append({"what": "plain AutoModel.generate(wav.scp)", "batch": 64, "order": "input", "dtype": "fp32",
-                 "x real time": round(audio_s / tb, 1), "wall s": round(tb, 1)})
-    print(rows[-1], flush=True)
-    for precision in ("fp32", "bf16"):
-        t = time.perf_counter()
-        r = infer.run(str(model), str(data), str(OUT / f"infer-{precision}"), batch_size=64, device=DEV,
-                      precision=precision, progress=False)
-        wall = time.perf_counter() - t
-        rows.append({"what": "workbench infer.run (validation + decode + scoring)", "batch": 64, "order": "sorted",
-                     "dtype": precision, "x real time": round(audio_s / wall, 1), "wall s": round(wall, 1),
-                     "decode-only x real time": round(1 / r.metrics["rtf"], 1) if r.metrics["rtf"] else "-"})
-        print(rows[-1], flush=True)
     note = (f"{'DRY RUN on CPU with a tiny architecture' if SMALL else 'Paraformer-large architecture, random weights (no hub reachable)'}; "
             f"{n} utterances, {audio_s / 3600:.2f} h of 1-20 s audio made from the demo clips; device {machine()}")
-    append_results("GPU inference: workbench vs plain funasr", "bash bench/gpu.sh", rows, note)
-    if os.environ.get("INFER_ONLY") == "1":
-        return
-    ft_rows = []
-    ft_data = OUT / "ft-data"
-    sub = lines[: (16 if SMALL else 400)]
-    for split, part in (("train", sub), ("dev", sub[:8])):
-        (ft_data / split).mkdir(parents=True, exist_ok=True)
-        (ft_data / split / "wav.scp").write_text("".join(f"{ln.split()[0]} {data / ln.split()[1]}\n" for ln in part))
-        texts = dict(x.split(" ", 1) for x in (data / "text").read_text(encoding="utf-8").splitlines())
-        (ft_data / split / "text").write_text("".join(f"{ln.split()[0]} {texts[ln.split()[0]]}\n" for ln in part), encoding="utf-8")
-    for label, bins, workers in (("recipe settings", 6000, 4), ("5x batch", 30000, 12)):
-        plan = finetune.plan(str(model), str(ft_data), str(OUT / f"ft-{bins}"), max_epoch=1, batch_bins=bins,
-                             num_workers=0 if SMALL else workers, keep_nbest_models=1, device=DEV, dev_cer="end")
-        res = finetune.run(plan, live=False)
-        ft_rows.append({"what": f"workbench fine-tune, {label}", "batch_bins": bins, "workers": workers,
-                        "audio-s per s": round(plan.train.hours * 3600 / res.seconds, 1), "train wall s": round(res.seconds, 1)})
-        print(ft_rows[-1], flush=True)
-    append_results("GPU fine-tune throughput (workbench)", "bash bench/gpu.sh", ft_rows,
-                   note + "; 1 epoch, process start-up and model loading included")
+    parts = os.environ.get("PARTS", "infer,finetune").split(",")
+    if "infer" in parts:
+        inference(model, data, audio_s, note)
+    if "finetune" in parts:
+        fine_tune(model, data, lines, note)
 
 
 if __name__ == "__main__":

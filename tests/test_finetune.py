@@ -84,6 +84,33 @@ def test_large_dataset_type_counts_milliseconds_and_shards(tmp_path, tiny_data):
     assert listing.suffix == ".list" and all(Path(x).is_file() for x in listing.read_text().split())
 
 
+def test_recommended_settings_fill_what_is_left_open(tmp_path, tiny_data, demo_model):
+    """On a CPU the recommendation keeps the model's batch and fp32; values given explicitly win. The
+    measuring step (forward + backward on random features, what sizes the batch on a GPU) runs on the model."""
+    import torch
+
+    from asr_workbench.finetune import sizing
+
+    p = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path / "a"), recommended=True, device="cpu")
+    rec = p.recommendation
+    ft = yaml.safe_load((DEMO_MODEL / "finetune.yaml").read_text())
+    assert rec is not None and rec.device == "cpu" and rec.precision == "fp32"
+    assert p.config["dataset_conf"]["batch_size"] == rec.batch_frames == ft["dataset_conf"]["batch_size"]
+    assert p.config["dataset_conf"]["num_workers"] == rec.num_workers
+    assert yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["workbench"]["recommended"] == rec.reasons
+    p = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path / "b"), recommended=True, device="cpu",
+                      dataset_type="large", batch_bins=30000, num_workers=0)
+    assert p.config["dataset_conf"]["batch_size"] == 3000 and p.config["dataset_conf"]["num_workers"] == 0
+    assert rec.batch_bins("large") == 10 * rec.batch_frames
+    net = demo_model.model.train()
+    try:
+        seconds = sizing._step(net, 4000, 4, demo_model.kwargs["frontend"].output_size(),
+                               len(demo_model.kwargs["token_list"]), torch.device("cpu"), torch.float32)
+    finally:
+        net.eval()
+    assert seconds > 0 and all(q.grad is None for q in net.parameters())
+
+
 def test_finetune_yaml_then_parameters_then_overrides(tmp_path, tiny_data):
     p = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), finetune_overrides={"train_conf": {"grad_clip": 1.5}})
     ft = yaml.safe_load((DEMO_MODEL / "finetune.yaml").read_text())

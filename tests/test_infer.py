@@ -221,3 +221,33 @@ def test_precomputed_features_decode_like_funasr_on_waveforms(demo_model):
         res = demo_model.generate(input=[audio.load(items[i][1]) for i in group], batch_size=len(group))
         theirs.update({items[i][0]: r["text"] for i, r in zip(group, res)})
     assert ours == theirs
+
+
+def test_concurrent_batches_decode_like_one_at_a_time(demo_model, tmp_path, monkeypatch):
+    """Several batches decode at once on worker threads (each its own copy of funasr's settings); the
+    hypotheses must equal one-batch-at-a-time decoding, and the process's torch thread count comes back."""
+    import torch
+
+    from asr_workbench import audio
+
+    d = DEMO_DATA / "target/test"
+    items = [(k, str(d / p), audio.probe(d / p).duration_s)
+             for k, p in (line.split() for line in (d / "wav.scp").read_text().splitlines()[:30])]
+    threads = torch.get_num_threads()
+    got = {}
+    for workers in (1, 3):
+        res = decode.decode(str(DEMO_MODEL), items, decode.DecodeOptions(batch_size=4, device="cpu", workers=workers),
+                            tmp_path / f"w{workers}.partial", f"fp{workers}", model=demo_model, progress=False)
+        got[workers] = [(h.key, h.text) for h in res.hypotheses]
+        assert torch.get_num_threads() == threads
+    assert got[1] == got[3] and [k for k, _ in got[1]] == [k for k, _, _ in items]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a shard process or a parallel batch run: one batch at a time
+    assert decode.plan_workers(demo_model, decode.DecodeOptions(), {}) == (1, 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    assert decode.plan_workers(demo_model, decode.DecodeOptions(), {}) == (4, 2)
+    assert decode.plan_workers(demo_model, decode.DecodeOptions(workers=2), {}) == (2, 4)
+    # CTC / LM beam search keeps state in the model: one batch at a time
+    assert decode.plan_workers(demo_model, decode.DecodeOptions(), {"decoding_ctc_weight": 0.3}) == (1, 0)
+    with pytest.raises(ValueError, match="features_on"):
+        decode.decode(str(DEMO_MODEL), items[:2], decode.DecodeOptions(device="cpu", features_on="gpu"),
+                      tmp_path / "x.partial", "x", model=demo_model, progress=False)

@@ -5,15 +5,18 @@ cut into batches of ``batch_size`` utterances (or a ``batch_seconds`` budget of
 padded audio), so padding stays small; results come back in input order.
 Each finished batch is appended to a partial file, so an interrupted run keeps
 what it finished and a rerun with the same model and settings resumes.
+Within a process, several batches decode at once on worker threads (see ``plan_workers``).
 Several processes (``njob`` per device) each decode one shard with one torch
 thread (CPU) or their own GPU, merged in input order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["DecodeOptions", "Hypothesis", "DecodeResult", "resolve_device", "load_model", "option_notes",
-           "length_sorted_batches", "transcribe", "decode"]
+           "length_sorted_batches", "plan_workers", "transcribe", "decode"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class DecodeOptions:
     njob: int = 1  # processes per device
     vad_model: str | None = None
     precision: str = "fp32"  # fp32, or bf16 / fp16 autocast on CUDA
+    workers: int = 0  # batches decoded at once by threads; 0: automatic (see plan_workers)
+    features_on: str = "model"  # where Paraformer features are computed: "model" (its device) or "cpu"
     extra: dict[str, Any] = field(default_factory=dict)  # other generate() keywords (decoding overrides)
 
 
@@ -59,6 +64,7 @@ class DecodeResult:
     device: str
     n_processes: int
     resumed: int = 0  # hypotheses taken from an earlier interrupted run
+    load_s: float = 0.0  # loading the model (not in wall_s; shard processes load theirs inside wall_s)
 
     @property
     def rtf(self) -> float:
@@ -77,7 +83,6 @@ def resolve_device(device: str) -> str:
 
 def load_model(model_dir: str, device: str = "cpu", ncpu: int | None = None, **kwargs: Any) -> Any:
     """A ``funasr.AutoModel`` on ``device``, updates disabled, no output files written by funasr."""
-    import contextlib
     import io
     import logging
 
@@ -150,16 +155,11 @@ def length_sorted_batches(durations: Sequence[float], batch_size: int,
 def _decode_items(model: Any, items: Sequence[tuple[str, str, float]], opts: DecodeOptions,
                   sink: Callable[[list[Hypothesis]], None]) -> None:
     """Decode ``(key, path, duration)`` items batch by batch; ``sink`` gets each finished batch."""
-    kw = _generate_kwargs(opts)
-    durations = [d for _, _, d in items]
-    with _autocast(model, opts.precision):
-        _decode_loop(model, items, opts, kw, durations, sink)
+    _decode_loop(model, items, opts, _generate_kwargs(opts), [d for _, _, d in items], sink)
 
 
 def _autocast(model: Any, precision: str) -> Any:
     """bf16 / fp16 autocast on a CUDA model; fp32 (and any CPU model) decodes as is."""
-    import contextlib
-
     import torch
 
     if precision not in ("fp32", "bf16", "fp16"):
@@ -176,47 +176,126 @@ def _decode_loop(model: Any, items: Sequence[tuple[str, str, float]], opts: Deco
 
     if opts.vad_model:  # long audio: funasr segments each file itself
         kw = {k: v for k, v in kw.items() if k != "batch_size_s"}
-        for key, path, dur in items:
-            res = model.generate(input=audio.load(path), batch_size_s=opts.batch_seconds or 300, **kw)
-            sink([Hypothesis(key, " ".join(r.get("text", "") for r in res).strip(), dur)])
+        with _autocast(model, opts.precision):
+            for key, path, dur in items:
+                res = model.generate(input=audio.load(path), batch_size_s=opts.batch_seconds or 300, **kw)
+                sink([Hypothesis(key, " ".join(r.get("text", "") for r in res).strip(), dur)])
         return
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    import torch
 
     batches = list(length_sorted_batches(durations, opts.batch_size, opts.batch_seconds))
-    frontend = model.kwargs.get("frontend")
-    # funasr's Paraformer takes ready features (data_type="fbank"): computing them here lets the next batch's
-    # audio reading and fbank run while the model decodes this one. Other model classes get waveforms.
-    features = frontend is not None and type(model.model).__name__ == "Paraformer"
+    workers, threads = plan_workers(model, opts, kw)
+    device = next(model.model.parameters()).device
+    if opts.features_on not in ("model", "cpu"):
+        raise ValueError(f"features_on must be 'model' or 'cpu', got {opts.features_on!r}")
+    feature_device = (device if opts.features_on == "model" else torch.device("cpu")) if _takes_features(model) else None
+    kw = {k: v for k, v in kw.items() if k not in ("data_type", "batch_size", "input_len")}
 
-    def load(batch: list[int]) -> tuple[list[Any], Any]:
-        waves = [audio.load(items[i][1]) for i in batch]
-        if not features or len(batch) < 2:  # funasr squeezes the lengths of a 1-utterance fbank batch to a scalar
-            return waves, None
-        import torch
+    local = threading.local()
+
+    def work(batch: list[int]) -> list[Hypothesis]:
+        # each worker thread reads its batch, computes features on the model's device and decodes; on a GPU
+        # each has its own CUDA stream, so one thread's reading and Python work overlaps another's kernels
+        if device.type == "cuda" and workers > 1 and not hasattr(local, "stream"):
+            local.stream = torch.cuda.Stream(device)
+        stream = getattr(local, "stream", None)
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext(), \
+                _autocast(model, opts.precision):
+            waves = [audio.load(items[i][1]) for i in batch]
+            res = _infer_batch(model, waves, feature_device, kw)
+        return [Hypothesis(items[i][0], str(r.get("text", "") or ""), items[i][2]) for i, r in zip(batch, res)]
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+    try:
+        pending, todo = set(), iter(batches)
+        while True:  # at most 2 batches per worker queued: audio is read inside the task, memory stays bounded
+            for batch in todo:
+                pending.add(pool.submit(work, batch))
+                if len(pending) >= 2 * workers:
+                    break
+            if not pending:
+                break
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                sink(fut.result())
+    finally:  # an interrupt or a failed batch: queued batches are dropped, running ones finish
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(previous)
+
+
+def _takes_features(model: Any) -> bool:
+    """funasr's Paraformer accepts ready features (data_type="fbank"); other model classes get waveforms."""
+    return model.kwargs.get("frontend") is not None and type(model.model).__name__ == "Paraformer"
+
+
+def plan_workers(model: Any, opts: DecodeOptions, kw: dict[str, Any]) -> tuple[int, int]:
+    """How many batches decode at once (threads) and how many torch threads each op uses (0: leave as is).
+
+    On a CPU, several single-threaded batches at once use the cores better than one batch over all cores;
+    the budget is ``OMP_NUM_THREADS`` (1 in shard processes and parallel batch runs) or the usable cores.
+    On a GPU, 4 threads keep it fed. Beam search (CTC or LM scoring) and other model classes keep funasr's
+    one-batch-at-a-time path: their decoders hold state.
+    """
+    if opts.workers < 0:
+        raise ValueError(f"workers must be >= 0 (0: automatic), got {opts.workers}")
+    if not _takes_features(model) or float(kw.get("decoding_ctc_weight") or 0) > 1e-5 or kw.get("lm_file"):
+        return 1, 0
+    device = next(model.model.parameters()).device
+    if device.type == "cuda":
+        return opts.workers or 4, 0
+    budget = int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
+    workers = opts.workers or max(1, min(budget, 4))
+    return workers, max(1, budget // workers)
+
+
+def _infer_batch(model: Any, waves: list[Any], feature_device: Any, kw: dict[str, Any]) -> list[dict[str, Any]]:
+    """funasr's results for one batch of waveforms, one per waveform.
+
+    With ``feature_device`` the features are computed there (in full precision, outside any autocast) by the
+    model's own frontend and handed to the model as ``data_type="fbank"``.
+    """
+    import torch
+
+    if feature_device is not None and len(waves) > 1:  # funasr squeezes the lengths of a 1-utterance fbank batch
         from funasr.utils.load_utils import extract_fbank
 
-        return waves, extract_fbank([torch.from_numpy(w) for w in waves], data_type="sound", frontend=frontend)
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(load, batches[0]) if batches else None
-        for n, batch in enumerate(batches):
-            waves, feats = pending.result() if pending is not None else ([], None)
-            pending = pool.submit(load, batches[n + 1]) if n + 1 < len(batches) else None
-            _decode_batch(model, items, batch, waves, feats, kw, sink)
-
-
-def _decode_batch(model: Any, items: Sequence[tuple[str, str, float]], batch: list[int], waves: list[Any],
-                  feats: Any, kw: dict[str, Any], sink: Callable[[list[Hypothesis]], None]) -> None:
-    kw = {k: v for k, v in kw.items() if k not in ("data_type", "batch_size", "input_len")}
-    if feats is not None:
-        res = model.generate(input=feats[0], input_len=feats[1], data_type="fbank", batch_size=1, **kw)
+        with torch.autocast(feature_device.type, enabled=False):
+            feats, lens = extract_fbank([torch.from_numpy(w).to(feature_device) for w in waves], data_type="sound",
+                                        frontend=model.kwargs["frontend"])
+        res = _inference(model, feats, lens, len(waves), data_type="fbank", **kw)
     else:
-        res = model.generate(input=waves, batch_size=len(batch), **kw)
-    if len(res) != len(batch):
-        # funasr's Paraformer returns one empty result for a batch in which no utterance yields a token
+        res = _inference(model, waves, None, len(waves), **kw)
+    if len(res) != len(waves):
+        # funasr's Paraformer returns no result for a batch in which no utterance yields a token
         # (all silence): decode one by one so every utterance gets its own (possibly empty) hypothesis
-        res = [(model.generate(input=[w], batch_size=1, **kw) or [{}])[0] for w in waves]
-    sink([Hypothesis(items[i][0], str(r.get("text", "") or ""), items[i][2]) for i, r in zip(batch, res)])
+        res = [(_inference(model, [w], None, 1, **kw) or [{}])[0] for w in waves]
+    return res
+
+
+def _inference(model: Any, data: Any, lengths: Any, n: int, **cfg: Any) -> list[dict[str, Any]]:
+    """One batch through the funasr model's own ``inference``, as ``AutoModel.inference`` calls it, with this
+    call's copy of the model's settings (``generate()`` resets shared ones that concurrent batches would race
+    on) and without the ``torch.cuda.empty_cache()`` funasr runs after every call (it stalls the GPU)."""
+    import copy
+
+    import torch
+    from funasr.auto import auto_model
+    from funasr.utils.misc import deep_update
+
+    own = {k: (v if k in auto_model.AutoModel._IMMUTABLE_KWARGS_KEYS or not isinstance(v, (dict, list))
+               else copy.deepcopy(v)) for k, v in model.kwargs.items()}
+    own.pop("cache", None)
+    deep_update(own, cfg)
+    own["batch_size"] = n
+    with torch.no_grad():
+        res = model.model.inference(data_in=data, data_lengths=lengths, key=[str(i) for i in range(n)], **own)
+    results = res[0] if isinstance(res, (list, tuple)) and res else []
+    return auto_model.apply_postprocess_hotwords_to_results(results, cfg)
 
 
 def transcribe(model: Any, items: Sequence[tuple[str, str]], batch_size: int = 16) -> list[Hypothesis]:
@@ -297,10 +376,13 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
     bar = tqdm(total=round(audio_total, 1), unit="s audio", desc="decoding", disable=not progress)
     bar.update(round(sum(h.duration_s for h in done.values()), 1))
     t0 = time.perf_counter()
+    load_s = 0.0
     if n_proc == 1 or len(todo) < 2:
         if model is None:
             model = load_model(model_dir, device=device, ncpu=os.cpu_count() or 1,
                                **({"vad_model": opts.vad_model} if opts.vad_model else {}))
+            load_s = time.perf_counter() - t0
+            t0 += load_s
         with open(partial_file, "a", encoding="utf-8") as f:
             def sink(hs: list[Hypothesis]) -> None:
                 f.writelines(json.dumps(asdict(h), ensure_ascii=False) + "\n" for h in hs)
@@ -361,4 +443,4 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
     if missing:
         raise RuntimeError(f"{len(missing)} utterance(s) were not decoded, e.g. {missing[:3]}")
     return DecodeResult([got[k] for k, _, _ in items], wall, sum(d for _, _, d in todo) or audio_total,
-                        ",".join(devices), n_used, resumed=len(done))
+                        ",".join(devices), n_used, resumed=len(done), load_s=load_s)

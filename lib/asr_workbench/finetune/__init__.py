@@ -24,8 +24,10 @@ from asr_workbench.finetune import config as fconfig
 from asr_workbench.finetune import data as fdata
 from asr_workbench.finetune import export
 from asr_workbench.finetune.progress import Progress
+from asr_workbench.finetune.sizing import Recommendation, recommend
 
-__all__ = ["FinetunePlan", "FinetuneResult", "plan", "run", "make_data_path", "data_path_from"]
+__all__ = ["FinetunePlan", "FinetuneResult", "Recommendation", "plan", "run", "recommend", "make_data_path",
+           "data_path_from"]
 
 make_data_path = fdata.make_data_path
 
@@ -62,6 +64,7 @@ class FinetunePlan:
     dev_cer: str = "end"
     strip_optimizer: bool = False
     checkpoint: str = "auto"
+    recommendation: Recommendation | None = None  # measured settings for this machine, when asked for
 
 
 @dataclass
@@ -105,7 +108,7 @@ def plan(
     device: str = "auto",
     num_gpus: int = 1,
     cache_dir: str | None = None,
-    precision: str = "fp32",
+    precision: str | None = None,
     resume: bool = False,
     early_stopping_patience: int | None = None,
     freeze_param: str | None = None,
@@ -116,8 +119,12 @@ def plan(
     dev_cer: str = "end",
     strip_optimizer: bool = False,
     checkpoint: str = "auto",
+    recommended: bool = False,
 ) -> FinetunePlan:
     """Validate, resolve and write the fine-tuning config; nothing is trained yet.
+
+    ``recommended``: measure the model on this machine (:func:`recommend`) and take its ``batch_bins``,
+    loader workers and precision wherever these are left at None (values given here win).
 
     ``num_gpus`` > 1 launches ``torchrun`` (on CPU: that many gloo processes, for testing).
     ``dev_cer``: ``end`` (every kept checkpoint after training) or ``epoch`` (each epoch as it is saved).
@@ -127,6 +134,13 @@ def plan(
     out = runs.prepare_output_dir(output_dir)
     base = modelhub.open_model(model, cache_dir=cache_dir)
     data = paths.resolve(data_path)
+    dev_name, nproc = _device_and_nproc(device, num_gpus)
+    rec = recommend(str(base.path), dev_name, cache_dir=cache_dir, nproc=nproc) if recommended else None
+    if rec is not None:
+        batch_bins = rec.batch_bins(dataset_type) if batch_bins is None else batch_bins
+        num_workers = rec.num_workers if num_workers is None else num_workers
+        precision = rec.precision if precision is None else precision
+    precision = precision or "fp32"
     params = fconfig.FinetuneParams(
         dataset_type=dataset_type, batch_bins=batch_bins, max_epoch=max_epoch, accum_grad=accum_grad,
         keep_nbest_models=keep_nbest_models, optim=optim, lr=lr, scheduler=scheduler, scheduler_conf=scheduler_conf,
@@ -141,7 +155,6 @@ def plan(
     dev = fdata.prepare_split(fdata.find_split(data, "dev"), "dev", lists, base.tokens,
                               probe_cfg.get("dataset_conf", {}), on_bad_input)
     cfg = fconfig.build_config(base, base_kwargs, params, finetune_overrides, n_train=train.n_utts)
-    dev_name, nproc = _device_and_nproc(device, num_gpus)
     train_list = str(train.jsonl)
     if dataset_type == "large":
         train_list = str(fdata.write_shards(train, int(cfg["dataset_conf"]["data_split_num"]), lists))
@@ -165,9 +178,10 @@ def plan(
     runs.write_config(out, {**cfg, "workbench": {"model": model, "data_path": str(data), "dataset_type": dataset_type,
                                                  "batch_bins": batch_bins, "nproc": nproc, "device": dev_name,
                                                  "steps_per_epoch": per_epoch, "total_steps": total,
-                                                 "warnings": warnings}})
+                                                 "warnings": warnings,
+                                                 "recommended": rec.reasons if rec else None}})
     return FinetunePlan(out, base, cfg, train, dev, nproc, dev_name, per_epoch, total,
-                        fconfig.lr_schedule(cfg, total), warnings, dev_cer, strip_optimizer, checkpoint)
+                        fconfig.lr_schedule(cfg, total), warnings, dev_cer, strip_optimizer, checkpoint, rec)
 
 
 def _dev_cer(model_dir: str, p: FinetunePlan, loaded: Any = None) -> float:

@@ -54,7 +54,8 @@ def summary_table(metrics: dict[str, Any]) -> Html:
          f"{metrics['n_input']} / {metrics['n_decoded']} / {metrics['n_scored']} / {metrics['n_skipped']}"),
         ("audio", f"{metrics['audio_seconds']:.1f} s"),
         ("decoding time", f"{metrics['wall_seconds']:.1f} s (RTF {metrics['rtf']:.4f}, "
-                          f"{1 / metrics['rtf'] if metrics['rtf'] else 0:.0f}x real time)"),
+                          f"{1 / metrics['rtf'] if metrics['rtf'] else 0:.0f}x real time; "
+                          f"model loading {metrics.get('model_load_seconds', 0):.1f} s more)"),
         ("model", metrics.get("model")),
         ("device", f"{metrics.get('device')} x {metrics.get('n_processes')} process(es)"),
         ("normaliser", metrics.get("normaliser")),
@@ -123,7 +124,7 @@ def warnings_html(warnings: Sequence[str]) -> Html:
 
 
 def finetune_data_table(plan: Any) -> Html:
-    """Train/dev sizes, what funasr would drop silently, unknown characters, input problems."""
+    """Train/dev sizes, what funasr would drop silently, unknown characters, input problems, recommended settings."""
     rows = []
     for s in (plan.train, plan.dev):
         rows.append((s.name, str(s.folder), s.n_utts, f"{s.hours * 60:.1f} min", len(s.dropped),
@@ -134,6 +135,10 @@ def finetune_data_table(plan: Any) -> Html:
     if dropped:
         out += table_html(["split", "key", "file:line", "why funasr would skip it"], dropped[:100])
     issues = plan.train.dataset.report.rows() + plan.dev.dataset.report.rows()
+    rec = getattr(plan, "recommendation", None)
+    if rec is not None:
+        out += "<p><b>Settings measured for this machine</b></p><ul>" + "".join(
+            f"<li>{html.escape(r)}</li>" for r in rec.reasons) + "</ul>"
     return Html(out + (data_report_table(issues) if issues else ""))
 
 
