@@ -65,7 +65,7 @@ def _step(model: Any, frames: int, utts: int, feat_dim: int, vocab: int, device:
 
 
 def recommend(model: str, device: str = "auto", memory_fraction: float = 0.6, cache_dir: str | None = None,
-              nproc: int = 1, max_batch_frames: int = 400_000) -> Recommendation:
+              nproc: int = 1, max_batch_frames: int = 60_000) -> Recommendation:
     """Measure ``model`` on ``device`` and recommend ``batch_bins``, loader workers and precision.
 
     Args:
@@ -73,7 +73,7 @@ def recommend(model: str, device: str = "auto", memory_fraction: float = 0.6, ca
         device: ``auto``, ``cuda``, ``cuda:1``, ``cpu``.
         memory_fraction: the share of the card's total memory a training step may use at its longest batch.
         nproc: training processes on this machine (loader workers are shared out between them).
-        max_batch_frames: upper bound (longer batches only mean fewer, noisier updates).
+        max_batch_frames: upper bound: 10x the usual recipe (longer batches mean fewer updates per epoch).
     """
     import yaml
 
