@@ -78,7 +78,7 @@ def append_results(section: str, command: str, rows: list[dict], note: str = "")
     """Append a dated table to bench/RESULTS.md (and print it)."""
     if not rows:
         return
-    cols = list(rows[0])
+    cols = list(dict.fromkeys(c for r in rows for c in r))  # every column any row has, in first-seen order
     lines = [f"\n### {section} - {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
              f"machine: {machine()}; commit {_commit()}; command: `{command}`" + (f"\n{note}" if note else ""), "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

@@ -208,6 +208,15 @@ def _merge_text_cer(parts: Sequence[str]) -> str:
             f"%SER {serr} [ {wrong_snt} / {snt} ]\nScored {scored} sentences, {absent} not present in hyp.\n")
 
 
+def _pool_context() -> Any:
+    """``fork`` where there is one: the workers only run funasr's pure-Python scorer on strings, and a spawned
+    worker would first re-import the caller's main script (torch, funasr: seconds each, 16 at once on a GPU
+    machine, longer than the scoring). No worker touches CUDA, threads or locks of the parent."""
+    import multiprocessing as mp
+
+    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+
+
 def write_funasr_text_cer(keys: Sequence[str], scores: Sequence[UttScore], out_dir: Path,
                           processes: int | None = None) -> Path:
     """``ref.proc``, ``text.proc`` and ``text.cer`` in ``out_dir`` via funasr's ``compute_wer``
@@ -219,8 +228,8 @@ def write_funasr_text_cer(keys: Sequence[str], scores: Sequence[UttScore], out_d
     """
     import os
     import tempfile
+    import warnings
     from concurrent.futures import ProcessPoolExecutor
-    import multiprocessing as mp
 
     out_dir.mkdir(parents=True, exist_ok=True)
     ref_proc, hyp_proc, cer_file = out_dir / "ref.proc", out_dir / "text.proc", out_dir / "text.cer"
@@ -242,7 +251,8 @@ def write_funasr_text_cer(keys: Sequence[str], scores: Sequence[UttScore], out_d
             r.write_text("".join(ref_lines[i * size : (i + 1) * size]), encoding="utf-8")
             h.write_text("".join(hyp_lines[i * size : (i + 1) * size]), encoding="utf-8")
             jobs.append((str(r), str(h), str(c)))
-        with ProcessPoolExecutor(max_workers=n_proc, mp_context=mp.get_context("spawn")) as pool:
+        with warnings.catch_warnings(), ProcessPoolExecutor(max_workers=n_proc, mp_context=_pool_context()) as pool:
+            warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12 on fork() beside threads: see below
             parts = list(pool.map(_funasr_text_cer, jobs))
     atomic_write_text(cer_file, _merge_text_cer(parts))
     return cer_file
