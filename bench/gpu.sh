@@ -4,6 +4,7 @@
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 -d .whl jiwer==4.0.0
 #   git rev-parse --short HEAD > .gpu/commit     # the machine gets the work tree without .git
 # (both folders git-ignored; carry them), then run `bash bench/gpu.sh` there with $OUT set.
+# PARTS=infer or PARTS=finetune runs one half (both together overran 450 s on an H100: run one per call).
 # ANCHOR=1 also runs the shared plain-funasr yardstick script (about 3 more minutes); without it the plain-funasr
 # numbers come from bench/gpu_bench.py itself (plain generate and funasr's stock trainer, same run, same data).
 set -uo pipefail

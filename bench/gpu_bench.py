@@ -10,7 +10,8 @@ order, fp32, as a user calls it) against the workbench's ``infer.run`` (batch 64
 decoding-only variants (features on the GPU or the CPU, batches at once, batch by audio seconds); and fine-tuning
 audio-seconds/s in the 2nd epoch: funasr's stock trainer at the recipe's settings, the workbench's trainer on the
 same config, and the workbench's recommended settings for the machine (``finetune.recommend``).
-``PARTS=infer`` or ``PARTS=finetune`` runs one half.
+``PARTS=infer`` or ``PARTS=finetune`` runs one half (both take about 7 minutes on an H100 with the data and
+model set-up: run one half per device call). Only the results and logs go to $OUT.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from asr_workbench.finetune.config import deep_merge  # noqa: E402
 
 SMALL = os.environ.get("SMALL") == "1"
 OUT = Path(os.environ.get("OUT") or tempfile.mkdtemp())
+WORK = Path(tempfile.mkdtemp(prefix="gpu-bench-"))  # run folders, partial files, checkpoints: not brought back
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -95,7 +97,7 @@ def inference(model: Path, data: Path, audio_s: float, note: str) -> None:
     print(rows[-1], flush=True)
     for precision, over in (("fp32", None), ("bf16", None), ("bf16", {"batch_seconds": 1280})):
         t = time.perf_counter()
-        r = infer.run(str(model), str(data), str(OUT / f"infer-{precision}-{bool(over)}"), batch_size=64, device=DEV,
+        r = infer.run(str(model), str(data), str(WORK / f"infer-{precision}-{bool(over)}"), batch_size=64, device=DEV,
                       precision=precision, progress=False, decoding_overrides=over)
         wall = time.perf_counter() - t
         hyps = {x["key"]: x["hyp"] for x in r.results}
@@ -122,9 +124,9 @@ def inference(model: Path, data: Path, audio_s: float, note: str) -> None:
                                     features_on=feats, workers=workers)
         try:
             if i == 0:  # warm-up
-                decode.decode(str(model), items[:256], opts, OUT / "warm.partial", "warm", model=loaded, progress=False)
+                decode.decode(str(model), items[:256], opts, WORK / "warm.partial", "warm", model=loaded, progress=False)
             _sync()
-            res = decode.decode(str(model), items, opts, OUT / f"v{i}.partial", f"v{i}", model=loaded, progress=False)
+            res = decode.decode(str(model), items, opts, WORK / f"v{i}.partial", f"v{i}", model=loaded, progress=False)
             hw = decode.plan_workers(loaded, opts, {})
             drows.append({"dtype": precision, "batch": f"{bs}" if bs else f"{secs} s of audio", "features on": feats,
                           "workers": hw[0], "x real time": round(audio_s / res.wall_s, 1), "wall s": round(res.wall_s, 2),
@@ -182,7 +184,7 @@ def _train_epochs(cfg: dict, trainer: str) -> tuple[float, float]:
 def fine_tune(model: Path, data: Path, lines: list[str], note: str) -> None:
     """Epoch-2 throughput (as the plain-funasr yardstick times it): funasr's stock trainer at the recipe's
     settings, the workbench's trainer on the same resolved config, and the workbench's recommended settings."""
-    ft_data = OUT / "ft-data"
+    ft_data = WORK / "ft-data"
     sub = lines[: (16 if SMALL else int(os.environ.get("FT_UTTS", 400)))]
     texts = dict(x.split(" ", 1) for x in (data / "text").read_text(encoding="utf-8").splitlines())
     for split, part in (("train", sub), ("dev", sub[:8])):
@@ -198,7 +200,7 @@ def fine_tune(model: Path, data: Path, lines: list[str], note: str) -> None:
     base_rate = None
     for label, trainer, kw, rec in settings:
         try:
-            p = finetune.plan(str(model), str(ft_data), str(OUT / f"ft-{len(rows)}"), max_epoch=2, keep_nbest_models=1,
+            p = finetune.plan(str(model), str(ft_data), str(WORK / f"ft-{len(rows)}"), max_epoch=2, keep_nbest_models=1,
                               device=DEV, recommended=rec, **kw)
             cfg = {**p.config, "output_dir": str(p.output_dir / "train")}
             cfg["train_conf"] = {**cfg["train_conf"], "validate_interval": 10**9, "save_checkpoint_interval": 10**9,
