@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["DecodeOptions", "Hypothesis", "DecodeResult", "resolve_device", "load_model", "option_notes",
-           "length_sorted_batches", "plan_workers", "transcribe", "decode"]
+           "length_sorted_batches", "plan_workers", "usable_cores", "transcribe", "decode"]
 
 
 @dataclass(frozen=True)
@@ -228,6 +228,11 @@ def _decode_loop(model: Any, items: Sequence[tuple[str, str, float]], opts: Deco
         torch.set_num_threads(previous)
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _takes_features(model: Any) -> bool:
     """funasr's Paraformer accepts ready features (data_type="fbank"); other model classes get waveforms."""
     return model.kwargs.get("frontend") is not None and type(model.model).__name__ == "Paraformer"
@@ -249,7 +254,7 @@ def plan_workers(model: Any, opts: DecodeOptions, kw: dict[str, Any]) -> tuple[i
     device = next(model.model.parameters()).device
     if device.type == "cuda":
         return opts.workers or 1, 0
-    budget = int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
+    budget = int(os.environ.get("OMP_NUM_THREADS") or 0) or usable_cores()
     workers = opts.workers or max(1, min(budget, 4))
     return workers, max(1, budget // workers)
 

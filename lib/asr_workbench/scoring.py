@@ -226,7 +226,6 @@ def write_funasr_text_cer(keys: Sequence[str], scores: Sequence[UttScore], out_d
     core): large sets are split over ``processes`` (default: every core) and the parts merged in order, with the
     tail recomputed from their counts exactly as funasr computes it.
     """
-    import os
     import tempfile
     import warnings
     from concurrent.futures import ProcessPoolExecutor
@@ -238,7 +237,9 @@ def write_funasr_text_cer(keys: Sequence[str], scores: Sequence[UttScore], out_d
     hyp_lines = [f"{k} {s.hyp}\n".replace(" \n", "\n") for k, s in rows]
     ref_proc.write_text("".join(ref_lines), encoding="utf-8")
     hyp_proc.write_text("".join(hyp_lines), encoding="utf-8")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from asr_workbench.decode import usable_cores
+
+    cores = usable_cores()
     n_proc = min(processes or cores, max(1, len(rows) // (PARALLEL_MIN_UTTS // 2)))
     if n_proc <= 1 or len(rows) < PARALLEL_MIN_UTTS:
         _funasr_text_cer((str(ref_proc), str(hyp_proc), str(cer_file)))

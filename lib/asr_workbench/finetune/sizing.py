@@ -11,7 +11,6 @@ On a CPU it keeps the model's ``finetune.yaml`` batch (nothing to size) and fp32
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,10 +34,6 @@ class Recommendation:
     def batch_bins(self, dataset_type: str = "small") -> int:
         """``batch_bins`` as the fine-tuning notebook counts it: frames (``small``) or milliseconds (``large``)."""
         return self.batch_frames if dataset_type == "small" else self.batch_frames * 10
-
-
-def _usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _step(model: Any, frames: int, utts: int, feat_dim: int, vocab: int, device: Any, dtype: Any) -> float:
@@ -81,7 +76,8 @@ def recommend(model: str, device: str = "auto", memory_fraction: float = 0.6, ca
 
     mf = modelhub.open_model(model, cache_dir=cache_dir)
     dev = decode.resolve_device(device)
-    workers = max(0, min(16, _usable_cores() // max(1, nproc) - 1))
+    cores = decode.usable_cores()
+    workers = max(0, min(16, cores // max(1, nproc) - 1))
     own = (yaml.safe_load((mf.path / "finetune.yaml").read_text(encoding="utf-8")) or {}
            if (mf.path / "finetune.yaml").is_file() else {})
     recipe = int(((own.get("dataset_conf") or {}).get("batch_size")) or 6000)
@@ -130,7 +126,7 @@ def recommend(model: str, device: str = "auto", memory_fraction: float = 0.6, ca
         f"{precision}: a step of {probe} frames took {fp32 * 1000:.0f} ms in fp32"
         + (f", {bf16 * 1000:.0f} ms with bf16 autocast" if bf16_ok else ", bf16 unsupported on this GPU")
         + (" (bf16 kept only when >= 10 % faster)" if bf16_ok else ""),
-        f"{workers} loader workers per process ({_usable_cores()} cores, {nproc} process(es))",
+        f"{workers} loader workers per process ({cores} cores, {nproc} process(es))",
     ]
     return Recommendation(frames, workers, precision, dev, reasons,
                           {"mib_per_frame": round(per_frame / (1 << 20), 4), "fixed_gib": round(fixed / gib, 2),
