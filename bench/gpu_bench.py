@@ -7,7 +7,7 @@ Builds a model folder with Paraformer-large's architecture (SANM 50x512 encoder,
 random weights: no hub is reachable from the benchmark machine), synthesizes >= 10 h of mixed-length audio from
 the demo clips on the machine itself, and measures in one run: plain ``AutoModel.generate`` (batch 64, input
 order, fp32, as a user calls it) against the workbench's ``infer.run`` (batch 64, length-sorted) in fp32 and bf16,
-decoding-only variants (features on the GPU or the CPU, batches at once, batch by audio seconds); and fine-tuning
+decoding-only variants (funasr's attention vs the fused kernel, batches at once, batch by audio seconds); and fine-tuning
 audio-seconds/s in the 2nd epoch: funasr's stock trainer at the recipe's settings, the workbench's trainer on the
 same config, and the workbench's recommended settings for the machine (``finetune.recommend``).
 ``PARTS=infer`` or ``PARTS=finetune`` runs one half (both take about 7 minutes on an H100 with the data and
@@ -116,12 +116,14 @@ def inference(model: Path, data: Path, audio_s: float, note: str) -> None:
     ds = datadir.load_dataset(data)
     items = [(u.key, u.audio, u.duration_s) for u in ds.utterances]
     loaded = decode.load_model(str(model), device=DEV)
-    variants = [("fp32", 64, None, "model", 0), ("bf16", 64, None, "model", 0), ("bf16", 64, None, "cpu", 12),
-                ("bf16", 64, None, "model", 1), ("bf16", 64, None, "model", 8), ("bf16", 0, 1280, "model", 0)]
+    # (dtype, batch, batch seconds, features on, workers, attention): funasr's attention vs the fused kernel
+    variants = [("fp32", 64, None, "model", 0, "funasr"), ("fp32", 64, None, "model", 0, "fused"),
+                ("bf16", 64, None, "model", 0, "funasr"), ("bf16", 64, None, "model", 0, "fused"),
+                ("bf16", 64, None, "model", 4, "fused"), ("bf16", 0, 1280, "model", 0, "fused")]
     drows = []
-    for i, (precision, bs, secs, feats, workers) in enumerate(variants):
+    for i, (precision, bs, secs, feats, workers, attn) in enumerate(variants):
         opts = decode.DecodeOptions(batch_size=bs or 64, batch_seconds=secs, device=DEV, precision=precision,
-                                    features_on=feats, workers=workers)
+                                    features_on=feats, workers=workers, attention=attn)
         try:
             if i == 0:  # warm-up
                 decode.decode(str(model), items[:256], opts, WORK / "warm.partial", "warm", model=loaded, progress=False)
@@ -129,14 +131,14 @@ def inference(model: Path, data: Path, audio_s: float, note: str) -> None:
             res = decode.decode(str(model), items, opts, WORK / f"v{i}.partial", f"v{i}", model=loaded, progress=False)
             hw = decode.plan_workers(loaded, opts, {})
             drows.append({"dtype": precision, "batch": f"{bs}" if bs else f"{secs} s of audio", "features on": feats,
-                          "workers": hw[0], "x real time": round(audio_s / res.wall_s, 1), "wall s": round(res.wall_s, 2),
+                          "workers": hw[0], "attention": attn, "x real time": round(audio_s / res.wall_s, 1), "wall s": round(res.wall_s, 2),
                           "same text as plain": _same({h.key: h.text for h in res.hypotheses}, plain)})
         except Exception as e:  # noqa: BLE001 - a failed variant is a row, the others still run
             import traceback
 
             traceback.print_exc()
             drows.append({"dtype": precision, "batch": bs or secs, "features on": feats, "workers": workers,
-                          "x real time": f"error {e!r}"[:120]})
+                          "attention": attn, "x real time": f"error {e!r}"[:120]})
         print(drows[-1], flush=True)
     append_results("GPU decoding alone (workbench decode.decode, model loaded once)", "bash bench/gpu.sh", drows,
                    note + f"; plain generate on the same set: {audio_s / tb:.0f}x")

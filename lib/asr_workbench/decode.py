@@ -5,7 +5,8 @@ cut into batches of ``batch_size`` utterances (or a ``batch_seconds`` budget of
 padded audio), so padding stays small; results come back in input order.
 Each finished batch is appended to a partial file, so an interrupted run keeps
 what it finished and a rerun with the same model and settings resumes.
-Within a process, several batches decode at once on worker threads (see ``plan_workers``).
+Within a process, several batches decode at once on worker threads (see ``plan_workers``), and
+funasr's SANM attention layers run torch's fused attention kernel (see ``attention``).
 Several processes (``njob`` per device) each decode one shard with one torch
 thread (CPU) or their own GPU, merged in input order.
 """
@@ -22,6 +23,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from asr_workbench import attention
 
 __all__ = ["DecodeOptions", "Hypothesis", "DecodeResult", "resolve_device", "load_model", "option_notes",
            "length_sorted_batches", "plan_workers", "usable_cores", "transcribe", "decode"]
@@ -42,6 +45,7 @@ class DecodeOptions:
     precision: str = "fp32"  # fp32, or bf16 / fp16 autocast on CUDA
     workers: int = 0  # batches decoded at once by threads; 0: automatic (see plan_workers)
     features_on: str = "model"  # where Paraformer features are computed: "model" (its device) or "cpu"
+    attention: str = "fused"  # "fused": torch's fused attention kernel in funasr's SANM layers; "funasr": its own
     extra: dict[str, Any] = field(default_factory=dict)  # other generate() keywords (decoding overrides)
 
 
@@ -172,6 +176,14 @@ def _autocast(model: Any, precision: str) -> Any:
 
 def _decode_loop(model: Any, items: Sequence[tuple[str, str, float]], opts: DecodeOptions, kw: dict[str, Any],
                  durations: list[float], sink: Callable[[list[Hypothesis]], None]) -> None:
+    if opts.attention not in attention.MODES:
+        raise ValueError(f"attention must be one of {', '.join(attention.MODES)}, got {opts.attention!r}")
+    with attention.fused(model.model, enabled=opts.attention == "fused"):
+        _decode_batches(model, items, opts, kw, durations, sink)
+
+
+def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: DecodeOptions, kw: dict[str, Any],
+                    durations: list[float], sink: Callable[[list[Hypothesis]], None]) -> None:
     from asr_workbench import audio
 
     if opts.vad_model:  # long audio: funasr segments each file itself

@@ -27,7 +27,7 @@ from asr_workbench.fileio import atomic_write_text
 __all__ = ["InferResult", "resolve_decoding", "run", "score_run"]
 
 # decoding settings the workbench itself interprets; any other key goes to funasr's generate()
-_OWN_KEYS = {"batch_size", "batch_seconds", "beam_size", "ctc_weight"}
+_OWN_KEYS = {"batch_size", "batch_seconds", "beam_size", "ctc_weight", "attention"}
 
 
 @dataclass
@@ -155,6 +155,7 @@ def run(
         batch_seconds=settings.get("batch_seconds"),
         beam_size=settings.get("beam_size"),
         ctc_weight=settings.get("ctc_weight"),
+        attention=settings.get("attention", "fused"),
         device=device, devices=tuple(devices), njob=int(njob), vad_model=vad_model, precision=precision,
         extra={k: v for k, v in settings.items() if k not in _OWN_KEYS},
     )
