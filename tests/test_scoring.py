@@ -73,5 +73,10 @@ def test_text_cer_split_over_processes_is_byte_identical(tmp_path):
     two = scoring.write_funasr_text_cer(keys, scores, tmp_path / "two", processes=2).read_text(encoding="utf-8")
     assert one == two
     assert not list((tmp_path / "two").glob(".text_cer.*"))  # the chunk files are cleaned up
+    # chunks are cut by work (len(ref) x len(hyp)), not by count: a long first utterance makes them uneven
+    long_ref = "".join(rng.choice(chars) for _ in range(700))
+    skewed = [scoring.score_utterance(long_ref, long_ref[5:])] + scores[1:]
+    assert (scoring.write_funasr_text_cer(keys, skewed, tmp_path / "s1", processes=1).read_text(encoding="utf-8")
+            == scoring.write_funasr_text_cer(keys, skewed, tmp_path / "s4", processes=4).read_text(encoding="utf-8"))
     ours = scoring.aggregate(scores)
     assert f"%WER {round(ours.cer * 100, 2)} [ {ours.substitutions + ours.deletions + ours.insertions} / {ours.ref_tokens}," in two

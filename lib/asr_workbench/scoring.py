@@ -11,6 +11,8 @@ token-split files, so the format (and the ``tail -n 3`` habit) is FunASR's.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import re
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -181,7 +183,9 @@ def _python_int_error_counts() -> Iterator[Any]:
 
 _TAIL = re.compile(r"%WER \S+ \[ (\d+) / (\d+), (\d+) ins, (\d+) del, (\d+) sub \]\n"
                    r"%SER \S+ \[ (\d+) / (\d+) \]\nScored (\d+) sentences, (-?\d+) not present in hyp\.\n?$")
-PARALLEL_MIN_UTTS = 400  # below this, one process writes text.cer
+# funasr's scorer fills a len(ref) x len(hyp) table per utterance in Python (~1 us a cell); text.cer is split over
+# processes once there are this many cells per process (a fork and a merge cost ~0.05 s)
+CELLS_PER_PROCESS = 50_000
 
 
 def _funasr_text_cer(paths: tuple[str, str, str]) -> str:
@@ -223,8 +227,8 @@ def write_funasr_text_cer(keys: Sequence[str], scores: Sequence[UttScore], out_d
     (with its int16 overflow worked around, see :func:`_python_int_error_counts`).
 
     funasr's scorer is pure Python, O(n*m) per utterance (about 15 s for 3,600 sixty-character utterances on one
-    core): large sets are split over ``processes`` (default: every core) and the parts merged in order, with the
-    tail recomputed from their counts exactly as funasr computes it.
+    core): sets with enough work (``CELLS_PER_PROCESS``) are split over ``processes`` (default: every core) and
+    the parts merged in order, with the tail recomputed from their counts exactly as funasr computes it.
     """
     import tempfile
     import warnings
@@ -239,20 +243,21 @@ def write_funasr_text_cer(keys: Sequence[str], scores: Sequence[UttScore], out_d
     hyp_proc.write_text("".join(hyp_lines), encoding="utf-8")
     from asr_workbench.decode import usable_cores
 
-    cores = usable_cores()
-    n_proc = min(processes or cores, max(1, len(rows) // (PARALLEL_MIN_UTTS // 2)))
-    if n_proc <= 1 or len(rows) < PARALLEL_MIN_UTTS:
+    cells = list(itertools.accumulate(len(s.ref.split()) * max(1, len(s.hyp.split())) for _, s in rows))
+    n_proc = min(processes or usable_cores(), cells[-1] // CELLS_PER_PROCESS if cells else 0, len(rows))
+    if n_proc <= 1:
         _funasr_text_cer((str(ref_proc), str(hyp_proc), str(cer_file)))
         return cer_file
+    # consecutive chunks of about equal work, so the parts merge back in input order
+    cuts = sorted({0, len(rows), *(bisect.bisect_left(cells, cells[-1] * i / n_proc) + 1 for i in range(1, n_proc))})
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".text_cer.") as tmp:
-        size = -(-len(rows) // n_proc)
         jobs = []
-        for i in range(n_proc):
+        for i, (a, b) in enumerate(zip(cuts, cuts[1:])):
             r, h, c = (Path(tmp) / f"{name}.{i}" for name in ("ref", "hyp", "cer"))
-            r.write_text("".join(ref_lines[i * size : (i + 1) * size]), encoding="utf-8")
-            h.write_text("".join(hyp_lines[i * size : (i + 1) * size]), encoding="utf-8")
+            r.write_text("".join(ref_lines[a:b]), encoding="utf-8")
+            h.write_text("".join(hyp_lines[a:b]), encoding="utf-8")
             jobs.append((str(r), str(h), str(c)))
-        with warnings.catch_warnings(), ProcessPoolExecutor(max_workers=n_proc, mp_context=_pool_context()) as pool:
+        with warnings.catch_warnings(), ProcessPoolExecutor(max_workers=len(jobs), mp_context=_pool_context()) as pool:
             warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12 on fork() beside threads: see below
             parts = list(pool.map(_funasr_text_cer, jobs))
     atomic_write_text(cer_file, _merge_text_cer(parts))
