@@ -120,19 +120,24 @@ def inference(model: Path, data: Path, audio_s: float, note: str) -> None:
     variants = [("fp32", 64, None, "model", 0, "funasr"), ("fp32", 64, None, "model", 0, "fused"),
                 ("bf16", 64, None, "model", 0, "funasr"), ("bf16", 64, None, "model", 0, "fused"),
                 ("bf16", 64, None, "model", 4, "fused"), ("bf16", 0, 1280, "model", 0, "fused")]
-    drows = []
+    drows, by_attention = [], {}
     for i, (precision, bs, secs, feats, workers, attn) in enumerate(variants):
         opts = decode.DecodeOptions(batch_size=bs or 64, batch_seconds=secs, device=DEV, precision=precision,
                                     features_on=feats, workers=workers, attention=attn)
-        try:
-            if i == 0:  # warm-up
-                decode.decode(str(model), items[:256], opts, WORK / "warm.partial", "warm", model=loaded, progress=False)
+        try:  # every variant warms up first: kernels for each dtype and attention are picked on first use
+            decode.decode(str(model), items[:256], opts, WORK / f"warm{i}.partial", f"warm{i}", model=loaded,
+                          progress=False)
             _sync()
             res = decode.decode(str(model), items, opts, WORK / f"v{i}.partial", f"v{i}", model=loaded, progress=False)
+            hyps = {h.key: h.text for h in res.hypotheses}
+            if bs and not workers:
+                by_attention[(precision, attn)] = hyps
+            other = by_attention.get((precision, "funasr")) if attn == "fused" and bs and not workers else None
             hw = decode.plan_workers(loaded, opts, {})
             drows.append({"dtype": precision, "batch": f"{bs}" if bs else f"{secs} s of audio", "features on": feats,
-                          "workers": hw[0], "attention": attn, "x real time": round(audio_s / res.wall_s, 1), "wall s": round(res.wall_s, 2),
-                          "same text as plain": _same({h.key: h.text for h in res.hypotheses}, plain)})
+                          "workers": hw[0], "attention": attn, "x real time": round(audio_s / res.wall_s, 1),
+                          "wall s": round(res.wall_s, 2), "same text as plain": _same(hyps, plain),
+                          "same text as funasr attention": _same(hyps, other) if other else "-"})
         except Exception as e:  # noqa: BLE001 - a failed variant is a row, the others still run
             import traceback
 

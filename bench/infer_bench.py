@@ -1,4 +1,5 @@
-"""Inference benchmark: the workbench's pipeline vs plain ``funasr.AutoModel.generate``; sharding; memory.
+"""Inference benchmark: the workbench's pipeline vs plain ``funasr.AutoModel.generate``; funasr's attention
+vs the fused kernel; sharding; memory.
 
     .venv/bin/python bench/infer_bench.py [--n 300] [--batch-size 16] [--repeats 2] [--device cpu] [--model demo/model]
 
@@ -61,6 +62,32 @@ def repeated(data: Path, times: int, out: Path) -> Path:
     return out
 
 
+def attention_rows(model: str, data: Path, a: argparse.Namespace, audio_s: float, cmd: str) -> None:
+    """Decoding alone, one loaded model: funasr's attention code vs the fused kernel, interleaved."""
+    from asr_workbench import datadir, decode
+
+    items = [(u.key, u.audio, u.duration_s) for u in datadir.load_dataset(data).utterances]
+    loaded = decode.load_model(model, device=a.device)
+    times: dict[str, list[float]] = {"funasr": [], "fused": []}
+    hyps: dict[str, dict[str, str]] = {}
+    work = Path(tempfile.mkdtemp(prefix="wb-attn-"))
+    for rep in range(a.repeats):
+        for mode in times:
+            opts = decode.DecodeOptions(batch_size=a.batch_size, device=a.device, attention=mode)
+            res = decode.decode(model, items, opts, work / f"{mode}{rep}.partial", f"{mode}{rep}", model=loaded,
+                                progress=False)
+            times[mode].append(res.wall_s)
+            hyps[mode] = {h.key: h.text for h in res.hypotheses}
+    shutil.rmtree(work, ignore_errors=True)
+    same = sum(hyps["fused"][k] == v for k, v in hyps["funasr"].items())
+    base = min(times["funasr"])
+    append_results("Inference decoding alone: funasr's attention vs the fused kernel", cmd, [
+        {"attention": mode, "decode s": round(min(t), 2), "x real time": round(audio_s / min(t), 1),
+         "speed-up": round(base / min(t), 2)} for mode, t in times.items()],
+        f"{a.n} utterances, batch {a.batch_size}, device {a.device}, model loaded once, best of {a.repeats} "
+        f"interleaved repeats; identical transcripts: {same}/{len(hyps['funasr'])}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=300)
@@ -69,7 +96,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--model", default="demo/model")
     ap.add_argument("--work", default="bench/work")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: shard,memory")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: attention,shard,memory")
     a = ap.parse_args()
     model = str(paths.resolve(a.model))
     work = paths.resolve(a.work)
@@ -97,6 +124,8 @@ def main() -> None:
                    f"interleaved repeats, model loading included on both sides; identical transcripts: {same}/{a.n}; "
                    f"workbench CER {metrics['cer'] * 100:.2f} % ({metrics['normaliser'].split(':')[0]})")
     skip = set(a.skip.split(","))
+    if "attention" not in skip:
+        attention_rows(model, data, a, audio_s, cmd)
     if "shard" not in skip:
         t1, _, _ = workbench(model, data, a.batch_size, "cpu", njob=1)
         t2, _, _ = workbench(model, data, a.batch_size, "cpu", njob=2)

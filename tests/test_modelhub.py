@@ -18,9 +18,13 @@ MODEL_ID = "iic/speech_paraformer-large_asr_nat-zh-cn-16k-common-vocab8404-pytor
 def offline_hub(monkeypatch):
     """Any hub request goes to a closed port on this machine: fails at once, reaches nobody. modelscope 1.40
     reads MODELSCOPE_ENDPOINT in its new client (MODELSCOPE_DOMAIN there is deprecated) and MODELSCOPE_DOMAIN
-    in its older helpers: both point at the port."""
+    in its older helpers: both point at the port; the new client's cached configuration (read once per
+    process) is dropped so it reads them."""
+    from modelscope_hub import config
+
     monkeypatch.setenv("MODELSCOPE_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("MODELSCOPE_DOMAIN", "127.0.0.1:9")
+    monkeypatch.setattr(config, "_default_config", None)
 
 
 def test_local_folder_is_checked_and_read():

@@ -73,10 +73,20 @@ def test_text_cer_split_over_processes_is_byte_identical(tmp_path):
     two = scoring.write_funasr_text_cer(keys, scores, tmp_path / "two", processes=2).read_text(encoding="utf-8")
     assert one == two
     assert not list((tmp_path / "two").glob(".text_cer.*"))  # the chunk files are cleaned up
-    # chunks are cut by work (len(ref) x len(hyp)), not by count: a long first utterance makes them uneven
+    # chunks are cut by work (len(ref) x len(hyp)): a long first utterance gets a chunk of its own
     long_ref = "".join(rng.choice(chars) for _ in range(700))
     skewed = [scoring.score_utterance(long_ref, long_ref[5:])] + scores[1:]
     assert (scoring.write_funasr_text_cer(keys, skewed, tmp_path / "s1", processes=1).read_text(encoding="utf-8")
             == scoring.write_funasr_text_cer(keys, skewed, tmp_path / "s4", processes=4).read_text(encoding="utf-8"))
     ours = scoring.aggregate(scores)
     assert f"%WER {round(ours.cer * 100, 2)} [ {ours.substitutions + ours.deletions + ours.insertions} / {ours.ref_tokens}," in two
+
+
+def test_text_cer_chunks_split_by_work_in_order():
+    """Consecutive chunks of about equal scorer work, at most one per process, none too small to pay off."""
+    per = scoring.CELLS_PER_PROCESS
+    assert scoring.text_cer_chunks([per // 10] * 100, 4) == [0, 25, 50, 75, 100]  # 10 x per: 4 processes
+    assert scoring.text_cer_chunks([per // 10] * 15, 4) == [0, 15]  # 1.5 x per: not worth a second process
+    # one long utterance (half the work) alone, the rest in two: 6, 3 and 3 x per
+    assert scoring.text_cer_chunks([6 * per] + [per // 10] * 60, 4) == [0, 1, 31, 61]
+    assert scoring.text_cer_chunks([], 4) == [0, 0]

@@ -11,6 +11,7 @@ attention weights and subclasses keep funasr's own code.
 from __future__ import annotations
 
 import contextlib
+import threading
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -27,13 +28,14 @@ def _attend(q: Any, k: Any, v: Any, mask: Any) -> Any:
     """
     import torch.nn.functional as F
 
-    allowed = None
-    if mask is not None:
+    if mask is None:
+        out = F.scaled_dot_product_attention(q, k, v)
+    else:
         allowed = mask.unsqueeze(1).ne(0)  # (batch, 1, 1 or T1, T2)
-        # a row with no key to attend to (an empty utterance) gets NaN from the fused kernel and zeros from
-        # funasr's code; letting it attend everywhere keeps it finite, and funasr masks those frames later
-        allowed = allowed | ~allowed.any(-1, keepdim=True)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        # a row with no key to attend to (an empty utterance) is zeros in funasr's code; some fused kernels
+        # return NaN for it: it attends everywhere and is zeroed afterwards, as funasr has it
+        has_key = allowed.any(-1, keepdim=True)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed | ~has_key).masked_fill(~has_key, 0.0)
     b, h, t, d = out.shape
     return out.transpose(1, 2).reshape(b, t, h * d)
 
@@ -55,22 +57,31 @@ def _cross_forward(self: Any, x: Any, memory: Any, memory_mask: Any, ret_attn: b
     return self.linear_out(_attend(q_h, k_h, v_h, memory_mask))
 
 
+_lock = threading.Lock()
+_users: dict[int, int] = {}  # id(layer) -> blocks using its fused forward (overlapping decodes of one model)
+
+
 @contextlib.contextmanager
 def fused(model: Any, enabled: bool = True) -> Iterator[int]:
     """Decode ``model`` (a ``torch.nn.Module``) with fused attention inside the block; yields how many
-    layers were switched. Only layers of exactly funasr's two classes switch; all switch back afterwards."""
+    layers use it. Only layers of exactly funasr's two classes switch; they switch back when the last block
+    using them ends (``enabled=False`` inside another thread's block does not switch them back early)."""
     from funasr.models.sanm.attention import MultiHeadedAttentionCrossAtt, MultiHeadedAttentionSANM
 
     replacement = {MultiHeadedAttentionSANM: _sanm_forward, MultiHeadedAttentionCrossAtt: _cross_forward}
-    switched = []
-    if enabled:
-        for layer in model.modules():
-            forward = replacement.get(type(layer))
-            if forward is not None and "forward" not in vars(layer):  # not already switched (nested blocks)
-                layer.forward = types.MethodType(forward, layer)
-                switched.append(layer)
+    with _lock:  # a layer with a forward of someone else's on the instance is left alone
+        layers = [m for m in model.modules() if type(m) in replacement
+                  and ("forward" not in vars(m) or id(m) in _users)] if enabled else []
+        for layer in layers:
+            if _users.get(id(layer), 0) == 0:
+                layer.forward = types.MethodType(replacement[type(layer)], layer)
+            _users[id(layer)] = _users.get(id(layer), 0) + 1
     try:
-        yield len(switched)
+        yield len(layers)
     finally:
-        for layer in switched:
-            vars(layer).pop("forward", None)
+        with _lock:
+            for layer in layers:
+                _users[id(layer)] -= 1
+                if _users[id(layer)] == 0:
+                    del _users[id(layer)]
+                    vars(layer).pop("forward", None)

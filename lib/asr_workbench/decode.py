@@ -48,6 +48,12 @@ class DecodeOptions:
     attention: str = "fused"  # "fused": torch's fused attention kernel in funasr's SANM layers; "funasr": its own
     extra: dict[str, Any] = field(default_factory=dict)  # other generate() keywords (decoding overrides)
 
+    def __post_init__(self) -> None:
+        if self.features_on not in ("model", "cpu"):
+            raise ValueError(f"features_on must be 'model' or 'cpu', got {self.features_on!r}")
+        if self.attention not in attention.MODES:
+            raise ValueError(f"attention must be one of {', '.join(attention.MODES)}, got {self.attention!r}")
+
 
 @dataclass(frozen=True)
 class Hypothesis:
@@ -176,8 +182,6 @@ def _autocast(model: Any, precision: str) -> Any:
 
 def _decode_loop(model: Any, items: Sequence[tuple[str, str, float]], opts: DecodeOptions, kw: dict[str, Any],
                  durations: list[float], sink: Callable[[list[Hypothesis]], None]) -> None:
-    if opts.attention not in attention.MODES:
-        raise ValueError(f"attention must be one of {', '.join(attention.MODES)}, got {opts.attention!r}")
     with attention.fused(model.model, enabled=opts.attention == "fused"):
         _decode_batches(model, items, opts, kw, durations, sink)
 
@@ -200,8 +204,6 @@ def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: D
     batches = list(length_sorted_batches(durations, opts.batch_size, opts.batch_seconds))
     workers, threads = plan_workers(model, opts, kw)
     device = next(model.model.parameters()).device
-    if opts.features_on not in ("model", "cpu"):
-        raise ValueError(f"features_on must be 'model' or 'cpu', got {opts.features_on!r}")
     feature_device = (device if opts.features_on == "model" else torch.device("cpu")) if _takes_features(model) else None
     kw = {k: v for k, v in kw.items() if k not in ("data_type", "batch_size", "input_len")}
 

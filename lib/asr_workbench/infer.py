@@ -155,7 +155,7 @@ def run(
         batch_seconds=settings.get("batch_seconds"),
         beam_size=settings.get("beam_size"),
         ctc_weight=settings.get("ctc_weight"),
-        attention=settings.get("attention", "fused"),
+        attention=settings.get("attention") or "fused",
         device=device, devices=tuple(devices), njob=int(njob), vad_model=vad_model, precision=precision,
         extra={k: v for k, v in settings.items() if k not in _OWN_KEYS},
     )
@@ -168,14 +168,15 @@ def run(
         "data_dir": str(data_path), "output_dir": str(out),
         "decoding": settings, "device": decode.resolve_device(device), "devices": devices, "njob": njob,
         "on_bad_input": on_bad_input, "vad_model": vad_model, "cache_dir": cache_dir, "precision": precision,
-        "normaliser": scoring.NORMALISER, "notes": notes,
+        "attention": opts.attention, "normaliser": scoring.NORMALISER, "notes": notes,
     }
     runs.write_config(out, config)
 
     items = [(u.key, u.audio, u.duration_s) for u in ds.utterances]
     partial = out / ".hyps.partial.jsonl"
     dec = decode.decode(str(mf.path), items, opts, partial,
-                        _fingerprint(mf, {**settings, "vad_model": vad_model, "devices": devices, "precision": precision}, items),
+                        _fingerprint(mf, {**settings, "vad_model": vad_model, "devices": devices, "precision": precision,
+                                              "attention": opts.attention}, items),
                         model=loaded_model, progress=progress)
     rows, cer = score_run(ds, dec.hypotheses, out)
     input_files = [data_path] if data_path.is_file() else [data_path / "wav.scp", data_path / "text"]

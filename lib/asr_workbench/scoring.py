@@ -26,7 +26,8 @@ import jiwer
 from asr_workbench.fileio import atomic_write_text
 
 __all__ = ["NORMALISER", "normalise", "tokens", "UttScore", "CerResult", "score_utterance", "corpus_cer",
-           "aggregate", "aligned_pairs", "alignment_text", "write_funasr_text_cer", "Bootstrap", "paired_bootstrap"]
+           "aggregate", "aligned_pairs", "alignment_text", "text_cer_chunks", "write_funasr_text_cer", "Bootstrap",
+           "paired_bootstrap"]
 
 NORMALISER = ("zh-char-v1: NFKC (full->half width), drop <unk>/punctuation/spaces, lower-case Latin; "
               "one token per CJK character, per Latin word or digit run (MER for mixed text)")
@@ -221,6 +222,17 @@ def _pool_context() -> Any:
     return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
 
 
+def text_cer_chunks(cells: Sequence[int], processes: int) -> list[int]:
+    """Boundaries ``[0, ..., len(cells)]`` of consecutive chunks of about equal work (``cells``: the scorer's
+    table size per utterance), at most ``processes`` of them and none under ``CELLS_PER_PROCESS`` on average;
+    consecutive, so the parts merge back in input order."""
+    total = list(itertools.accumulate(cells))
+    n = min(processes, total[-1] // CELLS_PER_PROCESS if total else 0, len(cells))
+    if n <= 1:
+        return [0, len(cells)]
+    return sorted({0, len(cells), *(bisect.bisect_left(total, total[-1] * i / n) + 1 for i in range(1, n))})
+
+
 def write_funasr_text_cer(keys: Sequence[str], scores: Sequence[UttScore], out_dir: Path,
                           processes: int | None = None) -> Path:
     """``ref.proc``, ``text.proc`` and ``text.cer`` in ``out_dir`` via funasr's ``compute_wer``
@@ -243,13 +255,11 @@ def write_funasr_text_cer(keys: Sequence[str], scores: Sequence[UttScore], out_d
     hyp_proc.write_text("".join(hyp_lines), encoding="utf-8")
     from asr_workbench.decode import usable_cores
 
-    cells = list(itertools.accumulate(len(s.ref.split()) * max(1, len(s.hyp.split())) for _, s in rows))
-    n_proc = min(processes or usable_cores(), cells[-1] // CELLS_PER_PROCESS if cells else 0, len(rows))
-    if n_proc <= 1:
+    cuts = text_cer_chunks([len(s.ref.split()) * max(1, len(s.hyp.split())) for _, s in rows],
+                           processes or usable_cores())
+    if len(cuts) <= 2:
         _funasr_text_cer((str(ref_proc), str(hyp_proc), str(cer_file)))
         return cer_file
-    # consecutive chunks of about equal work, so the parts merge back in input order
-    cuts = sorted({0, len(rows), *(bisect.bisect_left(cells, cells[-1] * i / n_proc) + 1 for i in range(1, n_proc))})
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".text_cer.") as tmp:
         jobs = []
         for i, (a, b) in enumerate(zip(cuts, cuts[1:])):
