@@ -134,6 +134,24 @@ def test_sharded_decoding_matches_single_process(tmp_path):
     assert sharded.metrics["cer"] == single.metrics["cer"]
 
 
+def test_shard_that_dies_at_start_fails_the_run_instead_of_hanging(tmp_path):
+    """A script without a ``__main__`` guard: each spawned shard re-runs it and dies before reading its work.
+    With thousands of utterances the run must still end, with an error naming the failed shards (shards read
+    their work from a file; pickled into the start-up pipe it would block the parent for ever)."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        "from asr_workbench import decode\n"
+        f"out = Path({str(tmp_path)!r})\n"
+        "items = [(f'utt{i:05d}', str(out / f'{\"long/folder/name/\" * 4}utt{i:05d}.wav'), 1.0) for i in range(3000)]\n"
+        "decode.decode('demo/model', items, decode.DecodeOptions(device='cpu', njob=2), out / 'p.jsonl', 'fp',\n"
+        "              progress=False)\n", encoding="utf-8")
+    res = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert "decoding shard(s) [0, 1] failed" in res.stderr
+    assert not list(tmp_path.glob("p.items*")) and not list(tmp_path.glob("p.part*"))
+
+
 def test_interrupted_run_resumes_from_partial_file(tmp_path):
     d = DEMO_DATA / "target/dev"
     items = [(k, str(d / p), 1.0) for k, p in (line.split() for line in (d / "wav.scp").read_text().splitlines())][:6]

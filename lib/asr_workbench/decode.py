@@ -355,10 +355,14 @@ def _rewrite_partial(path: Path, fingerprint: str, done: dict[str, Hypothesis]) 
                     + "".join(json.dumps(asdict(h), ensure_ascii=False) + "\n" for h in done.values()), encoding="utf-8")
 
 
-def _shard_worker(model_dir: str, device: str, items: list[tuple[str, str, float]], opts: DecodeOptions,
-                  part: str, progress: Any) -> None:
+def _shard_worker(model_dir: str, device: str, items_file: str, opts: DecodeOptions, part: str,
+                  progress: Any) -> None:
     import torch
 
+    # the items come in a file, not as a pickled argument: the parent writes a process's arguments into a pipe
+    # and waits until they are read, so a large list to a child that dies first (a script without a
+    # ``__main__`` guard) would hang the parent instead of failing the shard
+    items = [tuple(x) for x in json.loads(Path(items_file).read_text(encoding="utf-8"))]
     torch.set_num_threads(1)
     model = load_model(model_dir, device=device, ncpu=1,
                        **({"vad_model": opts.vad_model} if opts.vad_model else {}))
@@ -415,11 +419,15 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
         n_used = min(n_proc, len(todo))
         shards = [todo[i::n_used] for i in range(n_used)]  # round-robin keeps shard lengths balanced
         parts = [partial_file.with_suffix(f".part{i}") for i in range(n_used)]
-        for part in partial_file.parent.glob(partial_file.with_suffix(".part*").name):
-            part.unlink()  # left by an interrupted run: another fingerprint's results must not be merged
+        for name in (".part*", ".items*"):  # left by an interrupted run: another fingerprint's must not be merged
+            for part in partial_file.parent.glob(partial_file.with_suffix(name).name):
+                part.unlink()
+        lists = [partial_file.with_suffix(f".items{i}") for i in range(n_used)]
+        for items_file, shard in zip(lists, shards):
+            items_file.write_text(json.dumps(shard, ensure_ascii=False), encoding="utf-8")
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
-        procs = [ctx.Process(target=_shard_worker, args=(model_dir, devices[i % len(devices)], shards[i], opts,
+        procs = [ctx.Process(target=_shard_worker, args=(model_dir, devices[i % len(devices)], str(lists[i]), opts,
                                                           str(parts[i]), queue)) for i in range(n_used)]
         env_threads = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = "1"
@@ -442,6 +450,8 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
                 if p.is_alive():
                     p.terminate()
                 p.join()
+            for items_file in lists:
+                items_file.unlink(missing_ok=True)
         failed = [i for i, p in enumerate(procs) if p.exitcode != 0]
         with open(partial_file, "a", encoding="utf-8") as f:  # keep what the shards finished (whole lines only)
             for part in parts:
