@@ -7,7 +7,8 @@ Builds a model folder with Paraformer-large's architecture (SANM 50x512 encoder,
 random weights: no hub is reachable from the benchmark machine), synthesizes >= 10 h of mixed-length audio from
 the demo clips on the machine itself, and measures in one run: plain ``AutoModel.generate`` (batch 64, input
 order, fp32, as a user calls it) against the workbench's ``infer.run`` (batch 64, length-sorted) in fp32 and bf16,
-decoding-only variants (funasr's attention vs the fused kernel, batches at once, batch by audio seconds); and fine-tuning
+decoding-only variants (funasr's attention vs the fused kernel, batch by audio seconds, 4 processes on the one GPU)
+and a profile of 3 batches ($OUT/profile.txt: torch.profiler and cProfile); and fine-tuning
 audio-seconds/s in the 2nd epoch: funasr's stock trainer at the recipe's settings, the workbench's trainer on the
 same config, and the workbench's recommended settings for the machine (``finetune.recommend``).
 ``PARTS=infer`` or ``PARTS=finetune`` runs one half (both take about 7 minutes on an H100 with the data and
@@ -119,7 +120,7 @@ def inference(model: Path, data: Path, audio_s: float, note: str) -> None:
     # (dtype, batch, batch seconds, features on, workers, attention): funasr's attention vs the fused kernel
     variants = [("fp32", 64, None, "model", 0, "funasr"), ("fp32", 64, None, "model", 0, "fused"),
                 ("bf16", 64, None, "model", 0, "funasr"), ("bf16", 64, None, "model", 0, "fused"),
-                ("bf16", 64, None, "model", 4, "fused"), ("bf16", 0, 1280, "model", 0, "fused")]
+                ("bf16", 0, 1280, "model", 0, "fused")]
     drows, by_attention = [], {}
     for i, (precision, bs, secs, feats, workers, attn) in enumerate(variants):
         opts = decode.DecodeOptions(batch_size=bs or 64, batch_seconds=secs, device=DEV, precision=precision,
@@ -145,8 +146,64 @@ def inference(model: Path, data: Path, audio_s: float, note: str) -> None:
             drows.append({"dtype": precision, "batch": bs or secs, "features on": feats, "workers": workers,
                           "attention": attn, "x real time": f"error {e!r}"[:120]})
         print(drows[-1], flush=True)
+    # several processes driving one GPU (each its own Python, so per-batch Python work overlaps): start-up,
+    # torch/funasr import and model loading are inside this wall time
+    for njob in (4,):
+        opts = decode.DecodeOptions(batch_size=64, device=DEV, precision="bf16", njob=njob)
+        try:
+            res = decode.decode(str(model), items, opts, WORK / f"njob{njob}.partial", f"njob{njob}", progress=False)
+            drows.append({"dtype": "bf16", "batch": "64", "features on": "model", "workers": f"{njob} processes",
+                          "attention": "fused", "x real time": round(audio_s / res.wall_s, 1),
+                          "wall s": round(res.wall_s, 2), "same text as plain": _same({h.key: h.text for h in res.hypotheses}, plain)})
+        except Exception as e:  # noqa: BLE001
+            drows.append({"dtype": "bf16", "workers": f"{njob} processes", "x real time": f"error {e!r}"[:120]})
+        print(drows[-1], flush=True)
     append_results("GPU decoding alone (workbench decode.decode, model loaded once)", "bash bench/gpu.sh", drows,
-                   note + f"; plain generate on the same set: {audio_s / tb:.0f}x")
+                   note + f"; plain generate on the same set: {audio_s / tb:.0f}x; the process rows load the "
+                   "model in each process, inside their wall time")
+    profile_batches(loaded, items[:192])
+
+
+def profile_batches(loaded: object, items: list) -> None:
+    """Where 3 batches of the default GPU decoding spend their time: torch.profiler (CPU and CUDA ops) and
+    cProfile (Python), run on this thread, written to $OUT/profile.txt for the next round of work."""
+    import cProfile
+    import io
+    import pstats
+
+    from asr_workbench import attention, audio, decode
+
+    opts = decode.DecodeOptions(batch_size=64, device=DEV, precision="bf16")
+    kw = {k: v for k, v in decode._generate_kwargs(opts).items() if k not in ("data_type", "batch_size", "input_len")}
+    device = next(loaded.model.parameters()).device
+
+    def run() -> None:
+        with attention.fused(loaded.model), decode._autocast(loaded, "bf16"):
+            for i in range(0, len(items), 64):
+                waves = [audio.load(p) for _, p, _ in items[i : i + 64]]
+                decode._infer_batch(loaded, waves, device, kw)
+        _sync()
+
+    try:
+        run()  # warm
+        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if DEV == "cuda" else [])
+        with torch.profiler.profile(activities=acts) as prof:
+            run()
+        text = prof.key_averages().table(sort_by="self_cuda_time_total" if DEV == "cuda" else "self_cpu_time_total",
+                                         row_limit=30)
+        text += "\n" + prof.key_averages().table(sort_by="cpu_time_total", row_limit=30)
+        pr = cProfile.Profile()
+        t = time.perf_counter()
+        pr.enable()
+        run()
+        pr.disable()
+        buf = io.StringIO()
+        pstats.Stats(pr, stream=buf).sort_stats("cumulative").print_stats(45)
+        text += f"\ncProfile, {len(items)} utterances in {time.perf_counter() - t:.2f} s:\n" + buf.getvalue()
+    except Exception as e:  # noqa: BLE001
+        text = f"profile failed: {e!r}"
+    (OUT / "profile.txt").write_text(text, encoding="utf-8")
+    print(text[:6000], flush=True)
 
 
 def _timed_trainer(base: type, times: list[float]) -> type:

@@ -134,6 +134,20 @@ def test_sharded_decoding_matches_single_process(tmp_path):
     assert sharded.metrics["cer"] == single.metrics["cer"]
 
 
+def test_shard_files_never_match_the_partial_file(tmp_path):
+    """Shard results go to <partial>.part<i>; a partial file named like "run.partial" once matched the
+    leftover-parts pattern "run.part*" and was deleted, losing every result."""
+    from asr_workbench import audio
+
+    d = DEMO_DATA / "base/test"
+    items = [(k, str(d / p), audio.probe(d / p).duration_s)
+             for k, p in (line.split() for line in (d / "wav.scp").read_text().splitlines()[:4])]
+    res = decode.decode(str(DEMO_MODEL), items, decode.DecodeOptions(device="cpu", njob=2), tmp_path / "run.partial",
+                        "fp", progress=False)
+    assert [h.key for h in res.hypotheses] == [k for k, _, _ in items] and res.n_processes == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.partial"]
+
+
 def test_shard_that_dies_at_start_fails_the_run_instead_of_hanging(tmp_path):
     """A script without a ``__main__`` guard: each spawned shard re-runs it and dies before reading its work.
     With thousands of utterances the run must still end, with an error naming the failed shards (shards read
@@ -149,7 +163,7 @@ def test_shard_that_dies_at_start_fails_the_run_instead_of_hanging(tmp_path):
     res = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode != 0
     assert "decoding shard(s) [0, 1] failed" in res.stderr
-    assert not list(tmp_path.glob("p.items*")) and not list(tmp_path.glob("p.part*"))
+    assert not list(tmp_path.glob("p.jsonl.items*")) and not list(tmp_path.glob("p.jsonl.part*"))
 
 
 def test_interrupted_run_resumes_from_partial_file(tmp_path):

@@ -14,6 +14,7 @@ thread (CPU) or their own GPU, merged in input order.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import multiprocessing as mp
 import os
@@ -418,11 +419,12 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
     else:
         n_used = min(n_proc, len(todo))
         shards = [todo[i::n_used] for i in range(n_used)]  # round-robin keeps shard lengths balanced
-        parts = [partial_file.with_suffix(f".part{i}") for i in range(n_used)]
+        # <partial>.part<i> / .items<i>: names that extend the partial file's, so no pattern can match it
+        parts = [partial_file.with_name(f"{partial_file.name}.part{i}") for i in range(n_used)]
+        lists = [partial_file.with_name(f"{partial_file.name}.items{i}") for i in range(n_used)]
         for name in (".part*", ".items*"):  # left by an interrupted run: another fingerprint's must not be merged
-            for part in partial_file.parent.glob(partial_file.with_suffix(name).name):
+            for part in partial_file.parent.glob(glob.escape(partial_file.name) + name):
                 part.unlink()
-        lists = [partial_file.with_suffix(f".items{i}") for i in range(n_used)]
         for items_file, shard in zip(lists, shards):
             items_file.write_text(json.dumps(shard, ensure_ascii=False), encoding="utf-8")
         ctx = mp.get_context("spawn")

@@ -262,7 +262,7 @@ def write_funasr_text_cer(keys: Sequence[str], scores: Sequence[UttScore], out_d
         return cer_file
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".text_cer.") as tmp:
         jobs = []
-        for i, (a, b) in enumerate(zip(cuts, cuts[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(cuts)):
             r, h, c = (Path(tmp) / f"{name}.{i}" for name in ("ref", "hyp", "cer"))
             r.write_text("".join(ref_lines[a:b]), encoding="utf-8")
             h.write_text("".join(hyp_lines[a:b]), encoding="utf-8")
