@@ -32,6 +32,16 @@ def _read_table(path: Path) -> dict[str, str]:
     return datadir.read_table(path)
 
 
+def decode_items(split: str, n: int | None = None) -> list[tuple[str, str, float]]:
+    """``(key, audio path, duration)`` of the first ``n`` utterances of a demo split (``"target/test"``), as
+    ``decode.decode`` takes them."""
+    from asr_workbench import audio
+
+    d = DEMO_DATA / split
+    return [(k, str(d / p), audio.probe(d / p).duration_s)
+            for k, p in (line.split() for line in (d / "wav.scp").read_text().splitlines()[:n])]
+
+
 def subset(src: Path, dst: Path, n: int) -> Path:
     """The first ``n`` utterances of a demo split, audio paths absolute."""
     wavs, texts = _read_table(src / "wav.scp"), _read_table(src / "text")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from asr_workbench import attention, decode
-from conftest import DEMO_DATA, DEMO_MODEL
+from conftest import DEMO_MODEL, decode_items
 
 
 def _padded(batch: int, t: int, d: int, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,11 +63,7 @@ def test_overlapping_blocks_switch_back_when_the_last_ends():
 def test_fused_attention_decodes_like_funasr(demo_model, tmp_path, monkeypatch):
     """The demo model decodes the demo test set to the same transcripts either way (the fused kernel really
     runs in its 6 encoder and 2 decoder attention layers), and its layers are funasr's own again after."""
-    from asr_workbench import audio
-
-    d = DEMO_DATA / "target/test"
-    items = [(k, str(d / p), audio.probe(d / p).duration_s)
-             for k, p in (line.split() for line in (d / "wav.scp").read_text().splitlines())]
+    items = decode_items("target/test")
     calls = []
     real = attention._attend
     monkeypatch.setattr(attention, "_attend", lambda *a: calls.append(a[0].shape) or real(*a))

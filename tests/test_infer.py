@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from asr_workbench import batch, decode, infer
-from conftest import DEMO_DATA, DEMO_MODEL, REPO
+from conftest import DEMO_DATA, DEMO_MODEL, REPO, decode_items
 
 RUN_FILES = ["config.yaml", "data_report.jsonl", "1best_recog/text", "1best_recog/text.cer", "results.jsonl",
              "errors.txt", "metrics.json"]
@@ -137,11 +137,7 @@ def test_sharded_decoding_matches_single_process(tmp_path):
 def test_shard_files_never_match_the_partial_file(tmp_path):
     """Shard results go to <partial>.part<i>; a partial file named like "run.partial" once matched the
     leftover-parts pattern "run.part*" and was deleted, losing every result."""
-    from asr_workbench import audio
-
-    d = DEMO_DATA / "base/test"
-    items = [(k, str(d / p), audio.probe(d / p).duration_s)
-             for k, p in (line.split() for line in (d / "wav.scp").read_text().splitlines()[:4])]
+    items = decode_items("base/test", 4)
     res = decode.decode(str(DEMO_MODEL), items, decode.DecodeOptions(device="cpu", njob=2), tmp_path / "run.partial",
                         "fp", progress=False)
     assert [h.key for h in res.hypotheses] == [k for k, _, _ in items] and res.n_processes == 2
@@ -260,11 +256,7 @@ def test_concurrent_batches_decode_like_one_at_a_time(demo_model, tmp_path, monk
     hypotheses must equal one-batch-at-a-time decoding, and the process's torch thread count comes back."""
     import torch
 
-    from asr_workbench import audio
-
-    d = DEMO_DATA / "target/test"
-    items = [(k, str(d / p), audio.probe(d / p).duration_s)
-             for k, p in (line.split() for line in (d / "wav.scp").read_text().splitlines()[:30])]
+    items = decode_items("target/test", 30)
     threads = torch.get_num_threads()
     got = {}
     for workers in (1, 3):
