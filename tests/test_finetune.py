@@ -84,7 +84,7 @@ def test_large_dataset_type_counts_milliseconds_and_shards(tmp_path, tiny_data):
     assert listing.suffix == ".list" and all(Path(x).is_file() for x in listing.read_text().split())
 
 
-def test_recommended_settings_fill_what_is_left_open(tmp_path, tiny_data, demo_model):
+def test_recommended_settings_fill_what_is_left_open(tmp_path, tiny_data, demo_model, monkeypatch):
     """On a CPU the recommendation keeps the model's batch and fp32; values given explicitly win. The
     measuring step (forward + backward on random features, what sizes the batch on a GPU) runs on the model."""
     import torch
@@ -102,6 +102,13 @@ def test_recommended_settings_fill_what_is_left_open(tmp_path, tiny_data, demo_m
                       dataset_type="large", batch_bins=30000, num_workers=0)
     assert p.config["dataset_conf"]["batch_size"] == 3000 and p.config["dataset_conf"]["num_workers"] == 0
     assert rec.batch_bins("large") == 10 * rec.batch_frames
+    # loader workers on a CPU: none on 2 cores (they take a core from training), at most 2 on more
+    from asr_workbench import decode
+
+    for cores, want in ((2, 0), (3, 2), (8, 2)):
+        monkeypatch.setattr(decode, "usable_cores", lambda cores=cores: cores)
+        assert sizing.recommend(str(DEMO_MODEL), device="cpu").num_workers == want
+    monkeypatch.undo()
     net = demo_model.model.train()
     try:
         seconds = sizing._step(net, 4000, 4, demo_model.kwargs["frontend"].output_size(),
