@@ -134,6 +134,24 @@ def test_sharded_decoding_matches_single_process(tmp_path):
     assert sharded.metrics["cer"] == single.metrics["cer"]
 
 
+def test_batch_ending_in_a_quiet_clip_decodes(tmp_path):
+    """funasr's cif_v1 raises an IndexError for a batch whose last utterances yield no token (a short quiet clip
+    sorts last): such a batch is decoded one utterance at a time, and the run completes."""
+    import numpy as np
+    import soundfile as sf
+
+    data = tmp_path / "data"
+    data.mkdir()
+    sf.write(data / "quiet.wav", np.random.default_rng(0).normal(0, 0.003, 4800).astype("float32"), 16000)
+    real = DEMO_DATA / "target/test/audio/tgt_ts_00000.flac"
+    (data / "wav.scp").write_text(f"a {real}\nquiet quiet.wav\n")
+    batched = infer.run(str(DEMO_MODEL), str(data), str(tmp_path / "b"), device="cpu", progress=False)
+    alone = infer.run(str(DEMO_MODEL), str(data), str(tmp_path / "one"), batch_size=1, device="cpu", progress=False)
+    assert [r["key"] for r in batched.results] == ["a", "quiet"]
+    assert [r["hyp"] for r in batched.results] == [r["hyp"] for r in alone.results]
+    assert batched.results[0]["hyp"]  # the real utterance is transcribed
+
+
 def test_shard_files_never_match_the_partial_file(tmp_path):
     """Shard results go to <partial>.part<i>; a partial file named like "run.partial" once matched the
     leftover-parts pattern "run.part*" and was deleted, losing every result."""

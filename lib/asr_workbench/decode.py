@@ -219,7 +219,7 @@ def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: D
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext(), \
                 _autocast(model, opts.precision):
             waves = [audio.load(items[i][1]) for i in batch]
-            res = _infer_batch(model, waves, feature_device, kw)
+            res = _infer_batch(model, waves, feature_device, kw, [f"{items[i][0]} ({items[i][1]})" for i in batch])
         return [Hypothesis(items[i][0], str(r.get("text", "") or ""), items[i][2]) for i, r in zip(batch, res)]
 
     previous = torch.get_num_threads()
@@ -274,28 +274,44 @@ def plan_workers(model: Any, opts: DecodeOptions, kw: dict[str, Any]) -> tuple[i
     return workers, max(1, budget // workers)
 
 
-def _infer_batch(model: Any, waves: list[Any], feature_device: Any, kw: dict[str, Any]) -> list[dict[str, Any]]:
+def _infer_batch(model: Any, waves: list[Any], feature_device: Any, kw: dict[str, Any],
+                 names: Sequence[str] = ()) -> list[dict[str, Any]]:
     """funasr's results for one batch of waveforms, one per waveform.
 
     With ``feature_device`` the features are computed there (in full precision, outside any autocast) by the
-    model's own frontend and handed to the model as ``data_type="fbank"``.
+    model's own frontend and handed to the model as ``data_type="fbank"``. A batch funasr cannot decode whole is
+    decoded one utterance at a time: its Paraformer returns no result for a batch in which no utterance yields a
+    token (all silence), and its ``cif_v1`` raises an IndexError for a batch that ends in such utterances (a
+    short quiet clip sorted last). An utterance that fails on its own raises, named by ``names`` ("key (path)").
     """
     import torch
 
-    if feature_device is not None and len(waves) > 1:  # funasr squeezes the lengths of a 1-utterance fbank batch
-        from funasr.utils.load_utils import extract_fbank
+    try:
+        if feature_device is not None and len(waves) > 1:  # funasr squeezes the lengths of a 1-utterance fbank batch
+            from funasr.utils.load_utils import extract_fbank
 
-        with torch.autocast(feature_device.type, enabled=False):
-            feats, lens = extract_fbank([torch.from_numpy(w).to(feature_device) for w in waves], data_type="sound",
-                                        frontend=model.kwargs["frontend"])
-        res = _inference(model, feats, lens, len(waves), data_type="fbank", **kw)
-    else:
-        res = _inference(model, waves, None, len(waves), **kw)
-    if len(res) != len(waves):
-        # funasr's Paraformer returns no result for a batch in which no utterance yields a token
-        # (all silence): decode one by one so every utterance gets its own (possibly empty) hypothesis
-        res = [(_inference(model, [w], None, 1, **kw) or [{}])[0] for w in waves]
-    return res
+            with torch.autocast(feature_device.type, enabled=False):
+                feats, lens = extract_fbank([torch.from_numpy(w).to(feature_device) for w in waves],
+                                            data_type="sound", frontend=model.kwargs["frontend"])
+            res = _inference(model, feats, lens, len(waves), data_type="fbank", **kw)
+        else:
+            res = _inference(model, waves, None, len(waves), **kw)
+        if len(res) == len(waves):
+            return res
+    except Exception as e:
+        if len(waves) == 1:
+            raise RuntimeError(f"funasr could not decode {_name(names, 0)}: {e!r}") from e
+    out = []
+    for i, w in enumerate(waves):
+        try:
+            out.append((_inference(model, [w], None, 1, **kw) or [{}])[0])
+        except Exception as e:
+            raise RuntimeError(f"funasr could not decode {_name(names, i)}: {e!r}") from e
+    return out
+
+
+def _name(names: Sequence[str], i: int) -> str:
+    return names[i] if i < len(names) else f"utterance {i + 1} of its batch"
 
 
 def _inference(model: Any, data: Any, lengths: Any, n: int, **cfg: Any) -> list[dict[str, Any]]:
