@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 import yaml
 
 from asr_workbench import batch, decode, infer
-from conftest import DEMO_DATA, DEMO_MODEL, REPO, decode_items
+from conftest import DEMO_DATA, DEMO_MODEL, REPO, decode_items, subset
 
 RUN_FILES = ["config.yaml", "data_report.jsonl", "1best_recog/text", "1best_recog/text.cer", "results.jsonl",
              "errors.txt", "metrics.json"]
@@ -134,6 +135,22 @@ def test_sharded_decoding_matches_single_process(tmp_path):
     assert sharded.metrics["cer"] == single.metrics["cer"]
 
 
+def test_run_into_a_used_folder_leaves_no_earlier_scores(tmp_path):
+    """A scored run, then a run without ``text`` into the same folder: no text.cer, ref.proc or CER of the
+    first run stays beside the second's files."""
+    scored = subset(DEMO_DATA / "target/test", tmp_path / "scored", 3)
+    unscored = tmp_path / "unscored"
+    unscored.mkdir()
+    shutil.copy(scored / "wav.scp", unscored / "wav.scp")
+    out = tmp_path / "run"
+    infer.run(str(DEMO_MODEL), str(scored), str(out), device="cpu", progress=False)
+    assert (out / "1best_recog/text.cer").is_file()
+    second = infer.run(str(DEMO_MODEL), str(unscored), str(out), device="cpu", progress=False)
+    assert second.metrics["cer"] is None
+    assert not any((out / "1best_recog" / f).exists() for f in ("text.cer", "ref.proc", "text.proc"))
+    assert not any("ref" in r for r in (json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()))
+
+
 def test_batch_ending_in_a_quiet_clip_decodes(tmp_path):
     """funasr's cif_v1 raises an IndexError for a batch whose last utterances yield no token (a short quiet clip
     sorts last): such a batch is decoded one utterance at a time, and the run completes."""
@@ -238,8 +255,6 @@ def test_plots_render_chinese_with_a_cjk_font(recwarn):
 def test_decoding_is_deterministic(tmp_path):
     """funasr's frontend dithers at inference by default (and restores its build-time frontend before every
     generate); a model folder that keeps the default must still decode the same way every time."""
-    import shutil
-
     folder = tmp_path / "dithering-model"
     shutil.copytree(DEMO_MODEL, folder)
     cfg = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))

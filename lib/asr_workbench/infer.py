@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,10 @@ from asr_workbench import datadir, decode, modelhub, paths, runs, scoring
 from asr_workbench.fileio import atomic_write_text
 
 __all__ = ["InferResult", "resolve_decoding", "run", "score_run"]
+
+# what a finished run derives from its hypotheses: a run into a used folder removes an earlier run's first, so
+# a run without ``text`` (or one that fails) never leaves another run's scores beside its own config
+_DERIVED = ("metrics.json", "results.jsonl", "errors.txt", "1best_recog")
 
 # decoding settings the workbench itself interprets; any other key goes to funasr's generate()
 _OWN_KEYS = {"batch_size", "batch_seconds", "beam_size", "ctc_weight", "attention"}
@@ -144,6 +149,11 @@ def run(
         precision: ``fp32``, or ``bf16`` / ``fp16`` autocast when decoding on a GPU (ignored on CPU).
     """
     out = runs.prepare_output_dir(output_dir)
+    for name in _DERIVED:
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+        else:
+            (out / name).unlink(missing_ok=True)
     mf = modelhub.open_model(model, cache_dir=cache_dir)
     settings = resolve_decoding(mf.decoding, {"batch_size": batch_size, "ctc_weight": ctc_weight,
                                               "beam_size": beam_size}, decoding_overrides)
