@@ -55,6 +55,12 @@ def test_every_bad_case_is_reported_with_file_and_line(tmp_path):
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(b"\x01\x00" * 32000)
     (d / "trunc.wav").write_bytes((d / "full.wav").read_bytes()[:44 + 2000])
     (d / "trunc.flac").write_bytes(SRC[0].read_bytes()[: SRC[0].stat().st_size // 2])
+    # float and WAVE_FORMAT_EXTENSIBLE headers (which the stdlib wave module cannot read), whole and cut in half
+    tone = 0.1 * np.sin(np.arange(16000) / 10)
+    sf.write(str(d / "float.wav"), tone, 16000, subtype="FLOAT")
+    sf.write(str(d / "wavex.wav"), tone, 16000, format="WAVEX", subtype="PCM_24")
+    for name in ("float", "wavex"):
+        (d / f"{name}_cut.wav").write_bytes((d / f"{name}.wav").read_bytes()[:20000])
     _tone(d / "sr8k.wav", sr=8000)
     _tone(d / "stereo.wav", channels=2)
     _tone(d / "long.wav", seconds=31)
@@ -75,6 +81,10 @@ def test_every_bad_case_is_reported_with_file_and_line(tmp_path):
         "long long.wav",
         "notext good.flac",
         "emptytext good.flac",
+        "float float.wav",
+        "wavex wavex.wav",
+        "float_cut float_cut.wav",
+        "wavex_cut wavex_cut.wav",
     ]) + "\n"
     text = "good 今天\nsr8k 明天\nstereo 昨天\nlong 今天\nemptytext\nghost 今天\n"
     _write(d, scp, text)
@@ -84,14 +94,15 @@ def test_every_bad_case_is_reported_with_file_and_line(tmp_path):
                 ("empty", "empty_audio"), ("trunc", "truncated"), ("truncflac", "truncated"), ("pipe", "pipe_command"),
                 ("malformed", "malformed_line"), ("good", "duplicate_id"), ("sr8k", "resampled"),
                 ("stereo", "downmixed"), ("long", "long_audio"), ("notext", "no_text"),
-                ("emptytext", "empty_transcript"), ("ghost", "text_without_audio")}
+                ("emptytext", "empty_transcript"), ("ghost", "text_without_audio"), ("float_cut", "truncated"),
+                ("wavex_cut", "truncated")}
     assert expected <= codes
     assert not marker.exists()  # the pipe command was refused, never run
     where = {i.code: i.where for i in ds.report.issues}
     assert where["missing_file"].endswith("wav.scp:2") and where["duplicate_id"].endswith("wav.scp:10")
     assert where["text_without_audio"].endswith("text:6")
     decoded = {u.key for u in ds.utterances}
-    assert decoded == {"good", "sr8k", "stereo", "long", "notext", "emptytext"}
+    assert decoded == {"good", "sr8k", "stereo", "long", "notext", "emptytext", "float", "wavex"}
     assert {u.key for u in ds.scored} == {"good", "sr8k", "stereo", "long"}
     # nothing disappears: every id of wav.scp is decoded or has an error
     ids = {line.split()[0] for line in scp.splitlines()}
@@ -123,6 +134,31 @@ def test_gbk_text_is_detected_and_read(tmp_path):
     assert "GBK" in issue.reason and "iconv" in issue.reason and issue.where.endswith("text:1")
 
 
+def test_one_stray_byte_in_a_utf8_text_stays_on_its_line(tmp_path):
+    """A UTF-8 file with one Latin-1 byte is UTF-8 with one bad line, not a GBK file: the other transcripts
+    are read as written and the bad line is named."""
+    for i in range(3):
+        shutil.copy(SRC[i], tmp_path / f"{i}.flac")
+    _write(tmp_path, "".join(f"u{i} {i}.flac\n" for i in range(3)),
+           "u0 今天下午\nu1 三点三十\n".encode() + b"u2 caf\xe9s\n")  # as bytes, valid GBK too
+    ds = datadir.load_dataset(tmp_path)
+    assert [u.text for u in ds.utterances[:2]] == ["今天下午", "三点三十"]
+    assert ds.utterances[2].text == "caf\ufffds"
+    assert {(i.code, i.where.rsplit("/", 1)[-1]) for i in ds.report.issues} == {("not_utf8", "text:3")}
+
+
+def test_line_separators_inside_a_transcript_do_not_split_it(tmp_path):
+    """Lines end at \\n (or \\r\\n) only: U+2028, \\x85 and a form feed inside a transcript stay in it, and
+    line numbers count \\n."""
+    for i in range(2):
+        shutil.copy(SRC[i], tmp_path / f"{i}.flac")
+    _write(tmp_path, "u0 0.flac\nu1 1.flac\n", "u0 今天\u2028下午\x85三点\r\nu1 明天\x0c上午\n")
+    ds = datadir.load_dataset(tmp_path)
+    assert [u.text for u in ds.utterances] == ["今天\u2028下午\x85三点", "明天\x0c上午"]
+    assert not ds.report.issues
+    assert datadir.read_lines(tmp_path / "text")[1][0] == 2
+
+
 def test_oov_characters_counted_and_listed(tmp_path):
     shutil.copy(SRC[0], tmp_path / "a.flac")
     _write(tmp_path, "u1 a.flac\n", "u1 今天龘龘\n")
@@ -144,11 +180,15 @@ def test_relative_paths_fall_back_to_cwd_and_say_so(tmp_path, monkeypatch):
 
 def test_funasr_jsonl_input(tmp_path):
     shutil.copy(SRC[0], tmp_path / "a.flac")
-    lines = [{"key": "u1", "source": "a.flac", "target": "今天"}, {"key": "u2", "source": "a.flac"}]
+    lines = [{"key": "u1", "source": "a.flac", "target": "今天"}, {"key": "u2", "source": "a.flac"},
+             {"key": "u 3", "source": "a.flac"}, {"key": "", "source": "a.flac"}, {"key": "u4"}, ["u5", "a.flac"]]
     (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\nnot json\n")
     ds = datadir.load_dataset(tmp_path / "data.jsonl")
     assert [u.key for u in ds.utterances] == ["u1", "u2"] and ds.utterances[0].text == "今天"
-    assert any(i.code == "malformed_line" and i.where.endswith("data.jsonl:3") for i in ds.report.issues)
+    # ids with spaces (they are the first column of the Kaldi files a run writes), no id, no source, no record
+    assert [(i.key, i.where.rsplit(":", 1)[1]) for i in ds.report.issues if i.code == "malformed_line"] == \
+        [("u 3", "3"), (None, "4"), ("u4", "5"), (None, "6"), (None, "7")]
+    assert ds.report.n_input == 7
 
 
 def test_missing_wav_scp_is_a_clear_error(tmp_path):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import wave
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -111,30 +110,44 @@ class DataSet:
         return [u for u in self.utterances if u.text is not None]
 
 
-def _decode_bytes(raw: bytes, path: Path, report: DataReport) -> str:
+def _decode_lines(raw: bytes, path: Path, report: DataReport) -> list[str]:
+    """The file's lines, split on ``\\n`` only (a transcript may hold U+2028, \\x85 or a form feed, which
+    ``str.splitlines`` would cut at). UTF-8 unless no line with non-ASCII bytes is UTF-8 and the whole file is
+    GBK (one warning); in a UTF-8 file each line that is not UTF-8 is read with replacement characters and
+    reported on its own line, so one stray byte does not turn a whole file into GBK mojibake."""
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
+    lines = [line.removesuffix(b"\r") for line in raw.split(b"\n")]
+    bad: list[int] = []
+    utf8 = 0
+    for n, line in enumerate(lines, 1):
+        if not line.isascii():
+            try:
+                line.decode("utf-8")
+                utf8 += 1
+            except UnicodeDecodeError:
+                bad.append(n)
+    if bad and not utf8:
         try:
             text = raw.decode("gbk")
         except UnicodeDecodeError:
-            report.add(None, f"{path}:{line}", "warning", "not_utf8",
-                       f"not UTF-8 (byte 0x{raw[e.start]:02x} at line {line}); undecodable bytes replaced")
-            return raw.decode("utf-8", errors="replace")
-        report.add(None, f"{path}:{line}", "warning", "gbk_encoding",
-                   f"file is GBK-encoded, not UTF-8 (first non-UTF-8 byte on line {line}); read as GBK. "
-                   f"Convert it with: iconv -f GBK -t UTF-8 {path.name} > {path.name}.utf8")
-        return text
+            pass
+        else:
+            report.add(None, f"{path}:{bad[0]}", "warning", "gbk_encoding",
+                       f"file is GBK-encoded, not UTF-8 (first non-UTF-8 byte on line {bad[0]}); read as GBK. "
+                       f"Convert it with: iconv -f GBK -t UTF-8 {path.name} > {path.name}.utf8")
+            return [line.removesuffix("\r") for line in text.split("\n")]
+    for n in bad:
+        report.add(None, f"{path}:{n}", "warning", "not_utf8",
+                   f"line {n} is not UTF-8 (the rest of the file is); undecodable bytes replaced")
+    return [line.decode("utf-8", errors="replace") for line in lines]
 
 
 def read_lines(path: str | Path, report: DataReport | None = None) -> list[tuple[int, str]]:
     """``(line_number, line)`` of a text file: BOM, CRLF and blank lines tolerated; GBK detected."""
     path = Path(path)
-    text = _decode_bytes(path.read_bytes(), path, report if report is not None else DataReport())
-    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    lines = _decode_lines(path.read_bytes(), path, report if report is not None else DataReport())
+    return [(n, line.strip()) for n, line in enumerate(lines, 1) if line.strip()]
 
 
 def _parse_table(path: Path, report: DataReport, what: str) -> dict[str, tuple[str, int]]:
@@ -164,12 +177,26 @@ def read_table(path: str | Path) -> dict[str, str]:
 
 
 def _wav_declared_frames(path: Path) -> int | None:
-    """Frames a PCM WAV header declares (None for other formats)."""
+    """Frames a RIFF/WAVE header declares: the ``data`` chunk's size over the ``fmt `` chunk's block size, for
+    any sample format (integer, float, WAVE_FORMAT_EXTENSIBLE; the stdlib ``wave`` module reads integer PCM
+    only). None when there is no such header, or when the size is a streaming placeholder (0, or >= 2 GiB)."""
     try:
-        with wave.open(str(path), "rb") as w:
-            return w.getnframes()
-    except (wave.Error, EOFError, OSError):
-        return None
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            block = 0
+            while len(chunk := f.read(8)) == 8:
+                size = int.from_bytes(chunk[4:], "little")
+                if chunk[:4] == b"fmt ":
+                    block = int.from_bytes(f.read(size + size % 2)[12:14], "little")
+                elif chunk[:4] == b"data":
+                    return size // block if block and 0 < size < 0x7FFFFFF0 else None
+                else:
+                    f.seek(size + size % 2, 1)
+    except OSError:
+        pass
+    return None
 
 
 def _check_audio(key: str, path: Path, where: str, report: DataReport) -> audio_mod.AudioInfo | None:
@@ -195,9 +222,8 @@ def _check_audio(key: str, path: Path, where: str, report: DataReport) -> audio_
     except Exception as e:
         report.add(key, where, "error", "truncated", f"audio cannot be decoded to the end (truncated or corrupt): {path} ({e})")
         return None
-    declared = _wav_declared_frames(path) if info.format == "WAV" else None
-    streamed = declared is not None and (declared == 0 or declared * info.channels * 2 >= 0xFFFFFFF0 // 2)
-    if declared is not None and not streamed and declared > frames:
+    declared = _wav_declared_frames(path) if info.format in ("WAV", "WAVEX") else None
+    if declared is not None and declared > frames:
         report.add(key, where, "error", "truncated",
                    f"truncated WAV: header declares {declared} frames, file holds {frames}: {path}")
         return None
@@ -224,17 +250,24 @@ def _read_jsonl(path: Path, report: DataReport) -> tuple[dict[str, tuple[str, in
     for n, line in read_lines(path, report):
         try:
             obj = json.loads(line)
-            key, source = str(obj["key"]), str(obj["source"])
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            report.add(None, f"{path}:{n}", "error", "malformed_line", f"not a jsonl record with key and source ({e})")
+        except json.JSONDecodeError as e:
+            report.add(None, f"{path}:{n}", "error", "malformed_line", f"not a JSON record ({e})")
             continue
+        record = obj if isinstance(obj, dict) else {}
+        key = "" if record.get("key") is None else str(record["key"])
+        if not key or _SPLIT.search(key) or record.get("source") in (None, ""):
+            # an id must be one token: it is the first column of the Kaldi files the run writes
+            report.add(key or None, f"{path}:{n}", "error", "malformed_line",
+                       "a jsonl record needs a \"key\" without spaces and a \"source\"")
+            continue
+        source = str(record["source"])
         if key in wavs:
             report.add(key, f"{path}:{n}", "error", "duplicate_id",
                        f"duplicate id (first on line {wavs[key][1]}); this line is ignored")
             continue
         wavs[key] = (source, n)
-        if obj.get("target") is not None:
-            texts[key] = (str(obj["target"]), n)
+        if record.get("target") is not None:
+            texts[key] = (str(record["target"]), n)
     return wavs, texts
 
 
