@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from asr_workbench import decode, finetune, training
+from asr_workbench import datadir, decode, finetune, training
 from asr_workbench.finetune import export
 from conftest import DEMO_DATA, DEMO_MODEL, REPO
 
@@ -139,9 +139,16 @@ def test_long_warmup_is_warned_with_a_fix(tmp_path, tiny_data):
 
 
 def test_silent_drops_and_unknown_characters_reported(tmp_path, tiny_data):
-    p = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_duration_s=1.5)
+    p = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_duration_s=2.3)
     assert p.train.dropped and all("max_source_length" in d["reason"] for d in p.train.dropped)
     assert any("silently skip" in w for w in p.warnings)
+    # what trains (counts, hours, steps) leaves out what funasr skips
+    assert p.train.n_utts == len(p.train.dataset.scored) - len(p.train.dropped) > 0
+    assert all(u.duration_s <= 2.3 for u in p.train.trained) and max(p.train.frames()) <= 230
+    # nothing left to train on: the plan fails, naming a file:line and the limit
+    with pytest.raises(datadir.DataError, match=r"skip every utterance of the train split, e\.g\. .*wav\.scp:\d+: "
+                                                 r".*max_source_length"):
+        finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path / "none"), max_duration_s=1.5)
 
 
 def test_behaviour_accum_grad_keep_nbest_specaug_max_epoch(tmp_path, tiny_data):

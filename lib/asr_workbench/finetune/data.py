@@ -1,7 +1,7 @@
 """Training data for fine-tuning: ``data_path/{train,dev}`` validated, written as funasr jsonl.
 
 Before training, say what funasr would drop silently (utterances longer than
-``max_source_length`` frames or ``max_token_length``) and which transcript
+``max_source_length`` frames or ``max_token_length``; a split it would skip whole fails here) and which transcript
 characters the model does not know (they train as ``<unk>``).
 """
 
@@ -34,15 +34,21 @@ class SplitData:
     oov: Counter[str] = field(default_factory=Counter)
 
     @property
+    def trained(self) -> list[datadir.Utterance]:
+        """The utterances funasr trains on: scored, and not among those it skips (``dropped``)."""
+        skipped = {d["key"] for d in self.dropped}
+        return [u for u in self.dataset.scored if u.key not in skipped]
+
+    @property
     def n_utts(self) -> int:
-        return len(self.dataset.scored)
+        return len(self.trained)
 
     @property
     def hours(self) -> float:
-        return sum(u.duration_s for u in self.dataset.scored) / 3600
+        return sum(u.duration_s for u in self.trained) / 3600
 
     def frames(self) -> list[int]:
-        return [int(u.duration_s * 100) for u in self.dataset.scored]
+        return [int(u.duration_s * 100) for u in self.trained]
 
 
 def find_split(data_path: Path, name: str) -> Path:
@@ -74,6 +80,9 @@ def prepare_split(folder: Path, name: str, out_dir: Path, vocab: list[str] | Non
                             f"{max_src} frames ({max_src / 100:.1f} s)"})
         elif src + tgt > max_tok:
             dropped.append({"key": u.key, "where": u.where, "reason": f"source+target {src + tgt} > max_token_length {max_tok}"})
+    if len(dropped) == len(ds.scored):
+        raise datadir.DataError(f"{folder}: funasr would skip every utterance of the {name} split, e.g. "
+                                f"{dropped[0]['where']}: {dropped[0]['reason']}; raise max_duration_s or cut the audio")
     oov: Counter[str] = Counter(c for u in ds.scored for c in u.oov)
     jsonl = datadir.write_jsonl(ds.utterances, out_dir / f"{name}.jsonl")
     return SplitData(name, folder, ds, jsonl, dropped, oov)
