@@ -63,6 +63,19 @@ def test_unknown_id_offline_fails_fast_with_clear_message(tmp_path):
     assert time.time() - t < 60  # one bounded attempt, not a retry storm
 
 
+def test_vad_model_short_name_resolves_through_the_cache(tmp_path):
+    """funasr's short name fsmn-vad is its ModelScope id: found in the cache without the network, and offline
+    without it a clear error names the id and the cache at once (funasr itself ends in "not registered")."""
+    target = tmp_path / "models" / "iic--speech_fsmn_vad_zh-cn-16k-common-pytorch" / "snapshots" / "master"
+    shutil.copytree(DEMO_MODEL, target)  # any folder: the lookup is what is tested, not the VAD model
+    assert modelhub.resolve_helper_model("fsmn-vad", cache_dir=str(tmp_path)).resolve() == target.resolve()
+    t = time.time()
+    with pytest.raises(modelhub.ModelError, match=r"'iic/speech_fsmn_vad_zh-cn-16k-common-pytorch' is not in the "
+                                                  r"ModelScope cache"):
+        modelhub.resolve_helper_model("fsmn-vad", cache_dir=str(tmp_path / "empty"))
+    assert time.time() - t < 60
+
+
 def test_not_a_folder_nor_an_id():
     with pytest.raises(modelhub.ModelError, match="no such folder .* not a ModelScope id"):
         modelhub.open_model("no_such_folder_or_id")

@@ -155,6 +155,7 @@ def run(
         else:
             (out / name).unlink(missing_ok=True)
     mf = modelhub.open_model(model, cache_dir=cache_dir)
+    vad_dir = str(modelhub.resolve_helper_model(vad_model, cache_dir)) if vad_model else None
     settings = resolve_decoding(mf.decoding, {"batch_size": batch_size, "ctc_weight": ctc_weight,
                                               "beam_size": beam_size}, decoding_overrides)
     if isinstance(devices, str):
@@ -166,7 +167,7 @@ def run(
         beam_size=settings.get("beam_size"),
         ctc_weight=settings.get("ctc_weight"),
         attention=settings.get("attention") or "fused",
-        device=device, devices=tuple(devices), njob=int(njob), vad_model=vad_model, precision=precision,
+        device=device, devices=tuple(devices), njob=int(njob), vad_model=vad_dir, precision=precision,
         extra={k: v for k, v in settings.items() if k not in _OWN_KEYS},
     )
     data_path = paths.resolve(data_dir)
@@ -177,8 +178,8 @@ def run(
         "model": model, "model_dir": str(mf.path), "model_source": mf.source,
         "data_dir": str(data_path), "output_dir": str(out),
         "decoding": settings, "device": decode.resolve_device(device), "devices": devices, "njob": njob,
-        "on_bad_input": on_bad_input, "vad_model": vad_model, "cache_dir": cache_dir, "precision": precision,
-        "attention": opts.attention, "normaliser": scoring.NORMALISER, "notes": notes,
+        "on_bad_input": on_bad_input, "vad_model": vad_model, "vad_model_dir": vad_dir, "cache_dir": cache_dir,
+        "precision": precision, "attention": opts.attention, "normaliser": scoring.NORMALISER, "notes": notes,
     }
     runs.write_config(out, config)
 

@@ -19,7 +19,8 @@ import yaml
 
 from asr_workbench import paths
 
-__all__ = ["ModelError", "ModelFolder", "resolve_model_dir", "check_folder", "open_model", "default_cache_dir"]
+__all__ = ["ModelError", "ModelFolder", "resolve_model_dir", "check_folder", "open_model", "resolve_helper_model",
+           "default_cache_dir"]
 
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 # files a Paraformer-style folder needs, by their configuration.json meta path
@@ -156,3 +157,13 @@ def open_model(model: str, cache_dir: str | os.PathLike[str] | None = None, revi
     """Resolve ``model`` (folder or ModelScope id) and check its folder."""
     path, source = resolve_model_dir(model, cache_dir, revision, allow_download)
     return check_folder(path, source, None if source == "folder" else model)
+
+
+def resolve_helper_model(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The local folder of a model funasr loads beside the main one (``vad_model``): a folder, a ModelScope id
+    or one of funasr's short names (``fsmn-vad`` is ``iic/speech_fsmn_vad_zh-cn-16k-common-pytorch``), found in
+    the cache or downloaded like the main model, so an offline machine fails at once naming the id and the cache
+    (funasr itself would try the hub under the short name and end in "not registered")."""
+    from funasr.download.name_maps_from_hub import name_maps_ms
+
+    return resolve_model_dir(name_maps_ms.get(name, name), cache_dir)[0]
