@@ -159,6 +159,22 @@ def test_line_separators_inside_a_transcript_do_not_split_it(tmp_path):
     assert datadir.read_lines(tmp_path / "text")[1][0] == 2
 
 
+def test_jsonl_records_survive_line_separators_in_values(tmp_path):
+    """The run's jsonl files escape U+2028, U+2029 and NEL (JSON allows them raw; str.splitlines would cut the
+    record), keep other non-ASCII text as is, and read back to the same values."""
+    from asr_workbench.fileio import jsonl_line
+
+    rec = {"key": "u0", "ref": "今天\u2028下午\u2029三点\x85开", "n": 1}
+    line = jsonl_line(rec)
+    assert line.endswith("\n") and len(line.splitlines()) == 1 and "今天" in line
+    assert json.loads(line) == rec
+    for i in range(2):
+        shutil.copy(SRC[i], tmp_path / f"{i}.flac")
+    _write(tmp_path, "u0 0.flac\nu1 1.flac\n", "u0 今天\u2028下午\nu1 明天\n")
+    out = datadir.write_jsonl(datadir.load_dataset(tmp_path).utterances, tmp_path / "train.jsonl")
+    assert [json.loads(x)["key"] for x in out.read_text(encoding="utf-8").splitlines()] == ["u0", "u1"]
+
+
 def test_oov_characters_counted_and_listed(tmp_path):
     shutil.copy(SRC[0], tmp_path / "a.flac")
     _write(tmp_path, "u1 a.flac\n", "u1 今天龘龘\n")

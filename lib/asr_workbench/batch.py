@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from asr_workbench import paths
-from asr_workbench.fileio import atomic_write_text
+from asr_workbench.fileio import atomic_write_text, jsonl_line
 
 __all__ = ["RunSpec", "RunRecord", "notebook_for", "notebook_parameters", "load_params", "check_params",
            "export_html", "expand", "load_pipeline", "load_sweep", "execute", "run_all", "run_notebook",
@@ -364,7 +364,7 @@ def append_index(rec: RunRecord, index: Path | None = None) -> None:
     """Append one line to the run index under an exclusive lock (parallel runs never interleave)."""
     index = index or paths.outputs_root() / INDEX
     index.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(_index_entry(rec), ensure_ascii=False, default=str) + "\n"
+    line = jsonl_line(_index_entry(rec))
     with open(index, "a", encoding="utf-8") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:

@@ -23,7 +23,7 @@ from pathlib import Path
 import soundfile as sf
 
 from asr_workbench import audio as audio_mod
-from asr_workbench.fileio import atomic_write_text
+from asr_workbench.fileio import atomic_write_text, jsonl_line
 from asr_workbench.scoring import tokens as score_tokens
 
 __all__ = [
@@ -79,7 +79,7 @@ class DataReport:
 
     def write_jsonl(self, path: str | Path) -> None:
         """``data_report.jsonl``: one JSON object per issue (key, where, severity, code, reason)."""
-        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.rows()))
+        atomic_write_text(path, "".join(map(jsonl_line, self.rows())))
 
 
 @dataclass(frozen=True)
@@ -398,11 +398,10 @@ def write_jsonl(utterances: Sequence[Utterance], out: str | Path) -> Path:
         if u.text is None:
             continue
         target = training_target(u.text)
-        lines.append(json.dumps({"key": u.key, "source": u.audio, "source_len": int(u.duration_s * 100),
-                                 "target": target, "target_len": len(score_tokens(target)) or len(target)},
-                                ensure_ascii=False))
+        lines.append(jsonl_line({"key": u.key, "source": u.audio, "source_len": int(u.duration_s * 100),
+                                 "target": target, "target_len": len(score_tokens(target)) or len(target)}))
     out = Path(out)
-    atomic_write_text(out, "".join(line + "\n" for line in lines))
+    atomic_write_text(out, "".join(lines))
     return out
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from asr_workbench import attention
+from asr_workbench.fileio import jsonl_line
 
 __all__ = ["DecodeOptions", "Hypothesis", "DecodeResult", "resolve_device", "load_model", "option_notes",
            "length_sorted_batches", "plan_workers", "usable_cores", "transcribe", "decode"]
@@ -368,8 +369,8 @@ def _read_partial(path: Path, fingerprint: str) -> dict[str, Hypothesis]:
 def _rewrite_partial(path: Path, fingerprint: str, done: dict[str, Hypothesis]) -> None:
     """Start the partial file anew with what parsed, so appended lines never join a cut-off one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"fingerprint": fingerprint}) + "\n"
-                    + "".join(json.dumps(asdict(h), ensure_ascii=False) + "\n" for h in done.values()), encoding="utf-8")
+    path.write_text(jsonl_line({"fingerprint": fingerprint})
+                    + "".join(jsonl_line(asdict(h)) for h in done.values()), encoding="utf-8")
 
 
 def _shard_worker(model_dir: str, device: str, items_file: str, opts: DecodeOptions, part: str,
@@ -385,7 +386,7 @@ def _shard_worker(model_dir: str, device: str, items_file: str, opts: DecodeOpti
                        **({"vad_model": opts.vad_model} if opts.vad_model else {}))
     with open(part, "a", encoding="utf-8") as f:
         def sink(hs: list[Hypothesis]) -> None:
-            f.writelines(json.dumps(asdict(h), ensure_ascii=False) + "\n" for h in hs)
+            f.writelines(jsonl_line(asdict(h)) for h in hs)
             f.flush()
             progress.put(sum(h.duration_s for h in hs))
 
@@ -426,7 +427,7 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
             t0 += load_s
         with open(partial_file, "a", encoding="utf-8") as f:
             def sink(hs: list[Hypothesis]) -> None:
-                f.writelines(json.dumps(asdict(h), ensure_ascii=False) + "\n" for h in hs)
+                f.writelines(jsonl_line(asdict(h)) for h in hs)
                 f.flush()
                 bar.update(round(sum(h.duration_s for h in hs), 1))
 

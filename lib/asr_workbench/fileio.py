@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_text", "atomic_write_json"]
+__all__ = ["atomic_write_text", "atomic_write_json", "jsonl_line"]
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -29,3 +29,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """JSON (UTF-8, indented, non-ASCII kept) written atomically."""
     atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, default=str) + "\n")
+
+
+_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
+def jsonl_line(obj: Any) -> str:
+    """One JSON Lines record with its newline: non-ASCII kept, but U+2028, U+2029 and NEL escaped. JSON allows
+    them raw, and ``str.splitlines`` (what many readers use) would cut a record that holds one in a transcript."""
+    return json.dumps(obj, ensure_ascii=False, default=str).translate(_LINE_BREAKS) + "\n"

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from asr_workbench import datadir, decode, modelhub, paths, runs, scoring
-from asr_workbench.fileio import atomic_write_text
+from asr_workbench.fileio import atomic_write_text, jsonl_line
 
 __all__ = ["InferResult", "resolve_decoding", "run", "score_run"]
 
@@ -105,7 +105,7 @@ def score_run(ds: datadir.DataSet, hyps: list[decode.Hypothesis], out: Path) -> 
     recog = out / "1best_recog"
     recog.mkdir(parents=True, exist_ok=True)
     atomic_write_text(recog / "text", "".join(f"{h.key} {h.text}\n".replace(" \n", "\n") for h in hyps))
-    atomic_write_text(out / "results.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(out / "results.jsonl", "".join(map(jsonl_line, rows)))
     header = f"# aligned errors; normaliser: {scoring.NORMALISER}\n# S substitution, D deletion, I insertion, * gap\n\n"
     atomic_write_text(out / "errors.txt", header + "\n".join(err_blocks))
     if not scores:
