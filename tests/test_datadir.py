@@ -126,12 +126,24 @@ def test_on_bad_input_fail_raises_naming_file_and_line(tmp_path):
 
 
 def test_gbk_text_is_detected_and_read(tmp_path):
-    shutil.copy(SRC[0], tmp_path / "a.flac")
-    _write(tmp_path, "u1 a.flac\n", "u1 今天下午\n".encode("gbk"))
+    """GBK, including lines whose GBK bytes happen to be valid UTF-8 (去医院 reads as U+0225 U+04BD U+053A)."""
+    texts = ["今天下午", "去医院", "我想买九把椅子"]
+    for i in range(3):
+        shutil.copy(SRC[i], tmp_path / f"{i}.flac")
+    _write(tmp_path, "".join(f"u{i} {i}.flac\n" for i in range(3)),
+           "".join(f"u{i} {t}\n" for i, t in enumerate(texts)).encode("gbk"))
+    assert "u1 去医院".encode("gbk").decode("utf-8")  # the by-chance case is real
     ds = datadir.load_dataset(tmp_path)
-    assert ds.utterances[0].text == "今天下午"
+    assert [u.text for u in ds.utterances] == texts
     issue = next(i for i in ds.report.issues if i.code == "gbk_encoding")
     assert "GBK" in issue.reason and "iconv" in issue.reason and issue.where.endswith("text:1")
+
+
+def test_old_mac_line_endings(tmp_path):
+    for i in range(2):
+        shutil.copy(SRC[i], tmp_path / f"{i}.flac")
+    _write(tmp_path, "u0 0.flac\ru1 1.flac\r", "u0 你好\ru1 世界\r")
+    assert [u.text for u in datadir.load_dataset(tmp_path).utterances] == ["你好", "世界"]
 
 
 def test_one_stray_byte_in_a_utf8_text_stays_on_its_line(tmp_path):

@@ -151,6 +151,20 @@ def test_silent_drops_and_unknown_characters_reported(tmp_path, tiny_data):
         finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path / "none"), max_duration_s=1.5)
 
 
+def test_skips_are_judged_on_the_lengths_funasr_reads():
+    """funasr filters on the jsonl's source_len (frames) and target_len (tokens: a Latin word is one): a 19.5 s
+    clip with 21 English words (101 characters) fits max_token_length 2048; funasr's other limits apply too."""
+    from asr_workbench.finetune.data import funasr_skips
+
+    u = datadir.Utterance("e1", "/x.wav", " ".join(["hello"] * 20) + " a", 19.5, 16000, 1, "wav.scp:1")
+    rec = datadir.training_record(u)
+    assert (rec["source_len"], rec["target_len"]) == (1950, 21)
+    assert funasr_skips(rec, {"max_token_length": 2048}) is None
+    assert "max_token_length 1960" in funasr_skips(rec, {"max_token_length": 1960})
+    assert "max_target_length" in funasr_skips(rec, {"max_target_length": 20})
+    assert "min/max_source_length" in funasr_skips(rec, {"min_source_length": 2000})
+
+
 def test_behaviour_accum_grad_keep_nbest_specaug_max_epoch(tmp_path, tiny_data):
     """One short real run: the trainer stepped its scheduler once per accum_grad batches, ran max_epoch
     epochs, averaged keep_nbest_models checkpoints, and built the model without SpecAugment."""

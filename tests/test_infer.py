@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from asr_workbench import batch, decode, infer
+from asr_workbench import batch, decode, infer, modelhub
 from conftest import DEMO_DATA, DEMO_MODEL, REPO, decode_items, subset
 
 RUN_FILES = ["config.yaml", "data_report.jsonl", "1best_recog/text", "1best_recog/text.cer", "results.jsonl",
@@ -149,9 +149,13 @@ def test_run_into_a_used_folder_leaves_no_earlier_scores(tmp_path):
     assert second.metrics["cer"] is None
     assert not any((out / "1best_recog" / f).exists() for f in ("text.cer", "ref.proc", "text.proc"))
     assert not any("ref" in r for r in (json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()))
+    # a mistyped model fails before anything of the earlier run is removed
+    with pytest.raises(modelhub.ModelError):
+        infer.run(str(tmp_path / "no-such-model"), str(unscored), str(out), device="cpu", progress=False)
+    assert (out / "metrics.json").is_file() and (out / "results.jsonl").is_file()
 
 
-def test_batch_ending_in_a_quiet_clip_decodes(tmp_path):
+def test_batch_ending_in_a_quiet_clip_decodes(tmp_path, caplog):
     """funasr's cif_v1 raises an IndexError for a batch whose last utterances yield no token (a short quiet clip
     sorts last): such a batch is decoded one utterance at a time, and the run completes."""
     import numpy as np
@@ -167,6 +171,8 @@ def test_batch_ending_in_a_quiet_clip_decodes(tmp_path):
     assert [r["key"] for r in batched.results] == ["a", "quiet"]
     assert [r["hyp"] for r in batched.results] == [r["hyp"] for r in alone.results]
     assert batched.results[0]["hyp"]  # the real utterance is transcribed
+    assert any("decoding it one utterance at a time" in r.getMessage() and "IndexError" in r.getMessage()
+               for r in caplog.records)  # and the fallback is said
 
 
 def test_shard_files_never_match_the_partial_file(tmp_path):

@@ -28,7 +28,8 @@ from asr_workbench.scoring import tokens as score_tokens
 
 __all__ = [
     "Issue", "DataReport", "Utterance", "DataSet", "DataError",
-    "read_lines", "read_table", "load_dataset", "training_target", "write_jsonl", "write_jsonl_from_dir",
+    "read_lines", "read_table", "load_dataset", "training_target", "training_record", "write_jsonl",
+    "write_jsonl_from_dir",
 ]
 
 _SPLIT = re.compile(r"\s+")
@@ -111,35 +112,34 @@ class DataSet:
 
 
 def _decode_lines(raw: bytes, path: Path, report: DataReport) -> list[str]:
-    """The file's lines, split on ``\\n`` only (a transcript may hold U+2028, \\x85 or a form feed, which
-    ``str.splitlines`` would cut at). UTF-8 unless no line with non-ASCII bytes is UTF-8 and the whole file is
-    GBK (one warning); in a UTF-8 file each line that is not UTF-8 is read with replacement characters and
-    reported on its own line, so one stray byte does not turn a whole file into GBK mojibake."""
+    """The file's lines, split at \\n, \\r\\n or \\r only (a transcript may hold U+2028, \\x85 or a form feed,
+    which ``str.splitlines`` would cut at). A file that is not all UTF-8 is GBK when it decodes as GBK and has
+    more lines that are not UTF-8 than lines that read as UTF-8 CJK text (GBK Chinese is often valid UTF-8 by
+    chance, but then reads as U+0080-U+07FF letters, never as CJK); otherwise each line that is not UTF-8 is read
+    with replacement characters and reported, so one stray byte does not turn a UTF-8 file into GBK mojibake."""
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
-    lines = [line.removesuffix(b"\r") for line in raw.split(b"\n")]
+    lines = re.split(rb"\r\n|\r|\n", raw)
     bad: list[int] = []
-    utf8 = 0
+    cjk = 0
     for n, line in enumerate(lines, 1):
         if not line.isascii():
             try:
-                line.decode("utf-8")
-                utf8 += 1
+                cjk += max(line.decode("utf-8")) >= "\u0800"
             except UnicodeDecodeError:
                 bad.append(n)
-    if bad and not utf8:
+    if len(bad) > cjk:
         try:
-            text = raw.decode("gbk")
+            lines_gbk = [line.decode("gbk") for line in lines]
         except UnicodeDecodeError:
             pass
         else:
             report.add(None, f"{path}:{bad[0]}", "warning", "gbk_encoding",
                        f"file is GBK-encoded, not UTF-8 (first non-UTF-8 byte on line {bad[0]}); read as GBK. "
                        f"Convert it with: iconv -f GBK -t UTF-8 {path.name} > {path.name}.utf8")
-            return [line.removesuffix("\r") for line in text.split("\n")]
+            return lines_gbk
     for n in bad:
-        report.add(None, f"{path}:{n}", "warning", "not_utf8",
-                   f"line {n} is not UTF-8 (the rest of the file is); undecodable bytes replaced")
+        report.add(None, f"{path}:{n}", "warning", "not_utf8", f"line {n} is not UTF-8; undecodable bytes replaced")
     return [line.decode("utf-8", errors="replace") for line in lines]
 
 
@@ -388,18 +388,20 @@ def training_target(text: str) -> str:
     return _CJK_GAP.sub("", " ".join(text.split()))
 
 
+def training_record(u: Utterance) -> dict[str, Any]:
+    """An utterance with text as a funasr training jsonl record: source_len in 10 ms frames and target_len in
+    tokens, the lengths funasr's IndexDSJsonl filters on."""
+    target = training_target(u.text or "")
+    return {"key": u.key, "source": u.audio, "source_len": int(u.duration_s * 100), "target": target,
+            "target_len": len(score_tokens(target)) or len(target)}
+
+
 def write_jsonl(utterances: Sequence[Utterance], out: str | Path) -> Path:
-    """funasr training jsonl (key, source, source_len in 10 ms frames, target, target_len).
+    """funasr training jsonl (:func:`training_record` per utterance with text).
 
     Audio paths are absolute, so the list works from any folder; only utterances with text are written.
     """
-    lines = []
-    for u in utterances:
-        if u.text is None:
-            continue
-        target = training_target(u.text)
-        lines.append(jsonl_line({"key": u.key, "source": u.audio, "source_len": int(u.duration_s * 100),
-                                 "target": target, "target_len": len(score_tokens(target)) or len(target)}))
+    lines = [jsonl_line(training_record(u)) for u in utterances if u.text is not None]
     out = Path(out)
     atomic_write_text(out, "".join(lines))
     return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import logging
 import multiprocessing as mp
 import os
 import threading
@@ -27,6 +28,8 @@ from typing import Any
 
 from asr_workbench import attention
 from asr_workbench.fileio import jsonl_line
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DecodeOptions", "Hypothesis", "DecodeResult", "resolve_device", "load_model", "option_notes",
            "length_sorted_batches", "plan_workers", "usable_cores", "transcribe", "decode"]
@@ -96,7 +99,6 @@ def resolve_device(device: str) -> str:
 def load_model(model_dir: str, device: str = "cpu", ncpu: int | None = None, **kwargs: Any) -> Any:
     """A ``funasr.AutoModel`` on ``device``, updates disabled, no output files written by funasr."""
     import io
-    import logging
 
     extra = {"ncpu": ncpu} if ncpu else {}
     chatter = io.StringIO()  # funasr prints banners and INFO/WARNING lines while loading; errors still raise
@@ -196,7 +198,10 @@ def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: D
         kw = {k: v for k, v in kw.items() if k != "batch_size_s"}
         with _autocast(model, opts.precision):
             for key, path, dur in items:
-                res = model.generate(input=audio.load(path), batch_size_s=opts.batch_seconds or 300, **kw)
+                try:
+                    res = model.generate(input=audio.load(path), batch_size_s=opts.batch_seconds or 300, **kw)
+                except Exception as e:
+                    raise RuntimeError(f"funasr could not decode {key} ({path}) with its vad_model: {e!r}") from e
                 sink([Hypothesis(key, " ".join(r.get("text", "") for r in res).strip(), dur)])
         return
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -302,6 +307,8 @@ def _infer_batch(model: Any, waves: list[Any], feature_device: Any, kw: dict[str
     except Exception as e:
         if len(waves) == 1:
             raise RuntimeError(f"funasr could not decode {_name(names, 0)}: {e!r}") from e
+        log.warning("a batch of %d (first %s) could not be decoded whole (%r): decoding it one utterance at a time",
+                    len(waves), _name(names, 0), e)
     out = []
     for i, w in enumerate(waves):
         try:

@@ -149,11 +149,6 @@ def run(
         precision: ``fp32``, or ``bf16`` / ``fp16`` autocast when decoding on a GPU (ignored on CPU).
     """
     out = runs.prepare_output_dir(output_dir)
-    for name in _DERIVED:
-        if (out / name).is_dir():
-            shutil.rmtree(out / name)
-        else:
-            (out / name).unlink(missing_ok=True)
     mf = modelhub.open_model(model, cache_dir=cache_dir)
     vad_dir = str(modelhub.resolve_helper_model(vad_model, cache_dir)) if vad_model else None
     settings = resolve_decoding(mf.decoding, {"batch_size": batch_size, "ctc_weight": ctc_weight,
@@ -181,6 +176,11 @@ def run(
         "on_bad_input": on_bad_input, "vad_model": vad_model, "vad_model_dir": vad_dir, "cache_dir": cache_dir,
         "precision": precision, "attention": opts.attention, "normaliser": scoring.NORMALISER, "notes": notes,
     }
+    for name in _DERIVED:  # only now: a mistyped model or data folder must not cost the earlier run its results
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+        else:
+            (out / name).unlink(missing_ok=True)
     runs.write_config(out, config)
 
     items = [(u.key, u.audio, u.duration_s) for u in ds.utterances]

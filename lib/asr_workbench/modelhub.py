@@ -162,8 +162,8 @@ def open_model(model: str, cache_dir: str | os.PathLike[str] | None = None, revi
 def resolve_helper_model(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The local folder of a model funasr loads beside the main one (``vad_model``): a folder, a ModelScope id
     or one of funasr's short names (``fsmn-vad`` is ``iic/speech_fsmn_vad_zh-cn-16k-common-pytorch``), found in
-    the cache or downloaded like the main model, so an offline machine fails at once naming the id and the cache
-    (funasr itself would try the hub under the short name and end in "not registered")."""
+    the cache or downloaded like the main model, so an offline machine fails with one message naming the id and
+    the cache (funasr itself would try the hub under the short name and end in "not registered")."""
     from funasr.download.name_maps_from_hub import name_maps_ms
 
     return resolve_model_dir(name_maps_ms.get(name, name), cache_dir)[0]

@@ -60,6 +60,22 @@ def find_split(data_path: Path, name: str) -> Path:
     raise FileNotFoundError(f"{data_path}: no {' or '.join(n + '/wav.scp' for n in names)}")
 
 
+def funasr_skips(record: Mapping[str, Any], dataset_conf: Mapping[str, Any]) -> str | None:
+    """Why funasr's IndexDSJsonl would skip this training record (its checks, its defaults), or None."""
+    c = {k: int(dataset_conf.get(k, d)) for k, d in (("min_source_length", 0), ("max_source_length", 2048),
+                                                       ("min_target_length", 0), ("max_target_length", 2048),
+                                                       ("max_token_length", 2200))}
+    src, tgt = int(record["source_len"]), int(record["target_len"])
+    if not c["min_source_length"] <= src <= c["max_source_length"]:
+        return (f"{src / 100:.1f} s outside min/max_source_length {c['min_source_length']}-{c['max_source_length']} "
+                f"frames ({c['max_source_length'] / 100:.1f} s)")
+    if not c["min_target_length"] <= tgt <= c["max_target_length"]:
+        return f"{tgt} tokens outside min/max_target_length {c['min_target_length']}-{c['max_target_length']}"
+    if src + tgt > c["max_token_length"]:
+        return f"source+target {src + tgt} > max_token_length {c['max_token_length']}"
+    return None
+
+
 def prepare_split(folder: Path, name: str, out_dir: Path, vocab: list[str] | None, dataset_conf: Mapping[str, Any],
                   on_bad_input: str = "skip") -> SplitData:
     """Validate a split, write its report and jsonl, list funasr's silent drops and unknown characters."""
@@ -70,16 +86,8 @@ def prepare_split(folder: Path, name: str, out_dir: Path, vocab: list[str] | Non
     if not ds.scored:
         raise datadir.DataError(f"{folder}: no usable utterance with a transcript in the {name} split "
                                 f"(see {out_dir / f'data_report_{name}.jsonl'})")
-    max_src = int(dataset_conf.get("max_source_length", 2048))
-    max_tok = int(dataset_conf.get("max_token_length", 2200))
-    dropped = []
-    for u in ds.scored:
-        src, tgt = int(u.duration_s * 100), len(datadir.training_target(u.text or ""))
-        if src > max_src:
-            dropped.append({"key": u.key, "where": u.where, "reason": f"{u.duration_s:.1f} s > max_source_length "
-                            f"{max_src} frames ({max_src / 100:.1f} s)"})
-        elif src + tgt > max_tok:
-            dropped.append({"key": u.key, "where": u.where, "reason": f"source+target {src + tgt} > max_token_length {max_tok}"})
+    dropped = [{"key": u.key, "where": u.where, "reason": why} for u in ds.scored
+               if (why := funasr_skips(datadir.training_record(u), dataset_conf))]
     if len(dropped) == len(ds.scored):
         raise datadir.DataError(f"{folder}: funasr would skip every utterance of the {name} split, e.g. "
                                 f"{dropped[0]['where']}: {dropped[0]['reason']}; raise max_duration_s or cut the audio")
