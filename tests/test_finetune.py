@@ -41,6 +41,26 @@ def test_exported_model_loads_without_its_base(notebook_finetune):
     assert hyp[0].text
 
 
+def test_export_from_a_base_without_configuration_json_loads(notebook_finetune, tmp_path):
+    """A base in funasr's fallback layout (no configuration.json: tokens.json and am.mvn found by name): the
+    exported folder has a configuration.json, so it must list them there, or funasr loads it without its
+    vocabulary and CMVN."""
+    from asr_workbench import modelhub
+
+    out, _ = notebook_finetune
+    base = tmp_path / "base"
+    shutil.copytree(DEMO_MODEL, base)
+    (base / "configuration.json").unlink()
+    ckpt = json.loads((out / "metrics.json").read_text())["checkpoint"]
+    folder = export.export_model_folder(modelhub.open_model(str(base)), out / "train", ckpt, tmp_path / "exp",
+                                        yaml.safe_load((out / "config.yaml").read_text()), "card\n")
+    metas = json.loads((folder / "configuration.json").read_text())["file_path_metas"]
+    assert metas["tokenizer_conf"] == {"token_list": "tokens.json"} and metas["frontend_conf"] == {"cmvn_file": "am.mvn"}
+    wavs = [("u", str(sorted((DEMO_DATA / "target/test/audio").iterdir())[0]))]
+    assert (decode.transcribe(decode.load_model(str(folder), device="cpu"), wavs)
+            == decode.transcribe(decode.load_model(str(out / "model"), device="cpu"), wavs))
+
+
 def test_executed_notebook_shows_schedule_curves_and_cer(notebook_finetune):
     _, work = notebook_finetune
     nb = json.loads((work / "out.ipynb").read_text(encoding="utf-8"))

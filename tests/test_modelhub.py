@@ -76,6 +76,16 @@ def test_vad_model_short_name_resolves_through_the_cache(tmp_path):
     assert time.time() - t < 60
 
 
+def test_fallback_layout_without_am_mvn_is_warned(tmp_path):
+    """No configuration.json and no am.mvn: funasr decodes without CMVN, silently; the workbench says so."""
+    folder = tmp_path / "m"
+    shutil.copytree(DEMO_MODEL, folder)
+    (folder / "configuration.json").unlink()
+    assert modelhub.open_model(str(folder)).warnings == ()
+    (folder / "am.mvn").unlink()
+    assert any(w.startswith("am.mvn") and "normalised" in w for w in modelhub.open_model(str(folder)).warnings)
+
+
 def test_not_a_folder_nor_an_id():
     with pytest.raises(modelhub.ModelError, match="no such folder .* not a ModelScope id"):
         modelhub.open_model("no_such_folder_or_id")

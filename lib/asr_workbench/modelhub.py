@@ -143,6 +143,9 @@ def check_folder(path: Path, source: str = "folder", model_id: str | None = None
             missing.append("model.pt")
         if config.get("tokenizer") and not any((path / t).is_file() for t in ("tokens.json", "tokens.txt")):
             missing.append("tokens.json or tokens.txt")
+        if config.get("frontend") in ("WavFrontend", "wav_frontend") and not (path / "am.mvn").is_file() \
+                and not (config.get("frontend_conf") or {}).get("cmvn_file"):
+            warnings.append("am.mvn (funasr's fallback cmvn_file: features will not be mean/variance normalised)")
     if missing:
         raise ModelError(f"model folder {path} lacks: {', '.join(missing)}")
     tok_rel = metas.get("tokenizer_conf.token_list")

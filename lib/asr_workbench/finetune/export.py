@@ -99,8 +99,12 @@ def export_model_folder(base: ModelFolder, train_dir: Path, checkpoint: str, out
     atomic_write_text(tmp / "config.yaml", yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
     configuration = json.loads(conf_json.read_text(encoding="utf-8")) if conf_json.is_file() else {
         "framework": "pytorch", "task": "auto-speech-recognition", "model": {"type": "funasr"}}
-    metas = dict(metas) if metas else {"init_param": "model.pt", "config": "config.yaml"}
-    metas.update(init_param="model.pt", config="config.yaml")
+    if not metas:  # a base without configuration.json: funasr found tokens and am.mvn by name; once the export
+        # has a configuration.json it only looks where its file_path_metas say (path_free dropped the config's paths)
+        tokens = next((f for f in ("tokens.json", "tokens.txt") if (tmp / f).is_file()), None)
+        metas = {**({"tokenizer_conf": {"token_list": tokens}} if tokens else {}),
+                 **({"frontend_conf": {"cmvn_file": "am.mvn"}} if (tmp / "am.mvn").is_file() else {})}
+    metas = {**metas, "init_param": "model.pt", "config": "config.yaml"}
     configuration["file_path_metas"] = metas
     atomic_write_text(tmp / "configuration.json", json.dumps(configuration, ensure_ascii=False, indent=2))
     atomic_write_text(tmp / "README.md", card)
