@@ -155,6 +155,34 @@ def test_run_into_a_used_folder_leaves_no_earlier_scores(tmp_path):
     assert (out / "metrics.json").is_file() and (out / "results.jsonl").is_file()
 
 
+def test_weights_that_did_not_load_are_said(tmp_path):
+    """funasr only prints missing checkpoint keys and logs (at INFO) the weights it skips for another shape: a
+    model.pt without its decoder, or a tokens file one token longer than the checkpoint's vocabulary, decode
+    garbage; the run's notes say why. A truncated model.pt fails naming the folder."""
+    import torch
+
+    data = subset(DEMO_DATA / "base/test", tmp_path / "data", 2)
+    folder = tmp_path / "no-decoder"
+    shutil.copytree(DEMO_MODEL, folder)
+    state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    torch.save({k: v for k, v in state.items() if not k.startswith("decoder.")}, folder / "model.pt")
+    r = infer.run(str(folder), str(data), str(tmp_path / "a"), device="cpu", progress=False)
+    assert any("not in it and keep random values" in n and "decoder." in n for n in r.metrics["notes"])
+    folder = tmp_path / "one-token-more"
+    shutil.copytree(DEMO_MODEL, folder)
+    tokens = json.loads((folder / "tokens.json").read_text(encoding="utf-8"))
+    (folder / "tokens.json").write_text(json.dumps(tokens[:5] + ["额"] + tokens[5:], ensure_ascii=False), encoding="utf-8")
+    r = infer.run(str(folder), str(data), str(tmp_path / "b"), device="cpu", progress=False)
+    assert any("another shape" in n for n in r.metrics["notes"])
+    clean = infer.run(str(DEMO_MODEL), str(data), str(tmp_path / "c"), device="cpu", progress=False)
+    assert not any("weights" in n for n in clean.metrics["notes"])
+    folder = tmp_path / "cut"
+    shutil.copytree(DEMO_MODEL, folder)
+    (folder / "model.pt").write_bytes((DEMO_MODEL / "model.pt").read_bytes()[:3_000_000])
+    with pytest.raises(RuntimeError, match=f"funasr could not load the model in {re.escape(str(folder))}"):
+        infer.run(str(folder), str(data), str(tmp_path / "d"), device="cpu", progress=False)
+
+
 def test_batch_ending_in_a_quiet_clip_decodes(tmp_path, caplog):
     """funasr's cif_v1 raises an IndexError for a batch whose last utterances yield no token (a short quiet clip
     sorts last): such a batch is decoded one utterance at a time, and the run completes."""

@@ -32,7 +32,7 @@ from asr_workbench.fileio import jsonl_line
 log = logging.getLogger(__name__)
 
 __all__ = ["DecodeOptions", "Hypothesis", "DecodeResult", "resolve_device", "load_model", "option_notes",
-           "length_sorted_batches", "plan_workers", "usable_cores", "transcribe", "decode"]
+           "length_sorted_batches", "plan_workers", "usable_cores", "weight_notes", "transcribe", "decode"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,7 @@ class DecodeResult:
     n_processes: int
     resumed: int = 0  # hypotheses taken from an earlier interrupted run
     load_s: float = 0.0  # loading the model (not in wall_s; shard processes load theirs inside wall_s)
+    notes: list[str] = field(default_factory=list)  # what went wrong loading the weights (see weight_notes)
 
     @property
     def rtf(self) -> float:
@@ -112,10 +113,45 @@ def load_model(model_dir: str, device: str = "cpu", ncpu: int | None = None, **k
             # too, so the same audio could decode differently call to call; built with dither 0 (funasr restores
             # its build-time frontend before every generate(), so setting it afterwards would not last)
             conf = {**kwargs.pop("frontend_conf", {}), "dither": 0.0}
-            return AutoModel(model=model_dir, device=resolve_device(device), disable_update=True,
-                             disable_pbar=True, log_level="ERROR", frontend_conf=conf, **extra, **kwargs)
+            try:
+                return AutoModel(model=model_dir, device=resolve_device(device), disable_update=True,
+                                 disable_pbar=True, log_level="ERROR", frontend_conf=conf, **extra, **kwargs)
+            except Exception as e:  # e.g. a truncated model.pt: torch's message names no file
+                raise RuntimeError(f"funasr could not load the model in {model_dir}: {type(e).__name__}: {e}") from e
     finally:
         logging.disable(previous)
+
+
+def weight_notes(model: Any) -> list[str]:
+    """What funasr's loader only prints (and the workbench's quiet loading hides): model weights its checkpoint
+    lacks (left random) and weights of another shape (skipped: a tokens file that does not match the
+    checkpoint's vocabulary, for one). Empty when every weight loaded."""
+    import torch
+
+    path = model.kwargs.get("init_param")
+    if not path or not Path(str(path)).is_file():
+        return []
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - an old-format file cannot be memory-mapped
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model_state_dict", "model"):  # as funasr unwraps it
+        state = state[wrapper] if isinstance(state, dict) and wrapper in state else state
+    missing, other = [], []
+    for key, want in model.model.state_dict().items():
+        got = state.get(key, state.get(f"module.{key}"))
+        if got is None:
+            missing.append(key)
+        elif tuple(got.shape) != tuple(want.shape):
+            other.append(f"{key}: {tuple(got.shape)} in the file, {tuple(want.shape)} in the model")
+    notes = []
+    if missing:
+        notes.append(f"{path}: {len(missing)} of the model's weights are not in it and keep random values "
+                     f"(e.g. {', '.join(missing[:3])}): transcripts will be wrong")
+    if other:
+        notes.append(f"{path}: {len(other)} weights have another shape than the model built from config.yaml and "
+                     f"the tokens file, and were not loaded (e.g. {other[0]}): transcripts will be wrong")
+    return notes
 
 
 def option_notes(model_config: dict[str, Any], opts: DecodeOptions) -> list[str]:
@@ -426,12 +462,16 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
     bar.update(round(sum(h.duration_s for h in done.values()), 1))
     t0 = time.perf_counter()
     load_s = 0.0
+    notes: list[str] = []
     if n_proc == 1 or len(todo) < 2:
         if model is None:
             model = load_model(model_dir, device=device, ncpu=os.cpu_count() or 1,
                                **({"vad_model": opts.vad_model} if opts.vad_model else {}))
-            load_s = time.perf_counter() - t0
-            t0 += load_s
+        notes = weight_notes(model)
+        for note in notes:
+            log.warning(note)
+        load_s = time.perf_counter() - t0
+        t0 += load_s
         with open(partial_file, "a", encoding="utf-8") as f:
             def sink(hs: list[Hypothesis]) -> None:
                 f.writelines(jsonl_line(asdict(h)) for h in hs)
@@ -499,4 +539,4 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
     if missing:
         raise RuntimeError(f"{len(missing)} utterance(s) were not decoded, e.g. {missing[:3]}")
     return DecodeResult([got[k] for k, _, _ in items], wall, sum(d for _, _, d in todo) or audio_total,
-                        ",".join(devices), n_used, resumed=len(done), load_s=load_s)
+                        ",".join(devices), n_used, resumed=len(done), load_s=load_s, notes=notes)

@@ -189,6 +189,7 @@ def run(
                         _fingerprint(mf, {**settings, "vad_model": vad_model, "devices": devices, "precision": precision,
                                               "attention": opts.attention}, items),
                         model=loaded_model, progress=progress)
+    notes.extend(dec.notes)  # weights the checkpoint lacked: known only once the model is loaded
     rows, cer = score_run(ds, dec.hypotheses, out)
     input_files = [data_path] if data_path.is_file() else [data_path / "wav.scp", data_path / "text"]
     decoded = {h.key for h in dec.hypotheses}
