@@ -86,8 +86,9 @@ def resolve_model_dir(model: str, cache_dir: str | os.PathLike[str] | None = Non
         kind = type(e).__name__
         raise ModelError(
             f"model {model!r} is not in the ModelScope cache {cache} and could not be downloaded ({kind}: "
-            f"{str(e).splitlines()[0][:200]}). Check the id on modelscope.cn, the network, or pass a local "
-            "folder / a cache_dir that holds it."
+            f"{str(e).splitlines()[0][:200]}), and there is no folder {local} (relative paths start at the "
+            "repository root). Check the id on modelscope.cn, the network, or pass a local folder / a "
+            "cache_dir that holds it."
         ) from e
 
 
