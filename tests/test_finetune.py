@@ -150,6 +150,15 @@ def test_finetune_yaml_then_parameters_then_overrides(tmp_path, tiny_data):
                       finetune_overrides={"train_conf": {"max_epoch": 5}})
     with pytest.raises(ValueError, match="optim 'adamx' is not a funasr optimizer"):
         finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), optim="adamx")
+    # the model's own finetune.yaml is held to the same rules
+    base = tmp_path / "base"
+    shutil.copytree(DEMO_MODEL, base)
+    for bad, match in (({"optimizer": "sgd"}, r"finetune\.yaml: unknown option\(s\) optimizer"),
+                       ({"train_conf": {"accum_grad": 0}}, r"train_conf\.accum_grad must be a positive integer, got 0"),
+                       ({"dataset_conf": {"batch_size": 0}}, r"dataset_conf\.batch_size must be a positive integer")):
+        (base / "finetune.yaml").write_text(yaml.safe_dump({**ft, **bad}))
+        with pytest.raises(ValueError, match=match):
+            finetune.plan(str(base), str(tiny_data), str(tmp_path / "x"))
 
 
 def test_long_warmup_is_warned_with_a_fix(tmp_path, tiny_data):

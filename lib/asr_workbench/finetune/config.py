@@ -164,10 +164,11 @@ def build_config(model: ModelFolder, base_kwargs: Mapping[str, Any], params: Fin
         n_train: training utterances (for the number of shards with ``dataset_type: large``).
     """
     overrides = dict(overrides or {})
-    unknown = sorted(k for k in overrides if k not in _KNOWN_TOP)
-    if unknown:
-        raise ValueError(f"finetune_overrides: unknown option(s) {', '.join(unknown)} "
-                         f"(top-level funasr config keys only, e.g. train_conf, optim_conf, dataset_conf)")
+    for where, layer_in in (("finetune_overrides", overrides), (str(model.path / "finetune.yaml"), model.finetune)):
+        unknown = sorted(k for k in layer_in if k not in _KNOWN_TOP)
+        if unknown:
+            raise ValueError(f"{where}: unknown option(s) {', '.join(unknown)} "
+                             f"(top-level funasr config keys only, e.g. train_conf, optim_conf, dataset_conf)")
     cfg = deep_merge(base_kwargs, model.finetune)
     layer = _param_layer(params, cfg, n_train)
     if params.scheduler is not None and params.scheduler != cfg.get("scheduler"):
@@ -188,6 +189,12 @@ def build_config(model: ModelFolder, base_kwargs: Mapping[str, Any], params: Fin
         if name in layer:
             cfg[name] = layer[name]
     cfg = deep_merge(cfg, overrides)
+    flat = _flatten(cfg)
+    for key in ("train_conf.max_epoch", "train_conf.accum_grad", "dataset_conf.batch_size"):
+        value = flat.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{key} must be a positive integer, got {value!r} (from {model.path / 'finetune.yaml'} "
+                             "or finetune_overrides)")
     if cfg.get("optim") and cfg["optim"] not in _optim_names():
         raise ValueError(f"optim {cfg['optim']!r} is not a funasr optimizer ({', '.join(_optim_names())})")
     if cfg.get("scheduler") and cfg["scheduler"] not in _scheduler_names():
