@@ -126,17 +126,12 @@ def weight_notes(model: Any) -> list[str]:
     """What funasr's loader only prints (and the workbench's quiet loading hides): model weights its checkpoint
     lacks (left random) and weights of another shape (skipped: a tokens file that does not match the
     checkpoint's vocabulary, for one). Empty when every weight loaded."""
-    import torch
+    from asr_workbench.modelhub import load_weights
 
     path = model.kwargs.get("init_param")
     if not path or not Path(str(path)).is_file():
         return []
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - an old-format file cannot be memory-mapped
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("state_dict", "model_state_dict", "model"):  # as funasr unwraps it
-        state = state[wrapper] if isinstance(state, dict) and wrapper in state else state
+    state = load_weights(path, mmap=True)
     missing, other = [], []
     for key, want in model.model.state_dict().items():
         got = state.get(key, state.get(f"module.{key}"))

@@ -20,7 +20,7 @@ import yaml
 from asr_workbench import paths
 
 __all__ = ["ModelError", "ModelFolder", "resolve_model_dir", "check_folder", "open_model", "resolve_helper_model",
-           "default_cache_dir"]
+           "load_weights", "default_cache_dir"]
 
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 # files a Paraformer-style folder needs, by their configuration.json meta path
@@ -171,3 +171,20 @@ def resolve_helper_model(name: str, cache_dir: str | os.PathLike[str] | None = N
     from funasr.download.name_maps_from_hub import name_maps_ms
 
     return resolve_model_dir(name_maps_ms.get(name, name), cache_dir)[0]
+
+
+def load_weights(path: str | os.PathLike[str], mmap: bool = False) -> dict[str, Any]:
+    """The weights of a funasr checkpoint or model.pt (``weights_only``), unwrapped as funasr's loader unwraps
+    them (``state_dict``, ``model_state_dict``, ``model``). ``mmap``: map the file instead of reading it (for a
+    look at names and shapes; an old-format file is read whole)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except RuntimeError:
+        if not mmap:
+            raise
+        state = torch.load(path, map_location="cpu", weights_only=True)  # not a zip file: cannot be mapped
+    for wrapper in ("state_dict", "model_state_dict", "model"):
+        state = state[wrapper] if isinstance(state, dict) and wrapper in state else state
+    return state

@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from asr_workbench import datadir, training
+from asr_workbench.modelhub import load_weights
 from asr_workbench.demo import corpus
 from asr_workbench.finetune.config import deep_merge
 from asr_workbench.scoring import NORMALISER, corpus_cer
@@ -206,8 +207,7 @@ def export_model_folder(train_dir: Path, model_dir: Path, config: dict[str, Any]
     import torch
 
     model_dir.mkdir(parents=True, exist_ok=True)
-    state = torch.load(train_dir / checkpoint, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
+    state = load_weights(train_dir / checkpoint)
     torch.save(state, model_dir / "model.pt")
     shipped = copy.deepcopy(config)
     shipped["tokenizer_conf"].pop("token_list", None)

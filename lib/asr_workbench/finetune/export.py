@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from asr_workbench.fileio import atomic_write_text
-from asr_workbench.modelhub import ModelFolder
+from asr_workbench.modelhub import ModelFolder, load_weights
 
 __all__ = ["TRAINING_KEYS", "checkpoint_path", "list_checkpoints", "export_model_folder", "strip_optimizer_state",
            "path_free", "assemble_model"]
@@ -65,13 +65,6 @@ def path_free(value: Any) -> Any:
     return value
 
 
-def _load_state(path: Path) -> dict[str, Any]:
-    import torch
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
-
-
 def export_model_folder(base: ModelFolder, train_dir: Path, checkpoint: str, out: Path,
                         training_config: Mapping[str, Any], card: str) -> Path:
     """Write ``out`` (replacing it) from ``checkpoint`` of ``train_dir`` and the base model's files."""
@@ -82,7 +75,7 @@ def export_model_folder(base: ModelFolder, train_dir: Path, checkpoint: str, out
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    torch.save(_load_state(ckpt), tmp / "model.pt")
+    torch.save(load_weights(ckpt), tmp / "model.pt")
     conf_json = base.path / "configuration.json"
     metas: dict[str, Any] = {}
     if conf_json.is_file():
