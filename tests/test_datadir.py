@@ -159,6 +159,20 @@ def test_one_stray_byte_in_a_utf8_text_stays_on_its_line(tmp_path):
     assert {(i.code, i.where.rsplit("/", 1)[-1]) for i in ds.report.issues} == {("not_utf8", "text:3")}
 
 
+def test_latin1_text_without_chinese_is_not_read_as_gbk(tmp_path):
+    """An English (or other Latin-script) text with Latin-1 accents: the accented bytes followed by a letter are
+    valid GBK (naïve -> na飗e), but not GB2312 Chinese, so the lines stay UTF-8 and each bad one is named."""
+    for i in range(3):
+        shutil.copy(SRC[i], tmp_path / f"{i}.flac")
+    _write(tmp_path, "".join(f"u{i} {i}.flac\n" for i in range(3)),
+           "u0 hello there\nu1 a na\u00efve idea\nu2 na\u00efve again\n".encode("latin-1"))
+    assert "u1 a na\u00efve idea".encode("latin-1").decode("gbk")  # the misreading is possible
+    ds = datadir.load_dataset(tmp_path)
+    assert [u.text for u in ds.utterances] == ["hello there", "a na\ufffdve idea", "na\ufffdve again"]
+    assert {(i.code, i.where.rsplit("/", 1)[-1]) for i in ds.report.issues} == {("not_utf8", "text:2"),
+                                                                               ("not_utf8", "text:3")}
+
+
 def test_line_separators_inside_a_transcript_do_not_split_it(tmp_path):
     """Lines end at \\n (or \\r\\n) only: U+2028, \\x85 and a form feed inside a transcript stay in it, and
     line numbers count \\n."""

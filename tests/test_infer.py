@@ -168,6 +168,10 @@ def test_weights_that_did_not_load_are_said(tmp_path):
     torch.save({k: v for k, v in state.items() if not k.startswith("decoder.")}, folder / "model.pt")
     r = infer.run(str(folder), str(data), str(tmp_path / "a"), device="cpu", progress=False)
     assert any("not in it and keep random values" in n and "decoder." in n for n in r.metrics["notes"])
+    sharded = infer.run(str(folder), str(data), str(tmp_path / "a2"), device="cpu", njob=2, progress=False)
+    assert sharded.metrics["n_processes"] == 2  # shard processes load the model themselves and say it too, once
+    assert [n for n in sharded.metrics["notes"] if "keep random values" in n] == \
+        [n for n in r.metrics["notes"] if "keep random values" in n]
     folder = tmp_path / "one-token-more"
     shutil.copytree(DEMO_MODEL, folder)
     tokens = json.loads((folder / "tokens.json").read_text(encoding="utf-8"))
@@ -200,7 +204,11 @@ def test_batch_ending_in_a_quiet_clip_decodes(tmp_path, caplog):
     assert [r["hyp"] for r in batched.results] == [r["hyp"] for r in alone.results]
     assert batched.results[0]["hyp"]  # the real utterance is transcribed
     assert any("decoding it one utterance at a time" in r.getMessage() and "IndexError" in r.getMessage()
-               for r in caplog.records)  # and the fallback is said
+               for r in caplog.records)  # and the fallback is said, in the log and in the run's notes
+    assert [n for n in batched.metrics["notes"] if "could not be decoded whole" in n] == [
+        f"1 batch(es) could not be decoded whole by funasr and were decoded one utterance at a time (slower, same "
+        f"transcripts); first utterance of the first: a ({real})"]
+    assert not any("decoded whole" in n for n in alone.metrics["notes"])
 
 
 def test_shard_files_never_match_the_partial_file(tmp_path):
@@ -249,6 +257,34 @@ def test_decoding_settings_precedence_and_conflicts():
     assert s == {"batch_size": 8, "beam_size": 1, "maxlenratio": 0.5}
     with pytest.raises(ValueError, match="'batch_size' is set twice"):
         infer.resolve_decoding({}, {"batch_size": 8}, {"batch_size": 4})
+
+
+@pytest.mark.parametrize("where, value, message", [
+    ("decoding.yaml", {"batch_size": "sixteen"}, r"m/decoding.yaml: decoding option batch_size must be an integer >= 1, got 'sixteen'"),
+    ("decoding.yaml", {"ctc_weight": 3}, r"m/decoding.yaml: decoding option ctc_weight must be a number from 0 to 1"),
+    ("overrides", {"batch_seconds": -1}, r"decoding_overrides: decoding option batch_seconds must be a number of seconds > 0"),
+    ("overrides", {"attention": "flash"}, r"decoding_overrides: decoding option attention must be one of fused, funasr"),
+    ("parameter", {"beam_size": 0}, r"parameter beam_size: decoding option beam_size must be an integer >= 1"),
+])
+def test_bad_decoding_values_name_their_source(tmp_path, where, value, message):
+    """A wrong value in the model's decoding.yaml, a parameter or decoding_overrides fails before anything runs,
+    naming the file or parameter it came from; the earlier run's results in output_dir stay."""
+    model = tmp_path / "m"
+    shutil.copytree(DEMO_MODEL, model)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    kw: dict = {}
+    if where == "decoding.yaml":
+        decoding = yaml.safe_load((model / "decoding.yaml").read_text())
+        (model / "decoding.yaml").write_text(yaml.safe_dump({**decoding, **value}))
+    elif where == "overrides":
+        kw["decoding_overrides"] = value
+    else:
+        kw.update(value)
+    with pytest.raises(ValueError, match=message):
+        infer.run(str(model), "demo/data/target/dev", str(out), device="cpu", progress=False, **kw)
+    assert (out / "metrics.json").read_text() == "{}"
 
 
 def test_options_the_model_ignores_are_said(tmp_path):

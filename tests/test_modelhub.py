@@ -117,3 +117,37 @@ def test_bad_configuration_json(tmp_path):
     with pytest.raises(modelhub.ModelError, match="configuration.json: not valid JSON"):
         modelhub.open_model(str(folder))
     json.loads((DEMO_MODEL / "configuration.json").read_text())  # the shipped one is untouched
+
+
+@pytest.mark.parametrize("drop", ["config", "init_param"])
+def test_configuration_json_without_config_or_weights_entry_is_named(tmp_path, drop):
+    """With a configuration.json funasr finds config.yaml and the weights only through file_path_metas: without
+    "config" it fails with "... is not registered", without "init_param" it decodes with random weights."""
+    folder = tmp_path / "m"
+    shutil.copytree(DEMO_MODEL, folder)
+    conf = json.loads((folder / "configuration.json").read_text())
+    del conf["file_path_metas"][drop]
+    (folder / "configuration.json").write_text(json.dumps(conf))
+    with pytest.raises(modelhub.ModelError, match=rf"configuration.json: file_path_metas lacks '{drop}'"):
+        modelhub.open_model(str(folder))
+    if drop == "config":  # the rule is funasr's: its own loader cannot build this folder
+        from funasr.download.download_model_from_hub import download_model
+
+        assert download_model(model=str(folder))["model"] == str(folder)  # not a model class: "not registered"
+
+
+def test_weights_under_another_name_are_the_ones_hashed(tmp_path):
+    """configuration.json's init_param names the weights (model.pb in older exports): provenance and the resume
+    fingerprint hash that file, not a model.pt that is not there."""
+    from asr_workbench import runs
+
+    folder = tmp_path / "m"
+    shutil.copytree(DEMO_MODEL, folder)
+    (folder / "model.pt").rename(folder / "model.pb")
+    conf = json.loads((folder / "configuration.json").read_text())
+    conf["file_path_metas"]["init_param"] = "model.pb"
+    (folder / "configuration.json").write_text(json.dumps(conf))
+    mf = modelhub.open_model(str(folder))
+    assert mf.weights == folder / "model.pb"
+    assert runs.provenance(mf.weights)["model_sha256"] == runs.file_sha256(DEMO_MODEL / "model.pt")
+    assert modelhub.open_model(str(DEMO_MODEL)).weights == DEMO_MODEL / "model.pt"

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import soundfile as sf
 
@@ -115,7 +116,8 @@ def _decode_lines(raw: bytes, path: Path, report: DataReport) -> list[str]:
     """The file's lines, split at \\n, \\r\\n or \\r only (a transcript may hold U+2028, \\x85 or a form feed,
     which ``str.splitlines`` would cut at). A file that is not all UTF-8 is GBK when it decodes as GBK and has
     more lines that are not UTF-8 than lines that read as UTF-8 CJK text (GBK Chinese is often valid UTF-8 by
-    chance, but then reads as U+0080-U+07FF letters, never as CJK); otherwise each line that is not UTF-8 is read
+    chance, but then reads as U+0080-U+07FF letters, never as CJK) and those lines read as GB2312 Chinese (not
+    Latin-1 accents misread); otherwise each line that is not UTF-8 is read
     with replacement characters and reported, so one stray byte does not turn a UTF-8 file into GBK mojibake."""
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
@@ -134,13 +136,28 @@ def _decode_lines(raw: bytes, path: Path, report: DataReport) -> list[str]:
         except UnicodeDecodeError:
             pass
         else:
-            report.add(None, f"{path}:{bad[0]}", "warning", "gbk_encoding",
-                       f"file is GBK-encoded, not UTF-8 (first non-UTF-8 byte on line {bad[0]}); read as GBK. "
-                       f"Convert it with: iconv -f GBK -t UTF-8 {path.name} > {path.name}.utf8")
-            return lines_gbk
+            if _looks_chinese([lines_gbk[n - 1] for n in bad]):
+                report.add(None, f"{path}:{bad[0]}", "warning", "gbk_encoding",
+                           f"file is GBK-encoded, not UTF-8 (first non-UTF-8 byte on line {bad[0]}); read as GBK. "
+                           f"Convert it with: iconv -f GBK -t UTF-8 {path.name} > {path.name}.utf8")
+                return lines_gbk
     for n in bad:
         report.add(None, f"{path}:{n}", "warning", "not_utf8", f"line {n} is not UTF-8; undecodable bytes replaced")
     return [line.decode("utf-8", errors="replace") for line in lines]
+
+
+def _looks_chinese(lines: list[str]) -> bool:
+    """Most non-ASCII characters are GB2312's (both bytes >= 0xA1): real GBK Chinese is, while Latin-1 or
+    cp1252 bytes misread as GBK pair an accented letter with the ASCII letter after it (``naïve``)."""
+    chars = [c for line in lines for c in line if not c.isascii()]
+    common = 0
+    for c in chars:
+        try:
+            c.encode("gb2312")
+            common += 1
+        except UnicodeEncodeError:
+            pass
+    return bool(chars) and common >= 0.9 * len(chars)
 
 
 def read_lines(path: str | Path, report: DataReport | None = None) -> list[tuple[int, str]]:

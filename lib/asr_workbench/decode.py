@@ -198,9 +198,10 @@ def length_sorted_batches(durations: Sequence[float], batch_size: int,
 
 
 def _decode_items(model: Any, items: Sequence[tuple[str, str, float]], opts: DecodeOptions,
-                  sink: Callable[[list[Hypothesis]], None]) -> None:
-    """Decode ``(key, path, duration)`` items batch by batch; ``sink`` gets each finished batch."""
-    _decode_loop(model, items, opts, _generate_kwargs(opts), [d for _, _, d in items], sink)
+                  sink: Callable[[list[Hypothesis]], None], note: Callable[[str], None] | None = None) -> None:
+    """Decode ``(key, path, duration)`` items batch by batch; ``sink`` gets each finished batch, ``note`` each
+    batch funasr could not decode whole (see :func:`_infer_batch`)."""
+    _decode_loop(model, items, opts, _generate_kwargs(opts), [d for _, _, d in items], sink, note)
 
 
 def _autocast(model: Any, precision: str) -> Any:
@@ -216,13 +217,15 @@ def _autocast(model: Any, precision: str) -> Any:
 
 
 def _decode_loop(model: Any, items: Sequence[tuple[str, str, float]], opts: DecodeOptions, kw: dict[str, Any],
-                 durations: list[float], sink: Callable[[list[Hypothesis]], None]) -> None:
+                 durations: list[float], sink: Callable[[list[Hypothesis]], None],
+                 note: Callable[[str], None] | None = None) -> None:
     with attention.fused(model.model, enabled=opts.attention == "fused"):
-        _decode_batches(model, items, opts, kw, durations, sink)
+        _decode_batches(model, items, opts, kw, durations, sink, note)
 
 
 def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: DecodeOptions, kw: dict[str, Any],
-                    durations: list[float], sink: Callable[[list[Hypothesis]], None]) -> None:
+                    durations: list[float], sink: Callable[[list[Hypothesis]], None],
+                    note: Callable[[str], None] | None = None) -> None:
     from asr_workbench import audio
 
     if opts.vad_model:  # long audio: funasr segments each file itself
@@ -256,7 +259,8 @@ def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: D
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext(), \
                 _autocast(model, opts.precision):
             waves = [audio.load(items[i][1]) for i in batch]
-            res = _infer_batch(model, waves, feature_device, kw, [f"{items[i][0]} ({items[i][1]})" for i in batch])
+            res = _infer_batch(model, waves, feature_device, kw, [f"{items[i][0]} ({items[i][1]})" for i in batch],
+                               note)
         return [Hypothesis(items[i][0], str(r.get("text", "") or ""), items[i][2]) for i, r in zip(batch, res)]
 
     previous = torch.get_num_threads()
@@ -312,14 +316,15 @@ def plan_workers(model: Any, opts: DecodeOptions, kw: dict[str, Any]) -> tuple[i
 
 
 def _infer_batch(model: Any, waves: list[Any], feature_device: Any, kw: dict[str, Any],
-                 names: Sequence[str] = ()) -> list[dict[str, Any]]:
+                 names: Sequence[str] = (), note: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """funasr's results for one batch of waveforms, one per waveform.
 
     With ``feature_device`` the features are computed there (in full precision, outside any autocast) by the
     model's own frontend and handed to the model as ``data_type="fbank"``. A batch funasr cannot decode whole is
     decoded one utterance at a time: its Paraformer returns no result for a batch in which no utterance yields a
     token (all silence), and its ``cif_v1`` raises an IndexError for a batch that ends in such utterances (a
-    short quiet clip sorted last). An utterance that fails on its own raises, named by ``names`` ("key (path)").
+    short quiet clip sorted last); ``note`` gets the batch's first name. An utterance that fails on its own raises,
+    named by ``names`` ("key (path)").
     """
     import torch
 
@@ -340,6 +345,8 @@ def _infer_batch(model: Any, waves: list[Any], feature_device: Any, kw: dict[str
             raise RuntimeError(f"funasr could not decode {_name(names, 0)}: {e!r}") from e
         log.warning("a batch of %d (first %s) could not be decoded whole (%r): decoding it one utterance at a time",
                     len(waves), _name(names, 0), e)
+        if note:
+            note(_name(names, 0))
     out = []
     for i, w in enumerate(waves):
         try:
@@ -422,13 +429,15 @@ def _shard_worker(model_dir: str, device: str, items_file: str, opts: DecodeOpti
     torch.set_num_threads(1)
     model = load_model(model_dir, device=device, ncpu=1,
                        **({"vad_model": opts.vad_model} if opts.vad_model else {}))
+    for text in weight_notes(model):
+        progress.put(("weights", text))
     with open(part, "a", encoding="utf-8") as f:
         def sink(hs: list[Hypothesis]) -> None:
             f.writelines(jsonl_line(asdict(h)) for h in hs)
             f.flush()
             progress.put(sum(h.duration_s for h in hs))
 
-        _decode_items(model, items, opts, sink)
+        _decode_items(model, items, opts, sink, lambda name: progress.put(("one_by_one", name)))
 
 
 def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: DecodeOptions,
@@ -458,6 +467,7 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
     t0 = time.perf_counter()
     load_s = 0.0
     notes: list[str] = []
+    one_by_one: list[str] = []  # the first utterance of each batch funasr could not decode whole
     if n_proc == 1 or len(todo) < 2:
         if model is None:
             model = load_model(model_dir, device=device, ncpu=os.cpu_count() or 1,
@@ -473,7 +483,7 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
                 f.flush()
                 bar.update(round(sum(h.duration_s for h in hs), 1))
 
-            _decode_items(model, todo, opts, sink)
+            _decode_items(model, todo, opts, sink, one_by_one.append)
         n_used = 1
     else:
         n_used = min(n_proc, len(todo))
@@ -503,9 +513,17 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
         try:
             while any(p.is_alive() for p in procs) or not queue.empty():
                 try:
-                    bar.update(round(queue.get(timeout=0.2), 1))
+                    msg = queue.get(timeout=0.2)
                 except Exception:  # queue.Empty
-                    pass
+                    continue
+                if isinstance(msg, tuple):  # ("weights", note) from every shard (the same model), ("one_by_one", name)
+                    if msg[0] == "one_by_one":
+                        one_by_one.append(msg[1])
+                    elif msg[1] not in notes:
+                        notes.append(msg[1])
+                        log.warning(msg[1])
+                else:
+                    bar.update(round(msg, 1))
         finally:  # an interrupted kernel must not leave shard processes holding CPUs or GPUs
             for p in procs:
                 if p.is_alive():
@@ -529,6 +547,9 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
                                f"{[procs[i].exitcode for i in failed]}); finished results kept in {partial_file}")
     wall = time.perf_counter() - t0
     bar.close()
+    if one_by_one:
+        notes.append(f"{len(one_by_one)} batch(es) could not be decoded whole by funasr and were decoded one utterance "
+                     f"at a time (slower, same transcripts); first utterance of the first: {one_by_one[0]}")
     got = _read_partial(partial_file, fingerprint)
     missing = [k for k, _, _ in items if k not in got]
     if missing:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from asr_workbench import datadir, decode, modelhub, paths, runs, scoring
+from asr_workbench import attention, datadir, decode, modelhub, paths, runs, scoring
 from asr_workbench.fileio import atomic_write_text, jsonl_line
 
 __all__ = ["InferResult", "resolve_decoding", "run", "score_run"]
@@ -51,31 +51,55 @@ class InferResult:
         return self.metrics.get("cer")
 
 
+def _check_decoding(settings: dict[str, Any], origin: dict[str, str]) -> None:
+    """Types and ranges of the workbench's own decoding keys, each error naming where the value came from."""
+    def bad(key: str, want: str) -> ValueError:
+        return ValueError(f"{origin.get(key, 'default')}: decoding option {key} must be {want}, got {settings[key]!r}")
+
+    def number(key: str, integer: bool = False) -> bool:
+        v = settings.get(key)
+        return not isinstance(v, bool) and isinstance(v, int if integer else (int, float))
+
+    if not number("batch_size", integer=True) or settings["batch_size"] < 1:
+        raise bad("batch_size", "an integer >= 1")
+    if settings.get("batch_seconds") is not None and (not number("batch_seconds") or settings["batch_seconds"] <= 0):
+        raise bad("batch_seconds", "a number of seconds > 0 (or null)")
+    if settings.get("beam_size") is not None and (not number("beam_size", integer=True) or settings["beam_size"] < 1):
+        raise bad("beam_size", "an integer >= 1 (or null)")
+    if settings.get("ctc_weight") is not None and (not number("ctc_weight") or not 0 <= settings["ctc_weight"] <= 1):
+        raise bad("ctc_weight", "a number from 0 to 1 (or null)")
+    if settings.get("attention") is not None and settings["attention"] not in attention.MODES:
+        raise bad("attention", f"one of {', '.join(attention.MODES)} (or null)")
+
+
 def resolve_decoding(model_defaults: dict[str, Any], params: dict[str, Any],
-                     overrides: dict[str, Any] | None) -> dict[str, Any]:
+                     overrides: dict[str, Any] | None, defaults_source: str = "decoding.yaml") -> dict[str, Any]:
     """``decoding.yaml`` <- notebook parameters (those not None) <- ``decoding_overrides``.
 
     A key set both as a parameter and in ``decoding_overrides`` with different values is
-    a conflict and fails at once, naming the key.
+    a conflict and fails at once, naming the key. A value of the wrong type or range fails naming
+    where it came from (``defaults_source``: the model's decoding.yaml path, a parameter, the overrides).
     """
     settings: dict[str, Any] = {"batch_size": 16, **(model_defaults or {})}
+    origin = {k: defaults_source for k in (model_defaults or {})}
     given = {k: v for k, v in params.items() if v is not None}
     for k, v in (overrides or {}).items():
         if k in given and given[k] != v:
             raise ValueError(f"decoding option {k!r} is set twice: parameter {k}={given[k]!r} and "
                              f"decoding_overrides[{k!r}]={v!r}; keep one")
     settings.update(given)
+    origin.update({k: f"parameter {k}" for k in given})
     settings.update(overrides or {})
-    if int(settings["batch_size"]) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {settings['batch_size']}")
+    origin.update({k: "decoding_overrides" for k in overrides or {}})
+    _check_decoding(settings, origin)
     return settings
 
 
 def _fingerprint(model: modelhub.ModelFolder, settings: dict[str, Any], items: list[tuple[str, str, float]]) -> str:
     h = hashlib.sha256()
     h.update(str(model.path).encode())
-    weights = model.path / "model.pt"
-    if weights.is_file():
+    weights = model.weights
+    if weights and weights.is_file():
         st = weights.stat()
         h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
@@ -152,7 +176,7 @@ def run(
     mf = modelhub.open_model(model, cache_dir=cache_dir)
     vad_dir = str(modelhub.resolve_helper_model(vad_model, cache_dir)) if vad_model else None
     settings = resolve_decoding(mf.decoding, {"batch_size": batch_size, "ctc_weight": ctc_weight,
-                                              "beam_size": beam_size}, decoding_overrides)
+                                              "beam_size": beam_size}, decoding_overrides, str(mf.path / "decoding.yaml"))
     if isinstance(devices, str):
         devices = [d.strip() for d in devices.split(",") if d.strip()]
     devices = [d if not d.isdigit() else f"cuda:{d}" for d in (devices or [])]
@@ -207,7 +231,7 @@ def run(
         "model": model, "model_dir": str(mf.path), "device": dec.device, "n_processes": dec.n_processes,
         "data_dir": str(data_path), "parameters": {**settings, "on_bad_input": on_bad_input, "vad_model": vad_model},
         "data_issues": ds.report.counts(), "notes": notes,
-        "provenance": runs.provenance(mf.path / "model.pt", input_files),
+        "provenance": runs.provenance(mf.weights, input_files),
     }
     runs.write_metrics(out, metrics)
     partial.unlink(missing_ok=True)

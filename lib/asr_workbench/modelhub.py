@@ -43,6 +43,7 @@ class ModelFolder:
     decoding: dict[str, Any] = field(default_factory=dict)  # decoding.yaml
     finetune: dict[str, Any] = field(default_factory=dict)  # finetune.yaml
     warnings: tuple[str, ...] = ()
+    weights: Path | None = None  # the weights file funasr loads: configuration.json's init_param, else model.pt
 
     @property
     def name(self) -> str:
@@ -128,9 +129,23 @@ def check_folder(path: Path, source: str = "folder", model_id: str | None = None
     metas: dict[str, str] = {}
     if conf_json.is_file():
         try:
-            metas = _meta_paths(json.loads(conf_json.read_text(encoding="utf-8")).get("file_path_metas", {}))
-        except json.JSONDecodeError as e:
+            conf = json.loads(conf_json.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ModelError(f"{conf_json}: not valid JSON ({e})") from e
+        raw_metas = conf.get("file_path_metas", {}) if isinstance(conf, dict) else None
+        if not isinstance(raw_metas, dict):
+            raise ModelError(f"{conf_json}: expected a JSON object with a \"file_path_metas\" object")
+        metas = _meta_paths(raw_metas)
+        # with a configuration.json funasr reads config.yaml and the weights only through these two entries:
+        # without "config" it fails with "<folder> is not registered", without "init_param" it decodes with
+        # random weights
+        absent = [m for m in ("config", "init_param") if m not in metas]
+        if absent:
+            raise ModelError(
+                f"{conf_json}: file_path_metas lacks {' and '.join(repr(m) for m in absent)}; funasr reads the model "
+                "only through them when a configuration.json exists. Add them (e.g. \"file_path_metas\": "
+                "{\"init_param\": \"model.pt\", \"config\": \"config.yaml\", \"tokenizer_conf\": {\"token_list\": "
+                "\"tokens.json\"}, \"frontend_conf\": {\"cmvn_file\": \"am.mvn\"}}) or remove configuration.json")
     config_file = path / metas.get("config", "config.yaml")
     if not config_file.is_file():
         raise ModelError(f"{path}: no {config_file.name}: not a funasr model folder")
@@ -153,7 +168,8 @@ def check_folder(path: Path, source: str = "folder", model_id: str | None = None
     tok_file = path / tok_rel if tok_rel else next((path / t for t in ("tokens.json", "tokens.txt") if (path / t).is_file()), None)
     tokens = _read_tokens(tok_file) if tok_file else None
     return ModelFolder(path, source, model_id, config, tokens, _read_yaml(path / "decoding.yaml"),
-                       _read_yaml(path / "finetune.yaml"), tuple(w + " is missing" for w in warnings))
+                       _read_yaml(path / "finetune.yaml"), tuple(w + " is missing" for w in warnings),
+                       path / metas.get("init_param", "model.pt"))
 
 
 def open_model(model: str, cache_dir: str | os.PathLike[str] | None = None, revision: str | None = None,

@@ -159,7 +159,7 @@ def plan(
     if dataset_type == "large":
         train_list = str(fdata.write_shards(train, int(cfg["dataset_conf"]["data_split_num"]), lists))
     cfg.update(train_data_set_list=train_list, valid_data_set_list=str(dev.jsonl),
-               init_param=str(base.path / "model.pt") if (base.path / "model.pt").is_file() else base_kwargs.get("init_param"),
+               init_param=str(base.weights),
                device="cuda" if dev_name.startswith("cuda") else "cpu", ncpu=1 if nproc > 1 else (os.cpu_count() or 1))
     tc = cfg.get("train_conf", {})
     per_epoch, total = fconfig.planned_steps(train.frames(), int(cfg["dataset_conf"].get("batch_size", 2000)),
