@@ -70,7 +70,7 @@ def test_metrics_cer_equals_results_and_funasr_scorer(papermill_run):
 
 def test_funasr_compute_wer_int16_overflow_is_worked_around(tmp_path):
     """funasr 1.4.16 prints a negative %WER past 327 errors; our text.cer does not. If this starts failing
-    because funasr fixed it, drop scoring._python_int_error_counts."""
+    because funasr fixed it, scoring._compute_wer_by_line need not avoid it any more."""
     from funasr.metrics.wer import compute_wer
 
     from asr_workbench import scoring

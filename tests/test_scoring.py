@@ -59,9 +59,35 @@ def test_text_cer_written_by_funasr_matches_our_numbers(tmp_path):
     assert tail[2] == "Scored 4 sentences, 0 not present in hyp."
 
 
-def test_text_cer_split_over_processes_is_byte_identical(tmp_path):
+def test_fast_line_scorer_is_funasrs(tmp_path):
+    """The per-line scorer text.cer uses gives funasr's counts on every pair: random short pairs over a small
+    alphabet (ties everywhere, empty sides, upper case), long near-matches, and the file compute_wer writes."""
+    import random
+
+    wer = scoring._wer_module()
+    rng = random.Random(1)
+    pairs = [([rng.choice("abcAB") for _ in range(rng.randint(0, 9))], [rng.choice("abcAB") for _ in range(rng.randint(0, 9))])
+             for _ in range(5000)]
+    for _ in range(100):
+        ref = [rng.choice("的一是不了人我在有他这") for _ in range(rng.randint(30, 90))]
+        pairs.append(([c if rng.random() > 0.1 else "x" for c in ref if rng.random() > 0.1], ref))
+    for hyp, ref in pairs:
+        assert scoring._compute_wer_by_line(hyp, ref) == {k: int(v) for k, v in wer.compute_wer_by_line(hyp, ref).items()}
+    keys = [f"u{i}" for i in range(len(pairs))]
+    (tmp_path / "ref").write_text("".join(f"{k} {' '.join(r)}\n" for k, (_, r) in zip(keys, pairs) if r), encoding="utf-8")
+    (tmp_path / "hyp").write_text("".join(f"{k} {' '.join(h)}\n" for k, (h, _) in zip(keys, pairs) if h), encoding="utf-8")
+    wer.compute_wer(str(tmp_path / "ref"), str(tmp_path / "hyp"), str(tmp_path / "theirs"))
+    ours = scoring._funasr_text_cer((str(tmp_path / "ref"), str(tmp_path / "hyp"), str(tmp_path / "ours")))
+    theirs = (tmp_path / "theirs").read_text(encoding="utf-8")
+    assert ours.splitlines()[:-3] == theirs.splitlines()[:-3] and len(ours.splitlines()) > 10000
+    assert ours.splitlines()[-2:] == theirs.splitlines()[-2:]  # %WER may differ: funasr's int16 overflows
+
+
+def test_text_cer_split_over_processes_is_byte_identical(tmp_path, monkeypatch):
     """Large sets are scored by funasr's compute_wer in parallel chunks; the merged file equals one run's."""
     import random
+
+    monkeypatch.setattr(scoring, "CELLS_PER_PROCESS", 20_000)  # this set's ~250k cells: several chunks
 
     rng = random.Random(0)
     chars = "今天是星期一下午三点我的电话号码"
@@ -69,6 +95,7 @@ def test_text_cer_split_over_processes_is_byte_identical(tmp_path):
     hyps = [r[: len(r) - 3] + "".join(rng.choice(chars) for _ in range(rng.randint(0, 6))) for r in refs]
     keys = [f"u{i:04d}" for i in range(500)]
     scores = [scoring.score_utterance(r, h) for r, h in zip(refs, hyps)]
+    assert len(scoring.text_cer_chunks([len(s.ref.split()) * len(s.hyp.split()) for s in scores], 2)) == 3
     one = scoring.write_funasr_text_cer(keys, scores, tmp_path / "one", processes=1).read_text(encoding="utf-8")
     two = scoring.write_funasr_text_cer(keys, scores, tmp_path / "two", processes=2).read_text(encoding="utf-8")
     assert one == two

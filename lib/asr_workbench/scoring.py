@@ -12,6 +12,7 @@ token-split files, so the format (and the ``tail -n 3`` habit) is FunASR's.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import re
 import unicodedata
@@ -133,18 +134,21 @@ def aligned_pairs(score: UttScore) -> list[tuple[str, str, str]]:
     return pairs
 
 
-def _width(text: str) -> int:
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+@functools.lru_cache(maxsize=1 << 16)
+def _width(token: str) -> int:
+    """Display columns of a token (East Asian wide and full-width characters take two); tokens repeat a lot."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in token)
 
 
 def alignment_text(score: UttScore) -> str:
     """REF / HYP / OPS lines, columns padded for double-width characters (``*`` marks a gap)."""
     cols = [(r or "*", h or "*", "" if op == "=" else op) for r, h, op in aligned_pairs(score)]
     widths = [max(_width(r), _width(h), 1) for r, h, _ in cols]
-    line = lambda i: " ".join(c[i] + " " * (w - _width(c[i])) for c, w in zip(cols, widths)).rstrip()  # noqa: E731
+    line = lambda i: " ".join(c[i].ljust(w - _width(c[i]) + len(c[i])) for c, w in zip(cols, widths)).rstrip()  # noqa: E731
     return f"REF: {line(0)}\nHYP: {line(1)}\nOPS: {line(2)}\n"
 
 
+@functools.cache
 def _wer_module() -> Any:
     """funasr's ``funasr/metrics/wer.py``, loaded from its file without running ``funasr/__init__`` (which
     imports torch and every model: seconds per process for a module that needs numpy, hydra and omegaconf)."""
@@ -163,19 +167,61 @@ def _wer_module() -> Any:
     return module
 
 
+def _compute_wer_by_line(hyp: list[str], ref: list[str]) -> dict[str, int]:
+    """funasr 1.4.16's ``metrics.wer.compute_wer_by_line``, step for step: the same cost table, the same
+    tie-breaks (substitution, then insertion, then deletion), the same walk back with its quirks at the table's
+    edges, so every count in text.cer is funasr's (tests/test_scoring.py compares the two on random pairs).
+    Two differences: Python lists instead of numpy element access (about 10x faster: funasr's is the slowest part
+    of scoring a large set), and Python ints, where funasr's int16 error count overflows the %WER past 327
+    errors (a negative %WER)."""
+    hyp = [x.lower() for x in hyp]
+    ref = [x.lower() for x in ref]
+    n_hyp, n_ref = len(hyp), len(ref)
+    prev = list(range(n_ref + 1))  # cost row i - 1
+    ops = [bytes(n_ref + 1)]  # 0 match (and the table's edges), 1 sub, 2 ins, 3 del
+    for i in range(1, n_hyp + 1):
+        h, row, op, left = hyp[i - 1], [i] * (n_ref + 1), bytearray(n_ref + 1), i
+        for j in range(1, n_ref + 1):
+            if h == ref[j - 1]:
+                left = prev[j - 1]
+            else:
+                sub, ins = prev[j - 1], prev[j]
+                if sub <= ins and sub <= left:
+                    left, op[j] = sub + 1, 1
+                elif ins <= left:
+                    left, op[j] = ins + 1, 2
+                else:
+                    left, op[j] = left + 1, 3
+            row[j] = left
+        ops.append(op)
+        prev = row
+    rst = {"nwords": n_ref, "cor": 0, "wrong": prev[n_ref], "ins": 0, "del": 0, "sub": 0}
+    i, j = n_hyp, n_ref
+    while i >= 0 or j >= 0:
+        o = ops[max(0, i)][max(0, j)]
+        if o == 0:
+            if i >= 1 and j >= 1:
+                rst["cor"] += 1
+            i, j = i - 1, j - 1
+        elif o == 2:
+            i, rst["ins"] = i - 1, rst["ins"] + 1
+        elif o == 3:
+            j, rst["del"] = j - 1, rst["del"] + 1
+        else:
+            i, j, rst["sub"] = i - 1, j - 1, rst["sub"] + 1
+        if i < 0 and j >= 0:
+            rst["del"] += 1
+        elif j < 0 and i >= 0:
+            rst["ins"] += 1
+    return rst
+
+
 @contextmanager
-def _python_int_error_counts() -> Iterator[Any]:
-    """funasr 1.4.16's ``compute_wer_by_line`` returns the error count as ``numpy.int16``; ``compute_wer``
-    sums those and multiplies by 100, which overflows past 327 errors and prints a negative %WER.
-    Within this block it returns a Python int (the counts themselves are right); yields the module."""
+def _fast_by_line() -> Iterator[Any]:
+    """funasr's ``metrics.wer`` module with :func:`_compute_wer_by_line` in place of its own, for this block."""
     wer = _wer_module()
     original = wer.compute_wer_by_line
-
-    def by_line(hyp: list[str], ref: list[str]) -> dict[str, int]:
-        out = original(hyp, ref)
-        return {k: int(v) for k, v in out.items()}
-
-    wer.compute_wer_by_line = by_line
+    wer.compute_wer_by_line = _compute_wer_by_line
     try:
         yield wer
     finally:
@@ -184,15 +230,15 @@ def _python_int_error_counts() -> Iterator[Any]:
 
 _TAIL = re.compile(r"%WER \S+ \[ (\d+) / (\d+), (\d+) ins, (\d+) del, (\d+) sub \]\n"
                    r"%SER \S+ \[ (\d+) / (\d+) \]\nScored (\d+) sentences, (-?\d+) not present in hyp\.\n?$")
-# funasr's scorer fills a len(ref) x len(hyp) table per utterance in Python (~1 us a cell); text.cer is split over
+# the scorer fills a len(ref) x len(hyp) table per utterance in Python (~0.1 us a cell); text.cer is split over
 # processes once there are this many cells per process (a fork and a merge cost ~0.05 s)
-CELLS_PER_PROCESS = 50_000
+CELLS_PER_PROCESS = 500_000
 
 
 def _funasr_text_cer(paths: tuple[str, str, str]) -> str:
     """funasr's ``compute_wer`` on one pair of files; returns the file's text (worker of the process pool)."""
     ref_proc, hyp_proc, cer_file = paths
-    with _python_int_error_counts() as wer:
+    with _fast_by_line() as wer:
         wer.compute_wer(ref_proc, hyp_proc, cer_file)
     return Path(cer_file).read_text(encoding="utf-8")
 
@@ -236,11 +282,11 @@ def text_cer_chunks(cells: Sequence[int], processes: int) -> list[int]:
 def write_funasr_text_cer(keys: Sequence[str], scores: Sequence[UttScore], out_dir: Path,
                           processes: int | None = None) -> Path:
     """``ref.proc``, ``text.proc`` and ``text.cer`` in ``out_dir`` via funasr's ``compute_wer``
-    (with its int16 overflow worked around, see :func:`_python_int_error_counts`).
+    (its per-line scorer replaced by an exact, faster copy without its int16 overflow: :func:`_compute_wer_by_line`).
 
-    funasr's scorer is pure Python, O(n*m) per utterance (about 15 s for 3,600 sixty-character utterances on one
-    core): sets with enough work (``CELLS_PER_PROCESS``) are split over ``processes`` (default: every core) and
-    the parts merged in order, with the tail recomputed from their counts exactly as funasr computes it.
+    The scorer is O(n*m) per utterance in Python: sets with enough work (``CELLS_PER_PROCESS``) are split over
+    ``processes`` (default: every core) and the parts merged in order, with the tail recomputed from their counts
+    exactly as funasr computes it.
     """
     import tempfile
     import warnings
@@ -260,6 +306,7 @@ def write_funasr_text_cer(keys: Sequence[str], scores: Sequence[UttScore], out_d
     if len(cuts) <= 2:
         _funasr_text_cer((str(ref_proc), str(hyp_proc), str(cer_file)))
         return cer_file
+    _wer_module()  # loaded once here, not in every forked worker
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".text_cer.") as tmp:
         jobs = []
         for i, (a, b) in enumerate(itertools.pairwise(cuts)):
