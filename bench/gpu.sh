@@ -5,6 +5,9 @@
 #   git rev-parse --short HEAD > .gpu/commit     # the machine gets the work tree without .git
 # (both folders git-ignored; carry them), then run `bash bench/gpu.sh` there with $OUT set.
 # PARTS=infer or PARTS=finetune runs one half (both together overran 450 s on an H100: run one per call).
+# A session has ~15 device minutes: run PARTS=finetune first (never measured on a GPU; ~250-300 s), then start
+# PARTS=infer at once on the still-warm machine (~330-400 s; N_UTTS=2400 shortens it), and rewrite .gpu/commit
+# just before (a stale one mislabels every table).
 # ANCHOR=1 also runs the shared plain-funasr yardstick script (about 3 more minutes); without it the plain-funasr
 # numbers come from bench/gpu_bench.py itself (plain generate and funasr's stock trainer, same run, same data).
 set -uo pipefail

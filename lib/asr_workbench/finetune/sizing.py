@@ -100,6 +100,14 @@ def recommend(model: str, device: str = "auto", memory_fraction: float = 0.6, ca
     total = torch.cuda.get_device_properties(torch_dev).total_memory
     sizes = (8_000, 24_000)
     peaks = []
+    # time steps under the backend settings funasr's train_ds applies (TF32 matmuls on, deterministic cuDNN by
+    # default): torch's defaults (TF32 off) would make fp32 look slower than it trains, and bf16 look better
+    conf = {**m.kwargs, **own}
+    flags = {"matmul_tf32": torch.backends.cuda.matmul.allow_tf32, "deterministic": torch.backends.cudnn.deterministic,
+             "benchmark": torch.backends.cudnn.benchmark}
+    torch.backends.cuda.matmul.allow_tf32 = bool(conf.get("enable_tf32", True))
+    torch.backends.cudnn.deterministic = bool(conf.get("cudnn_deterministic", True))
+    torch.backends.cudnn.benchmark = bool(conf.get("cudnn_benchmark", flags["benchmark"]))
     try:
         _step(net, sizes[0], 8, feat_dim, vocab, torch_dev, torch.float32)  # warm-up: kernels, allocator
         for frames in sizes:
@@ -114,11 +122,16 @@ def recommend(model: str, device: str = "auto", memory_fraction: float = 0.6, ca
         frames = int(max(recipe, min(max_batch_frames, room / per_frame)) // 1000 * 1000)
         probe = min(frames, 60_000)
         utts = max(2, probe // 1000)
-        fp32 = min(_step(net, probe, utts, feat_dim, vocab, torch_dev, torch.float32) for _ in range(2))
         bf16_ok = torch.cuda.is_bf16_supported()
-        bf16 = min(_step(net, probe, utts, feat_dim, vocab, torch_dev, torch.bfloat16) for _ in range(2)) \
-            if bf16_ok else float("inf")
+        fp32, bf16 = float("inf"), float("inf")
+        for _ in range(3):  # interleaved, best of 3: one slow step (allocator, clocks) must not pick the precision
+            fp32 = min(fp32, _step(net, probe, utts, feat_dim, vocab, torch_dev, torch.float32))
+            if bf16_ok:
+                bf16 = min(bf16, _step(net, probe, utts, feat_dim, vocab, torch_dev, torch.bfloat16))
     finally:
+        torch.backends.cuda.matmul.allow_tf32 = flags["matmul_tf32"]
+        torch.backends.cudnn.deterministic = flags["deterministic"]
+        torch.backends.cudnn.benchmark = flags["benchmark"]
         del m, net
         torch.cuda.empty_cache()
     precision = "bf16" if bf16 < 0.9 * fp32 else "fp32"
@@ -127,7 +140,8 @@ def recommend(model: str, device: str = "auto", memory_fraction: float = 0.6, ca
         f"{frames} frames per batch: a training step takes {per_frame / (1 << 20):.2f} MiB per frame of padded audio "
         f"+ {fixed / gib:.1f} GiB; with the weights, gradients and Adam's moments ({4 * weights / gib:.1f} GiB) that "
         f"fills {memory_fraction:.0%} of {total / gib:.0f} GiB (the recipe: {recipe})",
-        f"{precision}: a step of {probe} frames took {fp32 * 1000:.0f} ms in fp32"
+        f"{precision}: a step of {probe} frames took {fp32 * 1000:.0f} ms in fp32 (TF32 matmuls "
+        f"{'on' if conf.get('enable_tf32', True) else 'off'}, as the trainer will run)"
         + (f", {bf16 * 1000:.0f} ms with bf16 autocast" if bf16_ok else ", bf16 unsupported on this GPU")
         + (" (bf16 kept only when >= 10 % faster)" if bf16_ok else ""),
         f"{workers} loader workers per process ({cores} cores, {nproc} process(es))",
