@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from asr_workbench import batch, decode, infer, modelhub
+from asr_workbench import batch, decode, infer, modelhub, runs
 from conftest import DEMO_DATA, DEMO_MODEL, REPO, decode_items, subset
 
 RUN_FILES = ["config.yaml", "data_report.jsonl", "1best_recog/text", "1best_recog/text.cer", "results.jsonl",
@@ -92,7 +92,8 @@ def test_metrics_json_has_counts_timing_and_provenance(papermill_run):
     assert m["n_input"] == m["n_decoded"] == m["n_scored"] and m["n_skipped"] == 0
     assert m["normaliser"].startswith("zh-char-v1")
     prov = m["provenance"]
-    assert len(prov["model_sha256"]) == 64 and len(prov["inputs_sha256"]) == 64
+    assert prov["model_sha256"] == runs.file_sha256(DEMO_MODEL / "model.pt")  # hashed beside the decoding
+    assert len(prov["inputs_sha256"]) == 64
     assert prov["packages"]["funasr"] == "1.4.16" and prov["packages"]["torch"] == "2.9.1"
     cfg = yaml.safe_load((papermill_run / "config.yaml").read_text(encoding="utf-8"))
     assert cfg["decoding"]["batch_size"] == 16 and cfg["model_dir"] == str(DEMO_MODEL)

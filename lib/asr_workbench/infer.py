@@ -208,6 +208,7 @@ def run(
     runs.write_config(out, config)
 
     items = [(u.key, u.audio, u.duration_s) for u in ds.utterances]
+    weights_sha256 = runs.sha256_in_background(mf.weights)  # read beside the decoding, not after it
     partial = out / ".hyps.partial.jsonl"
     dec = decode.decode(str(mf.path), items, opts, partial,
                         _fingerprint(mf, {**settings, "vad_model": vad_model, "devices": devices, "precision": precision,
@@ -231,7 +232,7 @@ def run(
         "model": model, "model_dir": str(mf.path), "device": dec.device, "n_processes": dec.n_processes,
         "data_dir": str(data_path), "parameters": {**settings, "on_bad_input": on_bad_input, "vad_model": vad_model},
         "data_issues": ds.report.counts(), "notes": notes,
-        "provenance": runs.provenance(mf.weights, input_files),
+        "provenance": runs.provenance(weights_sha256, input_files),
     }
     runs.write_metrics(out, metrics)
     partial.unlink(missing_ok=True)
