@@ -34,6 +34,23 @@ def _codes(ds):
     return {(i.key, i.code) for i in ds.report.issues}
 
 
+def test_byte_order_marks_inside_a_file_are_not_part_of_ids(tmp_path):
+    """Files joined with cat carry a BOM at the start of a later line: stripped there too."""
+    shutil.copy(SRC[0], tmp_path / "a.flac")
+    shutil.copy(SRC[1], tmp_path / "b.flac")
+    _write(tmp_path, "u1 a.flac\n\ufeffu2 b.flac\n", "\ufeffu1 今天\n\ufeffu2 明天\n")
+    ds = datadir.load_dataset(tmp_path)
+    assert [(u.key, u.text) for u in ds.utterances] == [("u1", "今天"), ("u2", "明天")] and not ds.report.issues
+
+
+def test_kaldi_segments_file_is_refused_not_ignored(tmp_path):
+    shutil.copy(SRC[0], tmp_path / "rec.flac")
+    _write(tmp_path, "rec rec.flac\n", "rec-a 今天\n")
+    (tmp_path / "segments").write_text("rec-a rec 0.0 1.0\n")
+    with pytest.raises(datadir.DataError, match="segments: Kaldi segments are not supported"):
+        datadir.load_dataset(tmp_path)
+
+
 def test_clean_folder_with_crlf_bom_tabs_and_blank_lines(tmp_path):
     shutil.copy(SRC[0], tmp_path / "a.flac")
     shutil.copy(SRC[1], tmp_path / "b.flac")
@@ -61,7 +78,17 @@ def test_every_bad_case_is_reported_with_file_and_line(tmp_path):
     sf.write(str(d / "wavex.wav"), tone, 16000, format="WAVEX", subtype="PCM_24")
     for name in ("float", "wavex"):
         (d / f"{name}_cut.wav").write_bytes((d / f"{name}.wav").read_bytes()[:20000])
+    # other containers cut in half: libsndfile shortens them silently; their headers say how long they were
+    for name, kw in (("aiff", {"format": "AIFF"}), ("au", {"format": "AU"}), ("w64", {"format": "W64"}),
+                     ("rf64", {"format": "RF64"}), ("sph", {"format": "NIST"})):
+        sf.write(str(d / f"{name}_whole.{name}"), np.full(32000, 0.1), 16000, subtype="PCM_16", **kw)
+        (d / f"{name}_cut.{name}").write_bytes((d / f"{name}_whole.{name}").read_bytes()[:32000])
+    # sox writing a WAV to a pipe leaves 0x7FFFF000 as the data size: a whole file, not a truncated one
+    streamed = bytearray((d / "full.wav").read_bytes())
+    streamed[40:44] = (0x7FFFF000).to_bytes(4, "little")
+    (d / "streamed.wav").write_bytes(bytes(streamed))
     _tone(d / "sr8k.wav", sr=8000)
+    _tone(d / "sr44k.wav", sr=44100)
     _tone(d / "stereo.wav", channels=2)
     _tone(d / "long.wav", seconds=31)
     marker = tmp_path / "pipe-was-executed"
@@ -85,6 +112,13 @@ def test_every_bad_case_is_reported_with_file_and_line(tmp_path):
         "wavex wavex.wav",
         "float_cut float_cut.wav",
         "wavex_cut wavex_cut.wav",
+        *(f"{n}_{v} {n}_{v}.{n}" for n in ("aiff", "au", "w64", "rf64", "sph") for v in ("whole", "cut")),
+        "streamed streamed.wav",
+        "sr44k sr44k.wav",
+        "nouser ~no-such-user-here/a.wav",
+        "toolong " + "今天下午三点" * 30 + ".wav",
+        "ark feats/raw_wav.1.ark:1234",
+        "url https://example.com/a.wav",
     ]) + "\n"
     text = "good 今天\nsr8k 明天\nstereo 昨天\nlong 今天\nemptytext\nghost 今天\n"
     _write(d, scp, text)
@@ -92,7 +126,10 @@ def test_every_bad_case_is_reported_with_file_and_line(tmp_path):
     codes = _codes(ds)
     expected = {("missing", "missing_file"), ("notaudio", "not_audio"), ("short", "too_short"),
                 ("empty", "empty_audio"), ("trunc", "truncated"), ("truncflac", "truncated"), ("pipe", "pipe_command"),
-                ("malformed", "malformed_line"), ("good", "duplicate_id"), ("sr8k", "resampled"),
+                ("malformed", "malformed_line"), ("good", "duplicate_id"), ("sr8k", "upsampled"), ("sr44k", "resampled"),
+                *((f"{n}_cut", "truncated") for n in ("aiff", "au", "w64", "rf64", "sph")),
+                ("nouser", "bad_path"), ("toolong", "bad_path"), ("ark", "unsupported_source"),
+                ("url", "unsupported_source"),
                 ("stereo", "downmixed"), ("long", "long_audio"), ("notext", "no_text"),
                 ("emptytext", "empty_transcript"), ("ghost", "text_without_audio"), ("float_cut", "truncated"),
                 ("wavex_cut", "truncated")}
@@ -102,7 +139,9 @@ def test_every_bad_case_is_reported_with_file_and_line(tmp_path):
     assert where["missing_file"].endswith("wav.scp:2") and where["duplicate_id"].endswith("wav.scp:10")
     assert where["text_without_audio"].endswith("text:6")
     decoded = {u.key for u in ds.utterances}
-    assert decoded == {"good", "sr8k", "stereo", "long", "notext", "emptytext", "float", "wavex"}
+    assert decoded == {"good", "sr8k", "sr44k", "stereo", "long", "notext", "emptytext", "float", "wavex", "streamed",
+                       *(f"{n}_whole" for n in ("aiff", "au", "w64", "rf64", "sph"))}
+    assert {u.key: round(u.duration_s, 2) for u in ds.utterances}["aiff_whole"] == 2.0
     assert {u.key for u in ds.scored} == {"good", "sr8k", "stereo", "long"}
     # nothing disappears: every id of wav.scp is decoded or has an error
     ids = {line.split()[0] for line in scp.splitlines()}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from asr_workbench import batch, decode, infer, modelhub, runs
+from asr_workbench import batch, datadir, decode, infer, modelhub, runs
 from conftest import DEMO_DATA, DEMO_MODEL, REPO, decode_items, subset
 
 RUN_FILES = ["config.yaml", "data_report.jsonl", "1best_recog/text", "1best_recog/text.cer", "results.jsonl",
@@ -90,7 +90,7 @@ def test_metrics_json_has_counts_timing_and_provenance(papermill_run):
                 "wall_seconds", "rtf", "normaliser", "model", "device", "parameters"):
         assert key in m, key
     assert m["n_input"] == m["n_decoded"] == m["n_scored"] and m["n_skipped"] == 0
-    assert m["normaliser"].startswith("zh-char-v1")
+    assert m["normaliser"].startswith("zh-char-v2")
     prov = m["provenance"]
     assert prov["model_sha256"] == runs.file_sha256(DEMO_MODEL / "model.pt")  # hashed beside the decoding
     assert len(prov["inputs_sha256"]) == 64
@@ -321,6 +321,10 @@ def test_plots_render_chinese_with_a_cjk_font(recwarn):
     fig = report.error_types_bar({"sub": 1, "del": 2, "ins": 3, "cer": 0.1, "ref_tokens": 60}, title="今天是星期一")
     fig.savefig(io.BytesIO(), format="png")
     assert not [w for w in recwarn if "missing from font" in str(w.message)]
+    # a data folder named with two $ is text, not mathtext (which failed the report after every result was written)
+    fig = report.error_types_bar({"sub": 1, "del": 2, "ins": 3, "cer": 0.1, "ref_tokens": 60}, title="data/a_$x_$")
+    fig.savefig(io.BytesIO(), format="png")
+    assert fig.axes[0].get_title().startswith(r"data/a_\$x_\$")  # escaped: shown as data/a_$x_$
 
 
 def test_decoding_is_deterministic(tmp_path):
@@ -379,3 +383,96 @@ def test_concurrent_batches_decode_like_one_at_a_time(demo_model, tmp_path, monk
     with pytest.raises(ValueError, match="features_on"):
         decode.decode(str(DEMO_MODEL), items[:2], decode.DecodeOptions(device="cpu", features_on="gpu"),
                       tmp_path / "x.partial", "x", model=demo_model, progress=False)
+
+
+def test_output_dir_that_holds_a_model_or_another_run_is_refused(tmp_path):
+    """A run never writes into its model folder, a folder holding a model, or another kind of run's folder (an
+    infer run into a fine-tune's folder would overwrite the config.yaml and metrics.json evaluation reads)."""
+    from asr_workbench import runs
+
+    data = subset(DEMO_DATA / "base/test", tmp_path / "data", 2)
+    model = tmp_path / "m"
+    shutil.copytree(DEMO_MODEL, model)
+    config = (model / "config.yaml").read_text(encoding="utf-8")
+    for out in (model, model / "runs" / "a"):
+        with pytest.raises(ValueError, match="never writes into a model folder"):
+            infer.run(str(model), str(data), str(out), device="cpu", progress=False)
+    assert (model / "config.yaml").read_text(encoding="utf-8") == config and not (model / "runs").exists()
+    with pytest.raises(ValueError, match=r"holds a model \(model.pt, configuration.json\)"):
+        infer.run(str(DEMO_MODEL), str(data), str(model), device="cpu", progress=False)
+    ft = runs.prepare_output_dir(tmp_path / "ft", "finetune")
+    with pytest.raises(ValueError, match="holds a finetune run: a infer run would overwrite"):
+        infer.run(str(DEMO_MODEL), str(data), str(ft), device="cpu", progress=False)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"precision": "bf61"}, "precision must be fp32, bf16 or fp16"),
+    ({"njob": 0}, "njob must be an integer >= 1"),
+    ({"device": "gpu"}, "device must be auto, cpu, cuda or cuda:<n>"),
+    ({"devices": 7}, r"device 'cuda:7': this machine has \d+ CUDA GPU"),
+    ({"decoding_overrides": "batch_seconds=120"}, "decoding_overrides must be a mapping"),
+])
+def test_run_settings_are_checked_before_earlier_results_go(tmp_path, kw, message):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    with pytest.raises(ValueError, match=message):
+        infer.run(str(DEMO_MODEL), "demo/data/base/test", str(out), progress=False, **kw)
+    assert (out / "metrics.json").read_text() == "{}"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a machine without a GPU")
+def test_cuda_on_a_machine_without_one_fails_instead_of_running_on_the_cpu(tmp_path):
+    """funasr falls back to the CPU quietly; the run would be recorded and timed as a GPU run."""
+    with pytest.raises(ValueError, match=r"device 'cuda': this machine has 0 CUDA GPU\(s\).*use device: auto"):
+        infer.run(str(DEMO_MODEL), "demo/data/base/test", str(tmp_path), device="cuda", progress=False)
+
+
+def test_device_lists_as_typed():
+    assert infer._device_list(1) == ["cuda:1"] and infer._device_list(0) == ["cuda:0"]
+    assert infer._device_list("0,1") == ["cuda:0", "cuda:1"] == infer._device_list([0, "1"])
+    assert infer._device_list("cpu,cpu") == ["cpu", "cpu"] and infer._device_list(None) == []
+    with pytest.raises(ValueError, match="not a device"):
+        infer._device_list([0.5])
+
+
+def test_nothing_to_decode_fails_and_keeps_the_earlier_results(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "wav.scp").write_text("a missing.wav\nb also-missing.wav\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    with pytest.raises(datadir.DataError, match=r"nothing to decode: 2 input line\(s\), each with an error"):
+        infer.run(str(DEMO_MODEL), str(data), str(out), device="cpu", progress=False)
+    assert (out / "metrics.json").read_text() == "{}" and "missing_file" in (out / "data_report.jsonl").read_text()
+
+
+def test_counts_add_up_and_mistyped_decoding_keys_are_said(tmp_path):
+    """input = decoded + skipped; an error only in text (a duplicate transcript) skips no input; a decoding key
+    nobody reads is said, with the key it resembles."""
+    src = subset(DEMO_DATA / "base/test", tmp_path / "src", 3)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "wav.scp").write_text((src / "wav.scp").read_text() + "bad\n")
+    (data / "text").write_text((src / "text").read_text(encoding="utf-8") + "zz 一\nzz 二\n", encoding="utf-8")
+    r = infer.run(str(DEMO_MODEL), str(data), str(tmp_path / "out"), device="cpu", progress=False,
+                  decoding_overrides={"batch_sise": 2})
+    m = r.metrics
+    assert (m["n_input"], m["n_decoded"], m["n_skipped"], m["skipped_keys"]) == (4, 3, 1, ["bad"])
+    assert any("'batch_sise' is not one the workbench or funasr" in n and "did you mean 'batch_size'" in n
+               for n in m["notes"])
+
+
+def test_resume_fingerprint_changes_when_audio_is_replaced(tmp_path):
+    """An interrupted run resumes only when each audio file is the same (size and modification time), not just
+    the same name."""
+    mf = modelhub.open_model(str(DEMO_MODEL))
+    wav = tmp_path / "a.flac"
+    shutil.copy(DEMO_DATA / "target/test/audio/tgt_ts_00000.flac", wav)
+    items = [("a", str(wav), 1.0)]
+    before = infer._fingerprint(mf, {}, items)
+    assert infer._fingerprint(mf, {}, items) == before
+    shutil.copy(DEMO_DATA / "target/test/audio/tgt_ts_00001.flac", wav)
+    os.utime(wav, ns=(1, 1))
+    assert infer._fingerprint(mf, {}, items) != before

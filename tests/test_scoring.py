@@ -15,6 +15,10 @@ from asr_workbench import scoring
     ("打开 WiFi 设置<unk>", "打 开 wifi 设 置"),
     ("<UNK>", ""),
     ("二零二四年3月", "二 零 二 四 年 3 月"),
+    ("我在𠮷野家", "我 在 𠮷 野 家"),  # CJK extension B: a character, not dropped
+    ("你好こんにちは", "你 好 こ ん に ち は"),  # kana: one token each
+    ("I don’t know", "i don't know"),  # a curly apostrophe is the straight one
+    ("αβγ Δ, नमस्ते", "αβγ δ नमस्ते"),  # other scripts are words, with their vowel signs
 ])
 def test_normaliser(raw, norm):
     assert scoring.normalise(raw) == norm

@@ -119,9 +119,8 @@ def _decode_lines(raw: bytes, path: Path, report: DataReport) -> list[str]:
     chance, but then reads as U+0080-U+07FF letters, never as CJK) and those lines read as GB2312 Chinese (not
     Latin-1 accents misread); otherwise each line that is not UTF-8 is read
     with replacement characters and reported, so one stray byte does not turn a UTF-8 file into GBK mojibake."""
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    lines = re.split(rb"\r\n|\r|\n", raw)
+    # a byte-order mark starts the file, or a line of one (files joined with cat): never part of an id
+    lines = [line.removeprefix(b"\xef\xbb\xbf") for line in re.split(rb"\r\n|\r|\n", raw)]
     bad: list[int] = []
     cjk = 0
     for n, line in enumerate(lines, 1):
@@ -193,10 +192,47 @@ def read_table(path: str | Path) -> dict[str, str]:
     return {k: v for k, (v, _) in table.items()}
 
 
+_PLACEHOLDER = 0x7F000000  # header sizes from here up are what streaming writers put before they know the length
+_SHOULD_BE = re.compile(r"^\s*([A-Za-z][\w ]*?)\s*:\s*(\d+) \(should be (\d+)\)", re.MULTILINE)
+
+
+def _nist_sample_count(path: Path) -> int | None:
+    """``sample_count`` of a NIST SPHERE header (samples per channel), or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1024).decode("ascii", errors="replace")
+    except OSError:
+        return None
+    m = re.search(r"^sample_count -i (\d+)", head, re.MULTILINE)
+    return int(m.group(1)) if m else None
+
+
+def _truncation(path: Path, fmt: str, frames: int) -> str | None:
+    """Why a file holds less audio than its header declares, or None. libsndfile shortens such files to what is
+    there without an error, so a cut-off copy would decode (and be scored) as a shorter recording. WAV: the
+    ``data`` chunk's size; NIST: ``sample_count``; AIFF, AU, W64, RF64, CAF...: the sizes libsndfile's header
+    log marks "(should be N)" (larger than the file holds; streaming placeholders are not counted)."""
+    if fmt in ("WAV", "WAVEX"):
+        declared = _wav_declared_frames(path)
+        return f"header declares {declared} frames, file holds {frames}" if declared and declared > frames else None
+    if fmt == "NIST":
+        declared = _nist_sample_count(path)
+        return f"header declares {declared} samples, file holds {frames}" if declared and declared > frames else None
+    try:
+        log = sf.info(str(path)).extra_info
+    except Exception:
+        return None
+    for name, declared, actual in _SHOULD_BE.findall(log):
+        if int(actual) < int(declared) < _PLACEHOLDER:
+            return f"header declares {name.strip()} {declared} bytes, file holds {actual}"
+    return None
+
+
 def _wav_declared_frames(path: Path) -> int | None:
     """Frames a RIFF/WAVE header declares: the ``data`` chunk's size over the ``fmt `` chunk's block size, for
     any sample format (integer, float, WAVE_FORMAT_EXTENSIBLE; the stdlib ``wave`` module reads integer PCM
-    only). None when there is no such header, or when the size is a streaming placeholder (0, or >= 2 GiB)."""
+    only). None when there is no such header, or when the size is a streaming placeholder (0, or near 2 or 4 GiB:
+    sox writing to a pipe puts 0x7FFFF000 there)."""
     try:
         with open(path, "rb") as f:
             head = f.read(12)
@@ -208,7 +244,7 @@ def _wav_declared_frames(path: Path) -> int | None:
                 if chunk[:4] == b"fmt ":
                     block = int.from_bytes(f.read(size + size % 2)[12:14], "little")
                 elif chunk[:4] == b"data":
-                    return size // block if block and 0 < size < 0x7FFFFFF0 else None
+                    return size // block if block and 0 < size < _PLACEHOLDER else None
                 else:
                     f.seek(size + size % 2, 1)
     except OSError:
@@ -217,7 +253,12 @@ def _wav_declared_frames(path: Path) -> int | None:
 
 
 def _check_audio(key: str, path: Path, where: str, report: DataReport) -> audio_mod.AudioInfo | None:
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as e:  # a name longer than the file system allows (a transcript given as wav.scp), ...
+        report.add(key, where, "error", "bad_path", f"not a usable file path ({e.strerror or e}): {str(path)[:200]}")
+        return None
+    if not exists:
         report.add(key, where, "error", "missing_file", f"audio file not found: {path}")
         return None
     if path.is_dir():
@@ -239,15 +280,24 @@ def _check_audio(key: str, path: Path, where: str, report: DataReport) -> audio_
     except Exception as e:
         report.add(key, where, "error", "truncated", f"audio cannot be decoded to the end (truncated or corrupt): {path} ({e})")
         return None
-    declared = _wav_declared_frames(path) if info.format in ("WAV", "WAVEX") else None
-    if declared is not None and declared > frames:
-        report.add(key, where, "error", "truncated",
-                   f"truncated WAV: header declares {declared} frames, file holds {frames}: {path}")
+    cut = _truncation(path, info.format, frames)
+    if cut:
+        report.add(key, where, "error", "truncated", f"truncated {info.format} file: {cut}: {path}")
         return None
     if frames == 0:
         report.add(key, where, "error", "empty_audio", f"audio has no samples: {path}")
         return None
     return audio_mod.AudioInfo(info.path, info.samplerate, info.channels, frames, info.format)
+
+
+def _unsupported_form(value: str) -> str | None:
+    """What is wrong with a wav.scp value that is a Kaldi archive offset or a URL (not a file path), or None."""
+    if re.search(r"\.ark:\d+$", value) or value.startswith("ark:"):
+        return ("Kaldi archive offset (ark:offset) not supported: write the audio out as files first "
+                f"(e.g. Kaldi's wav-copy scp:wav.scp ark,scp:...): {value}")
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value):
+        return f"a URL, not a file: the workbench reads local files only; download the audio first: {value}"
+    return None
 
 
 def _resolve_audio(value: str, base: Path) -> tuple[Path, bool]:
@@ -317,6 +367,10 @@ def load_dataset(
         wav_path, text_path = data / "wav.scp", data / "text"
         if not wav_path.is_file():
             raise DataError(f"{wav_path}: no wav.scp in the data folder {data}")
+        if (data / "segments").is_file():
+            raise DataError(f"{data / 'segments'}: Kaldi segments are not supported: the workbench decodes each "
+                            "wav.scp entry whole, so the text's segment ids would match nothing. Cut the segments "
+                            "into files first (e.g. sox rec.wav seg.wav trim START =END) and list those in wav.scp")
         wavs = _parse_table(wav_path, report, "wav.scp")
         has_text = text_path.is_file()
         texts = _parse_table(text_path, report, "text") if has_text else {}
@@ -340,7 +394,15 @@ def load_dataset(
                        "Kaldi pipe command refused (the workbench never executes wav.scp commands); "
                        "convert the audio to files first")
             continue
-        path, from_cwd = _resolve_audio(value, base)
+        form = _unsupported_form(value)
+        if form:
+            report.add(key, where, "error", "unsupported_source", form)
+            continue
+        try:
+            path, from_cwd = _resolve_audio(value, base)
+        except (RuntimeError, OSError) as e:  # ~nosuchuser/a.wav, an over-long name
+            report.add(key, where, "error", "bad_path", f"not a usable file path ({e}): {value[:200]}")
+            continue
         used_cwd |= from_cwd
         info = _check_audio(key, path, where, report)
         if info is None:
@@ -349,7 +411,12 @@ def load_dataset(
             report.add(key, where, "error", "too_short",
                        f"audio too short: {info.duration_s:.3f} s (< {min_duration_s} s)")
             continue
-        if info.samplerate != audio_mod.SAMPLE_RATE:
+        if info.samplerate < audio_mod.SAMPLE_RATE:
+            report.add(key, where, "warning", "upsampled",
+                       f"sample rate {info.samplerate} Hz, upsampled to {audio_mod.SAMPLE_RATE} Hz: the band above "
+                       f"{info.samplerate // 2} Hz is empty, and a model trained on 16 kHz audio usually decodes such "
+                       "narrowband audio much worse (use an 8 kHz model for telephone speech)")
+        elif info.samplerate != audio_mod.SAMPLE_RATE:
             report.add(key, where, "warning", "resampled",
                        f"sample rate {info.samplerate} Hz, converted to {audio_mod.SAMPLE_RATE} Hz")
         if info.channels != 1:

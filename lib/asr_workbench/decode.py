@@ -14,11 +14,13 @@ thread (CPU) or their own GPU, merged in input order.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import glob
 import json
 import logging
 import multiprocessing as mp
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,7 +33,7 @@ from asr_workbench.fileio import jsonl_line
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DecodeOptions", "Hypothesis", "DecodeResult", "resolve_device", "load_model", "option_notes",
+__all__ = ["check_device", "DecodeOptions", "Hypothesis", "DecodeResult", "resolve_device", "load_model", "option_notes",
            "length_sorted_batches", "plan_workers", "usable_cores", "weight_notes", "transcribe", "decode"]
 
 
@@ -54,6 +56,12 @@ class DecodeOptions:
     extra: dict[str, Any] = field(default_factory=dict)  # other generate() keywords (decoding overrides)
 
     def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if isinstance(self.njob, bool) or not isinstance(self.njob, int) or self.njob < 1:
+            raise ValueError(f"njob must be an integer >= 1, got {self.njob!r}")
+        for d in (self.device, *self.devices):
+            check_device(d)
         if self.features_on not in ("model", "cpu"):
             raise ValueError(f"features_on must be 'model' or 'cpu', got {self.features_on!r}")
         if self.attention not in attention.MODES:
@@ -95,6 +103,23 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str) -> None:
+    """Fail at once for a device this machine does not have: funasr would quietly run on the CPU and the run would
+    record (and time) it as a GPU run."""
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:<n>, got {device!r}")
+    if device.startswith("cuda"):
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= n:
+            raise ValueError(f"device {device!r}: this machine has {n} CUDA GPU(s) visible to torch"
+                             + (" (CUDA_VISIBLE_DEVICES={})".format(os.environ["CUDA_VISIBLE_DEVICES"])
+                                if "CUDA_VISIBLE_DEVICES" in os.environ else "")
+                             + "; use device: auto (a GPU when there is one) or cpu")
 
 
 def load_model(model_dir: str, device: str = "cpu", ncpu: int | None = None, **kwargs: Any) -> Any:
@@ -149,6 +174,16 @@ def weight_notes(model: Any) -> list[str]:
     return notes
 
 
+# the decoding keywords funasr 1.4.16's Paraformer family (paraformer, bicif, contextual, seaco), SenseVoice and
+# AutoModel.generate read; others are passed on but said (see option_notes)
+FUNASR_DECODING_KEYS = frozenset({
+    "decoding_ctc_weight", "beam_size", "maxlenratio", "minlenratio", "nbest", "penalty", "lm_file", "lm_weight",
+    "ngram_weight", "hotword", "output_timestamp", "sentence_timestamp", "return_raw_text", "en_post_proc",
+    "batch_size_s", "batch_size_threshold_s", "merge_length_s", "vad_kwargs", "punc_kwargs", "spk_kwargs",
+    "data_type", "fs", "begin_time", "cache", "language", "use_itn", "ban_emo_unk", "text_norm"})
+_WORKBENCH_KEYS = frozenset({"batch_size", "batch_seconds", "ctc_weight", "attention"})
+
+
 def option_notes(model_config: dict[str, Any], opts: DecodeOptions) -> list[str]:
     """Plain-language notes on options the model ignores (said, never silently dropped).
 
@@ -156,6 +191,10 @@ def option_notes(model_config: dict[str, Any], opts: DecodeOptions) -> list[str]
     """
     has_ctc = float((model_config.get("model_conf") or {}).get("ctc_weight", 0.0) or 0.0) > 0
     notes = []
+    for key in sorted(set(opts.extra) - FUNASR_DECODING_KEYS):  # funasr's inference takes **kwargs: a typo is silent
+        near = difflib.get_close_matches(key, sorted(FUNASR_DECODING_KEYS | _WORKBENCH_KEYS), n=1)
+        notes.append(f"decoding option {key!r} is not one the workbench or funasr's Paraformer models read"
+                     + (f" (did you mean {near[0]!r}?)" if near else "") + "; passed to funasr as is")
     if opts.ctc_weight and not has_ctc:
         notes.append(f"ctc_weight={opts.ctc_weight} is ignored: this model has no CTC branch "
                      "(model_conf.ctc_weight is 0), so it decodes without CTC scoring")

@@ -169,7 +169,7 @@ def run(
         compare_checkpoints: checkpoints of the same fine-tune to evaluate on its dev set.
         n_bootstrap / seed: paired-bootstrap resamples for the CER-change interval.
     """
-    out = runs.prepare_output_dir(output_dir)
+    out = runs.prepare_output_dir(output_dir, "evaluate")
     ft_dir = paths.resolve(finetune_dir)
     if not ft_dir.is_dir():
         raise FileNotFoundError(f"finetune_dir {ft_dir} does not exist")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,9 @@ def resolve_decoding(model_defaults: dict[str, Any], params: dict[str, Any],
     a conflict and fails at once, naming the key. A value of the wrong type or range fails naming
     where it came from (``defaults_source``: the model's decoding.yaml path, a parameter, the overrides).
     """
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ValueError(f"decoding_overrides must be a mapping of decoding options (e.g. {{batch_seconds: 120}}), "
+                         f"got {type(overrides).__name__} {overrides!r}")
     settings: dict[str, Any] = {"batch_size": 16, **(model_defaults or {})}
     origin = {k: defaults_source for k in (model_defaults or {})}
     given = {k: v for k, v in params.items() if v is not None}
@@ -95,6 +99,27 @@ def resolve_decoding(model_defaults: dict[str, Any], params: dict[str, Any],
     return settings
 
 
+def _device_list(devices: list[str | int] | str | int | None) -> list[str]:
+    """``devices`` as given in a notebook or on the command line (``0,1``, ``[0, 1]``, ``1``, ``cuda:1``, ``cpu``)
+    as device names; GPU numbers become ``cuda:<n>``."""
+    if devices is None or devices == "" or devices == []:
+        return []
+    if isinstance(devices, str):
+        items: list[Any] = [d.strip() for d in devices.split(",") if d.strip()]
+    elif isinstance(devices, int) and not isinstance(devices, bool):
+        items = [devices]
+    elif isinstance(devices, (list, tuple)):
+        items = list(devices)
+    else:
+        raise ValueError(f"devices must be a list like [0, 1] or 'cuda:0,cuda:1', got {devices!r}")
+    out = []
+    for d in items:
+        if isinstance(d, bool) or not isinstance(d, (int, str)):
+            raise ValueError(f"devices: {d!r} is not a device (a GPU number, cuda:<n> or cpu)")
+        out.append(f"cuda:{d}" if isinstance(d, int) or d.isdigit() else d)
+    return out
+
+
 def _fingerprint(model: modelhub.ModelFolder, settings: dict[str, Any], items: list[tuple[str, str, float]]) -> str:
     h = hashlib.sha256()
     h.update(str(model.path).encode())
@@ -103,8 +128,12 @@ def _fingerprint(model: modelhub.ModelFolder, settings: dict[str, Any], items: l
         st = weights.stat()
         h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    for key, path, _ in items:
-        h.update(f"{key}\0{path}\n".encode())
+    for key, path, _ in items:  # size and mtime: audio replaced under the same name must not resume old results
+        try:
+            st = os.stat(path)
+            h.update(f"{key}\0{path}\0{st.st_size}:{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{key}\0{path}\n".encode())
     return h.hexdigest()
 
 
@@ -172,14 +201,12 @@ def run(
         loaded_model: an AutoModel already loaded from ``model`` (reused, single process only).
         precision: ``fp32``, or ``bf16`` / ``fp16`` autocast when decoding on a GPU (ignored on CPU).
     """
-    out = runs.prepare_output_dir(output_dir)
     mf = modelhub.open_model(model, cache_dir=cache_dir)
+    out = runs.prepare_output_dir(output_dir, "infer", protect=[mf.path])
     vad_dir = str(modelhub.resolve_helper_model(vad_model, cache_dir)) if vad_model else None
     settings = resolve_decoding(mf.decoding, {"batch_size": batch_size, "ctc_weight": ctc_weight,
                                               "beam_size": beam_size}, decoding_overrides, str(mf.path / "decoding.yaml"))
-    if isinstance(devices, str):
-        devices = [d.strip() for d in devices.split(",") if d.strip()]
-    devices = [d if not d.isdigit() else f"cuda:{d}" for d in (devices or [])]
+    devices = _device_list(devices)
     opts = decode.DecodeOptions(
         batch_size=int(settings["batch_size"]),
         batch_seconds=settings.get("batch_seconds"),
@@ -192,7 +219,13 @@ def run(
     data_path = paths.resolve(data_dir)
     ds = datadir.load_dataset(data_path, vocab=mf.tokens, on_bad_input=on_bad_input, vad_model=vad_model)
     ds.report.write_jsonl(out / "data_report.jsonl")
+    if not ds.utterances:  # before the earlier run's results are removed
+        raise datadir.DataError(f"{data_path}: nothing to decode: {ds.report.n_input} input line(s), each with an error "
+                                f"(see {out / 'data_report.jsonl'})" if ds.report.n_input else
+                                f"{data_path}: nothing to decode: the audio list is empty")
     notes = list(mf.warnings) + decode.option_notes(mf.config, opts)
+    if precision != "fp32" and not decode.resolve_device(devices[0] if devices else device).startswith("cuda"):
+        notes.append(f"precision {precision} is ignored: autocast is used on a GPU only; this run decodes in fp32")
     config = {
         "model": model, "model_dir": str(mf.path), "model_source": mf.source,
         "data_dir": str(data_path), "output_dir": str(out),
@@ -216,20 +249,29 @@ def run(
                         model=loaded_model, progress=progress)
     notes.extend(dec.notes)  # weights the checkpoint lacked: known only once the model is loaded
     rows, cer = score_run(ds, dec.hypotheses, out)
+    if ds.has_text and cer is None:
+        notes.append("the data has a transcript file, but none of its ids has a usable transcript for a decoded "
+                     "utterance: nothing was scored (see data_report.jsonl: ids in text without audio, empty "
+                     "transcripts)")
     input_files = [data_path] if data_path.is_file() else [data_path / "wav.scp", data_path / "text"]
     decoded = {h.key for h in dec.hypotheses}
-    skipped = sorted({i.key for i in ds.report.errors if i.key and i.key not in decoded})
+    wav_list = str(data_path if data_path.is_file() else data_path / "wav.scp")
+    # input lines not decoded: n_input - n_decoded (lines without an id count, unnamed); their ids where they have
+    # one (an error only in text, a duplicate transcript, is not a skipped input)
+    skipped = sorted({i.key for i in ds.report.errors if i.key and i.key not in decoded
+                      and i.where.rsplit(":", 1)[0] == wav_list})
     metrics: dict[str, Any] = {
         "cer": round(cer.cer, 6) if cer else None,
         "sub": cer.substitutions if cer else None, "del": cer.deletions if cer else None,
         "ins": cer.insertions if cer else None, "ref_tokens": cer.ref_tokens if cer else None,
-        "normaliser": scoring.NORMALISER,
+        "normaliser": scoring.NORMALISER, "has_text": ds.has_text,
         "n_input": ds.report.n_input, "n_decoded": len(dec.hypotheses), "n_scored": cer.n_utts if cer else 0,
-        "n_skipped": len(skipped), "skipped_keys": skipped,
+        "n_skipped": ds.report.n_input - len(dec.hypotheses), "skipped_keys": skipped,
         "audio_seconds": round(sum(h.duration_s for h in dec.hypotheses), 3),
         "wall_seconds": round(dec.wall_s, 3), "rtf": round(dec.rtf, 5), "model_load_seconds": round(dec.load_s, 3),
         "resumed": dec.resumed,
         "model": model, "model_dir": str(mf.path), "device": dec.device, "n_processes": dec.n_processes,
+        "precision": precision,
         "data_dir": str(data_path), "parameters": {**settings, "on_bad_input": on_bad_input, "vad_model": vad_model},
         "data_issues": ds.report.counts(), "notes": notes,
         "provenance": runs.provenance(weights_sha256, input_files),

@@ -11,7 +11,7 @@ import hashlib
 import platform
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from importlib import metadata
@@ -29,10 +29,37 @@ __all__ = ["prepare_output_dir", "file_sha256", "sha256_in_background", "inputs_
 _PACKAGES = ("asr-workbench", "funasr", "modelscope", "torch", "torchaudio", "jiwer", "papermill", "numpy")
 
 
-def prepare_output_dir(output_dir: str | Path) -> Path:
-    """The run folder, resolved against the repository root and created."""
+_KIND_FILE = ".asr_workbench_run"  # in every run folder: which kind of run wrote it
+
+
+def prepare_output_dir(output_dir: str | Path, kind: str | None = None, protect: Sequence[Path] = ()) -> Path:
+    """The run folder, resolved against the repository root and created.
+
+    Refused, before anything is written: a folder that is (or is inside) one of ``protect`` (the run's model
+    folders: the workbench never writes into a model), a folder holding a model (``model.pt`` or
+    ``configuration.json``: its config.yaml would be overwritten), and a folder another ``kind`` of run wrote
+    (an infer run into a fine-tune's folder would overwrite the config.yaml and metrics.json evaluation reads).
+    """
     out = paths.resolve(output_dir)
+    real = out.resolve()
+    for model in protect:
+        model = model.resolve()
+        if real == model or model in real.parents:
+            raise ValueError(f"output_dir {out} is the model folder {model} or inside it: the workbench never writes "
+                             "into a model folder; choose a run folder (e.g. outputs/<name>)")
+    if out.is_dir():
+        held = [n for n in ("model.pt", "configuration.json") if (out / n).exists()]
+        if held:
+            raise ValueError(f"output_dir {out} holds a model ({', '.join(held)}): a run would overwrite its "
+                             "config.yaml; choose an empty or run folder")
+        marker = out / _KIND_FILE
+        previous = marker.read_text(encoding="utf-8").strip() if kind and marker.is_file() else None
+        if previous and previous != kind:
+            raise ValueError(f"output_dir {out} holds a {previous} run: a {kind} run would overwrite its config.yaml "
+                             "and metrics.json; choose another folder")
     out.mkdir(parents=True, exist_ok=True)
+    if kind:
+        atomic_write_text(out / _KIND_FILE, kind + "\n")
     return out
 
 

@@ -1,9 +1,9 @@
 """Character error rate with a named text normaliser, on top of jiwer (and funasr's own scorer).
 
 The normaliser is named in every figure (:data:`NORMALISER`): NFKC (full-width
-to half-width), ``<unk>``, punctuation and spaces removed, Latin lower-cased;
-each Chinese character is one token and each Latin word / digit run is one
-token, so mixed Chinese/English is scored as MER.
+to half-width), ``<unk>``, punctuation and spaces removed, lower-cased; each
+CJK ideograph, kana or hangul syllable is one token and each word of any other
+script (or digit run) is one token, so mixed Chinese/English is scored as MER.
 
 ``text.cer`` is written by funasr's own ``compute_wer`` on the normalised,
 token-split files, so the format (and the ``tail -n 3`` habit) is FunASR's.
@@ -30,18 +30,47 @@ __all__ = ["NORMALISER", "normalise", "tokens", "UttScore", "CerResult", "score_
            "aggregate", "aligned_pairs", "alignment_text", "text_cer_chunks", "write_funasr_text_cer", "Bootstrap",
            "paired_bootstrap"]
 
-NORMALISER = ("zh-char-v1: NFKC (full->half width), drop <unk>/punctuation/spaces, lower-case Latin; "
-              "one token per CJK character, per Latin word or digit run (MER for mixed text)")
+NORMALISER = ("zh-char-v2: NFKC (full->half width), drop <unk>/punctuation/spaces, lower-case, curly apostrophes "
+              "straightened; one token per CJK ideograph (every extension), kana or hangul syllable, per word of other "
+              "scripts or digit run (MER for mixed text)")
 
+# scored one per character: CJK ideographs (BMP, extensions A-H, compatibility), kana, hangul syllables
+_CHAR = ("\u3007\u3040-\u309f\u30a0-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+         "\U00020000-\U0002fa1f\U00030000-\U000323af")
 _UNK = re.compile(r"<unk>", re.IGNORECASE)
-_CJK = r"\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_WORD = r"[a-z0-9\u00c0-\u024f]+"
-_TOKEN = re.compile(rf"[{_CJK}]|{_WORD}(?:'{_WORD})*")
+_APOSTROPHES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'", "\uff07": "'"})
+
+
+def _word_class() -> str:
+    """A character class of every letter, combining mark and digit (Unicode categories L, M, N) outside
+    ``_CHAR``: words of any script, with their accents and vowel signs, are scored as words."""
+    import sys
+
+    inside = re.compile(f"[{_CHAR}]")
+    ranges, start, prev = [], None, None
+    for cp in range(sys.maxunicode + 1):
+        ch = chr(cp)
+        ok = unicodedata.category(ch)[0] in "LMN" and not inside.match(ch)
+        if ok and start is None:
+            start = cp
+        elif not ok and start is not None:
+            ranges.append((start, prev))
+            start = None
+        prev = cp
+    if start is not None:
+        ranges.append((start, prev))
+    esc = lambda cp: f"\\U{cp:08x}"  # noqa: E731
+    return "[" + "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges) + "]+"
+
+
+_WORD = _word_class()
+_TOKEN = re.compile(rf"[{_CHAR}]|{_WORD}(?:'{_WORD})*")
 
 
 def tokens(text: str) -> list[str]:
-    """Normalised scoring tokens: one per Chinese character, one per Latin word or digit run."""
-    text = unicodedata.normalize("NFKC", _UNK.sub(" ", text)).lower()
+    """Normalised scoring tokens: one per CJK ideograph, kana or hangul syllable, one per word of other scripts
+    (letters with their combining marks) or digit run; punctuation and symbols are dropped."""
+    text = unicodedata.normalize("NFKC", _UNK.sub(" ", text)).lower().translate(_APOSTROPHES)
     return _TOKEN.findall(text)
 
 

@@ -131,8 +131,8 @@ def plan(
     """
     from funasr.download.download_model_from_hub import download_model
 
-    out = runs.prepare_output_dir(output_dir)
     base = modelhub.open_model(model, cache_dir=cache_dir)
+    out = runs.prepare_output_dir(output_dir, "finetune", protect=[base.path])
     data = paths.resolve(data_path)
     dev_name, nproc = _device_and_nproc(device, num_gpus)
     rec = recommend(str(base.path), dev_name, cache_dir=cache_dir, nproc=nproc) if recommended else None

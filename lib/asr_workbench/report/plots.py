@@ -35,6 +35,12 @@ def setup_cjk_font() -> str | None:
     return name
 
 
+def _literal(text: Any) -> str:
+    """User text (a data folder, set, parameter or value) as matplotlib should show it: a name with two ``$`` in
+    it would otherwise be parsed as mathtext, and a parse error fails the whole report."""
+    return str(text).replace("$", r"\$")
+
+
 def error_types_bar(metrics: dict[str, Any], title: str = "") -> plt.Figure:
     """Substitutions / deletions / insertions as bars, CER and the normaliser in the title."""
     setup_cjk_font()
@@ -43,7 +49,7 @@ def error_types_bar(metrics: dict[str, Any], title: str = "") -> plt.Figure:
     bars = ax.bar(["substitution", "deletion", "insertion"], counts, color=["#d62728", "#7f7f7f", "#2ca02c"])
     ax.bar_label(bars)
     cer = metrics.get("cer")
-    ax.set_title((title + "\n" if title else "") + (f"CER {cer * 100:.2f}%  ({metrics.get('ref_tokens')} tokens)"
+    ax.set_title((_literal(title) + "\n" if title else "") + (f"CER {cer * 100:.2f}%  ({metrics.get('ref_tokens')} tokens)"
                                                     if cer is not None else "not scored"), fontsize=10)
     ax.set_ylabel("count")
     fig.text(0.01, 0.01, f"normaliser: {str(metrics.get('normaliser', ''))[:60]}", fontsize=6, color="#555")
@@ -108,7 +114,7 @@ def cer_bars(sets: Sequence[Any]) -> plt.Figure:
         yerr = np.array([[(s.delta.delta - s.delta.low) * 100 for s in sets], [(s.delta.high - s.delta.delta) * 100 for s in sets]])
     ax.bar(x + 0.2, [f * 100 for f in ft], 0.4, yerr=yerr, capsize=4, label="fine-tuned (95% interval of the change)",
            color=["#d62728" if s.worse else "#1f77b4" for s in sets])
-    ax.set_xticks(x, [s.name for s in sets])
+    ax.set_xticks(x, [_literal(s.name) for s in sets])
     ax.set_ylabel("CER (%)")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -122,7 +128,7 @@ def utterance_scatter(sets: Sequence[Any]) -> plt.Figure:
     top = 0.0
     for s in sets:
         xs, ys = [p["base_cer"] * 100 for p in s.pairs], [p["ft_cer"] * 100 for p in s.pairs]
-        ax.scatter(xs, ys, s=12, alpha=0.6, label=s.name)
+        ax.scatter(xs, ys, s=12, alpha=0.6, label=_literal(s.name))
         top = max([top, *xs, *ys])
     ax.plot([0, top or 1], [0, top or 1], color="#888", lw=0.8)
     ax.set(xlabel="base CER (%)", ylabel="fine-tuned CER (%)", title="per utterance")
@@ -137,14 +143,14 @@ def cer_vs_parameter(board: Any, parameter: str | None) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     rows = [r for r in board.rows if r.get("cer") is not None and parameter and parameter in r["parameters"]]
     if not rows:
-        ax.text(0.5, 0.5, f"no run varies {parameter!r}" if parameter else "set sweep_param to plot CER against it",
+        ax.text(0.5, 0.5, _literal(f"no run varies {parameter!r}") if parameter else "set sweep_param to plot CER against it",
                 ha="center", va="center", transform=ax.transAxes)
         return fig
     for data in sorted({r["data"] for r in rows}):
         pts = sorted(((r["parameters"][parameter], r["cer"] * 100) for r in rows if r["data"] == data),
                      key=lambda t: (str(type(t[0])), t[0]))
-        ax.plot([str(x) for x, _ in pts], [y for _, y in pts], "o-", label=data)
-    ax.set(xlabel=parameter, ylabel="CER (%)")
+        ax.plot([_literal(x) for x, _ in pts], [y for _, y in pts], "o-", label=_literal(data))
+    ax.set(xlabel=_literal(parameter), ylabel="CER (%)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

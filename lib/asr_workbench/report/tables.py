@@ -47,7 +47,9 @@ def summary_table(metrics: dict[str, Any]) -> Html:
     """Key figures of an inference run."""
     cer = metrics.get("cer")
     rows = [
-        ("CER", f"{cer * 100:.2f} %" if cer is not None else "not scored (no text)"),
+        ("CER", f"{cer * 100:.2f} %" if cer is not None else
+         "not scored: no transcript matches a decoded id (see the data report)" if metrics.get("has_text") else
+         "not scored (no text)"),
         ("substitutions / deletions / insertions", f"{metrics.get('sub')} / {metrics.get('del')} / {metrics.get('ins')}"),
         ("reference tokens", metrics.get("ref_tokens")),
         ("utterances: input / decoded / scored / skipped",
