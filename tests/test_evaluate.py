@@ -128,3 +128,30 @@ def test_assemble_checkpoint_copies_only_missing_required_files(tmp_path, notebo
         export.assemble_model(bare, "model.pt.best", None, ["am.mvn"], tmp_path / "c")
     with pytest.raises(FileNotFoundError, match="no checkpoint model.pt.ep99"):
         export.assemble_model(ft_out, "model.pt.ep99", base, [], tmp_path / "d")
+
+
+def test_settings_that_would_fail_late_fail_before_decoding(tmp_path, notebook_finetune):
+    """A missing compare checkpoint, a path for a checkpoint name, too few bootstrap resamples and a base model
+    with another vocabulary fail before any set is decoded (they failed after hours of decoding, or not at all)."""
+    ft_out, _ = notebook_finetune
+    data = str(subset(DEMO_DATA / "target/test", tmp_path / "data", 2))
+    run = lambda out, **kw: evaluate.run(output_dir=str(tmp_path / out), finetune_dir=str(ft_out),  # noqa: E731
+                                         device="cpu", progress=False,
+                                         **{"modelscope_model_name": str(DEMO_MODEL), "test_sets": {"t": data}, **kw})
+    with pytest.raises(FileNotFoundError, match="no checkpoint model.pt.avg9"):
+        run("a", compare_checkpoints=["model.pt.best", "model.pt.avg9"])
+    assert not (tmp_path / "a" / "t").exists()  # nothing was decoded first
+    with pytest.raises(ValueError, match="not a path"):
+        run("b", decoding_model_name=str(ft_out / "train" / "model.pt.ep1"))
+    with pytest.raises(ValueError, match="n_bootstrap must be an integer >= 100"):
+        run("c", n_bootstrap=1)
+    other = tmp_path / "other-base"
+    shutil.copytree(DEMO_MODEL, other)
+    tokens = json.loads((other / "tokens.json").read_text(encoding="utf-8"))
+    (other / "tokens.json").write_text(json.dumps(tokens[:3] + tokens[4:] + tokens[3:4], ensure_ascii=False),
+                                       encoding="utf-8")
+    with pytest.raises(ValueError, match="has another vocabulary"):
+        run("d", modelscope_model_name=str(other), decoding_model_name="model.pt.ep1")
+    # test sets as a list of folders: each named by its folder
+    r = run("e", test_sets=[data], compare_with_base=False, n_bootstrap=100)
+    assert [s.name for s in r.sets] == ["data"]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ import torch
 import yaml
 
 from asr_workbench import datadir, decode, finetune, training
+from asr_workbench.finetune import config as fconfig
 from asr_workbench.finetune import export
 from conftest import DEMO_DATA, DEMO_MODEL, REPO
 
@@ -71,7 +75,7 @@ def test_executed_notebook_shows_schedule_curves_and_cer(notebook_finetune):
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2  # schedule + curves
 
 
-ALL_PARAMS = dict(dataset_type="small", batch_bins=3000, max_epoch=7, accum_grad=3, keep_nbest_models=4, optim="adamw",
+ALL_PARAMS = dict(dataset_type="small", batch_bins=600, max_epoch=7, accum_grad=3, keep_nbest_models=4, optim="adamw",
                   lr=3e-4, scheduler="warmuplr", scheduler_conf={"warmup_steps": 11}, specaug="SpecAugLFR",
                   specaug_conf={"apply_time_warp": False, "num_freq_mask": 2, "freq_mask_width_range": [0, 10],
                                 "lfr_rate": 6, "apply_freq_mask": True, "apply_time_mask": False},
@@ -82,7 +86,7 @@ ALL_PARAMS = dict(dataset_type="small", batch_bins=3000, max_epoch=7, accum_grad
 def test_every_parameter_reaches_the_resolved_config(tmp_path, tiny_data):
     p = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), **ALL_PARAMS)
     c = p.config
-    assert (c["dataset_conf"]["batch_type"], c["dataset_conf"]["batch_size"]) == ("token", 3000)
+    assert (c["dataset_conf"]["batch_type"], c["dataset_conf"]["batch_size"]) == ("token", 600)
     assert c["train_conf"]["max_epoch"] == 7 and c["train_conf"]["accum_grad"] == 3
     assert c["train_conf"]["avg_nbest_model"] == 4 and c["train_conf"]["keep_nbest_models"] >= 4
     assert (c["optim"], c["optim_conf"]["lr"], c["scheduler"], c["scheduler_conf"]) == ("adamw", 3e-4, "warmuplr", {"warmup_steps": 11})
@@ -255,3 +259,76 @@ def test_make_data_path_from_audio_folder_and_table(tmp_path):
     assert n_dev == round(0.2 * (n_train + n_dev)) and (out / "train/wav.scp").is_file()
     again = finetune.make_data_path(audio, src / "text", tmp_path / "data2", dev_fraction=0.2, seed=3)
     assert (out / "dev/text").read_text() == (again[0] / "dev/text").read_text()  # seeded
+
+
+def test_plans_that_would_waste_the_run_fail_before_training(tmp_path, tiny_data):
+    """What funasr's trainer would do silently or only after an epoch fails (or is warned) at plan time: an
+    accum_grad that never steps (it clears gradients at each epoch), a batch shorter than the shortest utterance
+    (an empty batch: 'missing 4 required positional arguments'), a checkpoint the run will not write, nested
+    numbers YAML 1.1 reads as strings, data_split_num with small data, schedulers funasr's trainer cannot step."""
+    plan = lambda name, **kw: finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path / name), max_epoch=2, **kw)  # noqa: E731
+    with pytest.raises(ValueError, match=r"accum_grad 8 with about 1 batch\(es\) per epoch.*never change the model"):
+        plan("a", accum_grad=8, batch_bins=4000)
+    p = plan("b", accum_grad=2, batch_bins=1000)  # 12 utterances, ~3 a batch: 4 batches... or an odd number
+    batches = fconfig.planned_batches(p.train.frames(), 1000)
+    assert p.steps_per_epoch == batches // 2
+    assert any("computed but never applied" in w for w in p.warnings) == bool(batches % 2)
+    with pytest.raises(ValueError, match=r"batch_bins 150 \(frames\) makes batches of 150 frames, shorter than the "
+                                         r"shortest train utterance \(\S+, \S+wav.scp:\d+: \d+ frames"):
+        plan("c", batch_bins=150)
+    with pytest.raises(ValueError, match=r"batch_bins 1500 \(ms of audio\) makes batches of 150 frames"):
+        plan("c2", batch_bins=1500, dataset_type="large")
+    with pytest.raises(ValueError, match="writes model.pt.avg2"):
+        plan("d", keep_nbest_models=2, checkpoint="model.pt.avg3")
+    with pytest.raises(ValueError, match="only 2 epoch"):
+        plan("e", checkpoint="model.pt.ep5")
+    with pytest.raises(ValueError, match="checkpoint must be auto"):
+        plan("f", checkpoint="best")
+    assert any("averages at most 2" in w for w in plan("g", keep_nbest_models=5).warnings)
+    p = plan("h", finetune_overrides={"optim_conf": {"lr": "1e-4"}, "scheduler_conf": {"warmup_steps": "3e3"}})
+    assert p.config["optim_conf"]["lr"] == 1e-4 and p.config["scheduler_conf"]["warmup_steps"] == 3000
+    with pytest.raises(ValueError, match="data_split_num is for dataset_type: large"):
+        plan("i", finetune_overrides={"dataset_conf": {"data_split_num": 3}})
+    with pytest.raises(ValueError, match="ReduceLROnPlateau.*cannot run under funasr's trainer"):
+        plan("j", scheduler="ReduceLROnPlateau")
+
+
+def test_a_failed_rerun_leaves_no_earlier_model_beside_its_config(tmp_path, tiny_data):
+    """A fresh run into a used output_dir removes the earlier run's model/ and metrics.json before training: if it
+    fails, nothing is left that an evaluation would take for this run's model."""
+    out = tmp_path / "ft"
+    p = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(out), max_epoch=1, keep_nbest_models=1, batch_bins=1500)
+    shutil.copytree(DEMO_MODEL, out / "model")  # what the earlier run exported
+    (out / "metrics.json").write_text('{"cer": 0.01}')
+    p.config["train_data_set_list"] = str(tmp_path / "no-such-list.jsonl")  # this run fails in funasr's trainer
+    with pytest.raises(RuntimeError, match="training failed"):
+        finetune.run(p, live=False)
+    assert not (out / "model").exists() and not (out / "metrics.json").exists()
+
+
+def test_trainer_dies_with_the_process_that_launched_it(tmp_path):
+    """A killed kernel or a cancelled job (SIGKILL: no cleanup runs) must not leave funasr's trainer running."""
+    import signal
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text("import sys, time\nfrom asr_workbench.training import popen_tied\n"
+                      "p = popen_tied([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+                      "print(p.pid, flush=True)\ntime.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    def alive() -> bool:  # a zombie (exited, not yet reaped by whoever adopted it) is not alive
+        try:
+            return Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    for _ in range(100):
+        if not alive():
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the child outlived its parent")

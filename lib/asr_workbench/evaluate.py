@@ -107,6 +107,40 @@ def _base_model_name(finetune_dir: Path, given: str | None) -> str | None:
     return None
 
 
+def _tokens_of_finetune(finetune_dir: Path) -> list[str] | None:
+    """The vocabulary the fine-tune trained with: its exported model's, else the one its training config names."""
+    own = finetune_dir / "model"
+    if own.is_dir():
+        return modelhub.check_folder(own).tokens
+    for cfg in (finetune_dir / "train" / "config.yaml", finetune_dir / "config.yaml"):
+        if cfg.is_file():
+            token_list = ((yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("tokenizer_conf") or {}).get("token_list")
+            if isinstance(token_list, str) and Path(token_list).is_file():
+                return modelhub.read_tokens(Path(token_list))
+    return None
+
+
+def _provenance_warnings(ft_dir: Path, decoding_model_name: str, base_name: str | None, given: str | None,
+                         base: modelhub.ModelFolder | None) -> list[str]:
+    """What does not fit together: a base model with another vocabulary than the fine-tune (fails: every
+    transcript would be garbage), another base than the one recorded, a config.yaml rewritten after the model."""
+    out = []
+    recorded = _base_model_name(ft_dir, None)
+    if given and recorded and paths.resolve(given) != paths.resolve(recorded) and given != recorded:
+        out.append(f"modelscope_model_name {given} is not the base this fine-tune started from ({recorded}, "
+                   f"{ft_dir / 'config.yaml'})")
+    trained = _tokens_of_finetune(ft_dir)
+    if base is not None and trained is not None and base.tokens is not None and base.tokens != trained:
+        raise ValueError(f"the base model {base.path} has another vocabulary ({len(base.tokens)} tokens) than the "
+                         f"fine-tune in {ft_dir} ({len(trained)}): its config and tokens would turn every transcript "
+                         "into garbage; give the base the fine-tune started from as modelscope_model_name")
+    metrics, config = ft_dir / "metrics.json", ft_dir / "config.yaml"
+    if decoding_model_name == "model" and metrics.is_file() and config.is_file() \
+            and config.stat().st_mtime > metrics.stat().st_mtime + 1:
+        out.append(f"{config} was rewritten after this fine-tune finished (a later plan?): model/ is the earlier run's")
+    return out
+
+
 def _dev_set(finetune_dir: Path) -> str | None:
     """The fine-tune's own dev list (the jsonl funasr validated on), for checkpoint comparisons."""
     cfg = finetune_dir / "config.yaml"
@@ -173,6 +207,17 @@ def run(
     ft_dir = paths.resolve(finetune_dir)
     if not ft_dir.is_dir():
         raise FileNotFoundError(f"finetune_dir {ft_dir} does not exist")
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 100:
+        raise ValueError(f"n_bootstrap must be an integer >= 100 (resamples behind each 95% interval), got {n_bootstrap!r}")
+    for name in [decoding_model_name, *(compare_checkpoints or [])]:
+        if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
+            raise ValueError(f"checkpoint name {name!r}: give a name in the fine-tune (model, model.pt.best, "
+                             "model.pt.avg3, model.pt.ep2), not a path")
+    if isinstance(test_sets, (str, list, tuple)):  # folders: each set is named by its folder
+        folders = [test_sets] if isinstance(test_sets, str) else list(test_sets)
+        test_sets = {Path(str(f)).name: str(f) for f in folders}
+        if len(test_sets) != len(folders):
+            raise ValueError(f"test_sets {folders}: two folders have the same name; give a mapping name -> folder")
     if data_dir and "data" in (test_sets or {}):
         raise ValueError("test_sets has a set named 'data', the name data_dir's set gets; rename it")
     sets = {**({"data": data_dir} if data_dir else {}), **(test_sets or {})}
@@ -187,6 +232,10 @@ def run(
     if compare_with_base and base is None:
         raise ValueError("compare_with_base needs modelscope_model_name (the base model): it is not recorded in "
                          f"{ft_dir / 'config.yaml'}")
+    train_dir = ft_dir / "train" if (ft_dir / "train").is_dir() else ft_dir
+    for ckpt in compare_checkpoints or []:  # all found before hours of decoding, not after
+        export.checkpoint_path(train_dir, ckpt)
+    warnings = _provenance_warnings(ft_dir, decoding_model_name, base_name, modelscope_model_name, base)
     model_dir = export.assemble_model(ft_dir, decoding_model_name, base, required, out / "models" / decoding_model_name)
     common = dict(batch_size=batch_size, ctc_weight=ctc_weight, beam_size=beam_size, device=device,
                   decoding_overrides=decoding_overrides, on_bad_input=on_bad_input, cache_dir=cache_dir,
@@ -206,7 +255,7 @@ def run(
         folder = export.assemble_model(ft_dir, ckpt, base, required, out / "models" / ckpt)
         res = infer.run(str(folder), dev, str(out / "checkpoints" / ckpt), **common)
         checkpoints.append({"name": ckpt, "cer": res.metrics["cer"], "data": dev, "output_dir": str(res.output_dir)})
-    warnings = [f"{s.name}: the fine-tuned model is worse than the base beyond the 95% interval "
+    warnings += [f"{s.name}: the fine-tuned model is worse than the base beyond the 95% interval "
                 f"(CER {s.base['cer'] * 100:.2f} % -> {s.finetuned['cer'] * 100:.2f} %, change "
                 f"[{s.delta.low * 100:+.2f}, {s.delta.high * 100:+.2f}] points): it forgot this domain"
                 for s in results if s.worse and s.base and s.delta and len(s.pairs) >= MIN_PAIRS_FOR_WARNING]

@@ -20,7 +20,7 @@ import yaml
 from asr_workbench import paths
 
 __all__ = ["ModelError", "ModelFolder", "resolve_model_dir", "check_folder", "open_model", "resolve_helper_model",
-           "load_weights", "default_cache_dir"]
+           "load_weights", "read_tokens", "default_cache_dir"]
 
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 # files a Paraformer-style folder needs, by their configuration.json meta path
@@ -115,7 +115,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_tokens(path: Path) -> list[str]:
+def read_tokens(path: Path) -> list[str]:
+    """The token list of a ``tokens.json`` (a JSON list) or ``tokens.txt`` (one token per line)."""
     if path.suffix == ".json":
         return [str(t) for t in json.loads(path.read_text(encoding="utf-8"))]
     return [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -166,7 +167,7 @@ def check_folder(path: Path, source: str = "folder", model_id: str | None = None
         raise ModelError(f"model folder {path} lacks: {', '.join(missing)}")
     tok_rel = metas.get("tokenizer_conf.token_list")
     tok_file = path / tok_rel if tok_rel else next((path / t for t in ("tokens.json", "tokens.txt") if (path / t).is_file()), None)
-    tokens = _read_tokens(tok_file) if tok_file else None
+    tokens = read_tokens(tok_file) if tok_file else None
     return ModelFolder(path, source, model_id, config, tokens, _read_yaml(path / "decoding.yaml"),
                        _read_yaml(path / "finetune.yaml"), tuple(w + " is missing" for w in warnings),
                        path / metas.get("init_param", "model.pt"))

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["TrainResult", "launch", "train_in_process", "main"]
+__all__ = ["TrainResult", "launch", "popen_tied", "train_in_process", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +144,7 @@ def launch(
     tail: list[str] = []
     with open(log_path, "a" if cfg.get("train_conf", {}).get("resume") else "w", encoding="utf-8") as logf:
         # its own process group: an interrupted kernel stops the whole tree (torchrun and its workers)
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=child_env, cwd=str(out), start_new_session=True)
+        proc = popen_tied(cmd, env=child_env, cwd=str(out))
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
@@ -161,6 +160,30 @@ def launch(
     if rc != 0:
         raise RuntimeError(f"training failed (exit {rc}); log: {log_path}\n" + "".join(tail))
     return TrainResult(out, cfg_path, log_path, rc)
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """For ``preexec_fn``: the child gets SIGTERM when ``parent`` dies (Linux ``PR_SET_PDEATHSIG``)."""
+    def setup() -> None:
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the parent died before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+    return setup
+
+
+def popen_tied(cmd: list[str], env: Mapping[str, str] | None = None, cwd: str | None = None) -> subprocess.Popen[str]:
+    """Start ``cmd`` (output piped as text) in its own process group, so an interrupt stops the whole tree
+    (torchrun and its workers), and tied to this process: a killed kernel or a cancelled job (SIGKILL, or SIGTERM
+    without cleanup) ends the trainer too, instead of leaving it holding the CPUs or the GPU unsupervised."""
+    tie = _die_with(os.getpid()) if sys.platform.startswith("linux") else None
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd,
+                            start_new_session=True, preexec_fn=tie)
 
 
 def _stop_group(proc: subprocess.Popen[str], grace_s: float = 10.0) -> None:

@@ -162,9 +162,22 @@ def plan(
                init_param=str(base.weights),
                device="cuda" if dev_name.startswith("cuda") else "cpu", ncpu=1 if nproc > 1 else (os.cpu_count() or 1))
     tc = cfg.get("train_conf", {})
-    per_epoch, total = fconfig.planned_steps(train.frames(), int(cfg["dataset_conf"].get("batch_size", 2000)),
-                                             int(tc.get("accum_grad", 1)), int(tc.get("max_epoch", 1)), nproc)
+    batch = int(cfg["dataset_conf"].get("batch_size", 2000))
+    _check_batch_fits(batch, batch_bins, dataset_type, (train, dev))
+    accum = int(tc.get("accum_grad", 1))
+    batches = fconfig.planned_batches(train.frames(), batch, nproc)
+    per_epoch, total = fconfig.planned_steps(train.frames(), batch, accum, int(tc.get("max_epoch", 1)), nproc)
+    each = " per process" if nproc > 1 else ""
+    if per_epoch == 0:
+        raise ValueError(f"accum_grad {accum} with about {batches} batch(es) per epoch{each}: funasr's trainer updates "
+                         f"the weights after every {accum}th batch and clears the gradients at each epoch's start, so "
+                         "this fine-tune would never change the model; lower accum_grad or batch_bins")
     warnings = []
+    if batches % accum:
+        warnings.append(f"about {batches % accum} of {batches} batches per epoch{each} are computed but never applied: "
+                        f"funasr's trainer updates after every {accum}th batch and drops the rest at the next epoch "
+                        f"(an accum_grad that divides {batches}, or a smaller one, wastes nothing)")
+    warnings += _checkpoint_warnings(checkpoint, tc)
     w = fconfig.warmup_warning(cfg, total)
     if w:
         warnings.append(w)
@@ -182,6 +195,64 @@ def plan(
                                                  "recommended": rec.reasons if rec else None}})
     return FinetunePlan(out, base, cfg, train, dev, nproc, dev_name, per_epoch, total,
                         fconfig.lr_schedule(cfg, total), warnings, dev_cer, strip_optimizer, checkpoint, rec)
+
+
+def _check_batch_fits(batch: int, batch_bins: int | None, dataset_type: str,
+                      splits: tuple[fdata.SplitData, ...]) -> None:
+    """funasr's sampler emits an empty batch (and the model fails with "missing 4 required positional
+    arguments") when the shortest utterance of a sort buffer is longer than the batch; for dev only after a whole
+    training epoch."""
+    for split in splits:
+        if not split.trained:
+            continue
+        shortest = min(split.trained, key=lambda u: u.duration_s)
+        frames = int(shortest.duration_s * 100)
+        if batch < frames:
+            given = (f"batch_bins {batch_bins} ({'frames' if dataset_type == 'small' else 'ms of audio'})"
+                     if batch_bins is not None else "the model's finetune.yaml batch_size")
+            raise ValueError(f"{given} makes batches of {batch} frames, shorter than the shortest {split.name} "
+                             f"utterance ({shortest.key}, {shortest.where}: {frames} frames of 10 ms): funasr would "
+                             "make an empty batch and fail; raise batch_bins")
+
+
+def _checkpoint_warnings(checkpoint: str, tc: dict[str, Any]) -> list[str]:
+    """Check ``checkpoint`` against what this run will write (fails before training, not after it)."""
+    import re
+
+    m = re.fullmatch(r"auto|model|model\.pt\.(best|avg(\d+)|ep(\d+))", str(checkpoint))
+    if not m:
+        raise ValueError(f"checkpoint must be auto, model.pt.best, model.pt.avg<n> or model.pt.ep<k>, got {checkpoint!r}")
+    avg_n, max_epoch = int(tc.get("avg_nbest_model") or 0), int(tc.get("max_epoch") or 1)
+    if m.group(2) and int(m.group(2)) != avg_n:
+        raise ValueError(f"checkpoint {checkpoint}: this run averages its {avg_n or 'no'} best checkpoints "
+                         f"(keep_nbest_models), so it writes model.pt.avg{avg_n} (or use auto)")
+    if m.group(3) and int(m.group(3)) > max_epoch:
+        raise ValueError(f"checkpoint {checkpoint}: the run has only {max_epoch} epoch(s)")
+    out = []
+    if m.group(3):
+        out.append(f"checkpoint {checkpoint} is kept only if it is among the {tc.get('keep_nbest_models')} best "
+                   "(keep_nbest_models); otherwise the run falls back to auto")
+    if avg_n > max_epoch:
+        out.append(f"keep_nbest_models {avg_n} > max_epoch {max_epoch}: one checkpoint per epoch, so model.pt.avg{avg_n} "
+                   f"averages at most {max_epoch}")
+    return out
+
+
+def _epochs_done(train_dir: Path) -> int:
+    """Epochs an earlier (resumed) run finished: the epochs funasr's last checkpoint has dev records for."""
+    import re
+
+    import torch
+
+    last = train_dir / "model.pt"
+    if not last.is_file():
+        return 0
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return 0
+    names = state.get("val_loss_step_or_epoch", {}) if isinstance(state, dict) else {}
+    return max((int(m.group(1)) for n in names if (m := re.fullmatch(r"model\.pt\.ep(\d+)", str(n)))), default=0)
 
 
 def _dev_cer(model_dir: str, p: FinetunePlan, loaded: Any = None) -> float:
@@ -240,8 +311,14 @@ def run(p: FinetunePlan, live: bool = True) -> FinetuneResult:
                 seen.add(name)
                 cer[name] = _checkpoint_cer(p, train_dir, name)
 
-    if not p.config["train_conf"].get("resume") and train_dir.exists():
-        shutil.rmtree(train_dir)  # a fresh run: stale checkpoints of an earlier run must not be averaged or exported
+    if not p.config["train_conf"].get("resume"):
+        # a fresh run: an earlier run's checkpoints must not be averaged or exported, and its model/ and metrics.json
+        # must not stay beside this run's config.yaml (a failed rerun would leave a folder that lies)
+        for stale in (train_dir, p.output_dir / "model", p.output_dir / ".eval"):
+            if stale.exists():
+                shutil.rmtree(stale)
+        (p.output_dir / "metrics.json").unlink(missing_ok=True)
+    done = _epochs_done(train_dir) if p.config["train_conf"].get("resume") else 0
     t0 = time.time()
     env = {"OMP_NUM_THREADS": "1"} if p.nproc > 1 else {}
     training.launch(p.config, train_dir, nproc=p.nproc, on_line=on_line, env=env)
@@ -251,7 +328,12 @@ def run(p: FinetunePlan, live: bool = True) -> FinetuneResult:
     if p.dev_cer == "end":
         for name in export.list_checkpoints(train_dir):
             cer[name] = _checkpoint_cer(p, train_dir, name)
-    chosen = export.checkpoint_path(train_dir, p.checkpoint, p.config["train_conf"].get("avg_nbest_model")).name
+    warnings = list(p.warnings)
+    try:
+        chosen = export.checkpoint_path(train_dir, p.checkpoint, p.config["train_conf"].get("avg_nbest_model")).name
+    except FileNotFoundError as e:  # e.g. an epoch funasr pruned (keep_nbest_models): the run's work is not lost
+        chosen = export.checkpoint_path(train_dir, "auto", p.config["train_conf"].get("avg_nbest_model")).name
+        warnings.append(f"checkpoint {p.checkpoint} was not written ({e}); exported {chosen} instead")
     if chosen not in cer:
         cer[chosen] = _checkpoint_cer(p, train_dir, chosen)
     cer_base = _dev_cer(str(p.base.path), p)
@@ -261,9 +343,10 @@ def run(p: FinetunePlan, live: bool = True) -> FinetuneResult:
     stripped = export.strip_optimizer_state(train_dir) if p.strip_optimizer else []
     metrics = {"dev_cer": {k: round(v, 6) for k, v in all_cer.items()}, "checkpoint": chosen,
                "train_seconds": round(seconds, 1), "train_utts": p.train.n_utts, "train_hours": round(p.train.hours, 4),
-               "audio_seconds_per_second": round(p.train.hours * 3600 * int(p.config["train_conf"].get("max_epoch", 1)) / seconds, 2),
+               "audio_seconds_per_second": round(p.train.hours * 3600 * max(0, int(p.config["train_conf"].get("max_epoch", 1)) - done) / seconds, 2),
+               "epochs_resumed_from": done,
                "nproc": p.nproc, "device": p.device, "steps_per_epoch": p.steps_per_epoch, "total_steps": p.total_steps,
-               "warnings": p.warnings, "stripped_optimizer_state": stripped, "normaliser": scoring.NORMALISER,
+               "warnings": warnings, "stripped_optimizer_state": stripped, "normaliser": scoring.NORMALISER,
                "cer": round(cer[chosen], 6), "model_dir": str(model_dir),
                "provenance": runs.provenance(model_dir / "model.pt", [p.train.jsonl, p.dev.jsonl])}
     runs.write_metrics(p.output_dir, metrics)

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from asr_workbench.modelhub import ModelFolder
 
-__all__ = ["PARAM_KEYS", "FinetuneParams", "deep_merge", "build_config", "planned_steps", "lr_schedule",
+__all__ = ["PARAM_KEYS", "FinetuneParams", "deep_merge", "build_config", "planned_batches", "planned_steps", "lr_schedule",
            "warmup_warning"]
 
 # notebook parameter -> the funasr config key(s) it sets (what the resolved-config test checks)
@@ -189,6 +190,13 @@ def build_config(model: ModelFolder, base_kwargs: Mapping[str, Any], params: Fin
         if name in layer:
             cfg[name] = layer[name]
     cfg = deep_merge(cfg, overrides)
+    for name in _NUMERIC_CONFS:
+        if isinstance(cfg.get(name), Mapping):
+            cfg[name] = {k: _number(v, f"{name}.{k}") for k, v in cfg[name].items()}
+    if params.dataset_type == "small" and (cfg.get("dataset_conf") or {}).get("data_split_num", 1) not in (1, None):
+        raise ValueError("dataset_conf.data_split_num is for dataset_type: large (a list split into shards read one "
+                         "at a time); with small, funasr would read the whole list once per 'shard' and train each "
+                         "epoch that many times")
     flat = _flatten(cfg)
     for key in ("train_conf.max_epoch", "train_conf.accum_grad", "dataset_conf.batch_size"):
         value = flat.get(key)
@@ -199,7 +207,26 @@ def build_config(model: ModelFolder, base_kwargs: Mapping[str, Any], params: Fin
         raise ValueError(f"optim {cfg['optim']!r} is not a funasr optimizer ({', '.join(_optim_names())})")
     if cfg.get("scheduler") and cfg["scheduler"] not in _scheduler_names():
         raise ValueError(f"scheduler {cfg['scheduler']!r} is not a funasr scheduler ({', '.join(_scheduler_names())})")
+    if cfg.get("scheduler") in _UNSTEPPABLE:
+        raise ValueError(f"scheduler {cfg['scheduler']!r} cannot run under funasr's trainer as the workbench calls it "
+                         f"({_UNSTEPPABLE[cfg['scheduler']]}); use warmuplr, noamlr or CosineAnnealingLR")
     return cfg
+
+
+# nested settings whose values are numbers or names: a YAML 1.1 "1e-4" is a string there, and funasr would get it
+_NUMERIC_CONFS = ("optim_conf", "scheduler_conf", "train_conf", "dataset_conf")
+_NUMERIC = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+# schedulers funasr registers whose step() needs what its trainer does not pass, or that it cannot build
+_UNSTEPPABLE = {"ReduceLROnPlateau": "its step() needs the validation loss, funasr's trainer calls step() without it",
+                "tri_stage": "its constructor needs phase ratios funasr's config does not provide"}
+
+
+def _number(value: Any, key: str) -> Any:
+    """A numeric-looking string (``1e-4``, ``3e3``) as the number it means; other values as they are."""
+    if isinstance(value, str) and _NUMERIC.fullmatch(value.strip()):
+        number = float(value)
+        return int(number) if number.is_integer() and not any(c in value for c in ".eE") else number
+    return value
 
 
 def _is_default(key: str, p: FinetuneParams) -> bool:
@@ -221,17 +248,24 @@ def _scheduler_names() -> list[str]:
     return sorted(scheduler_classes)
 
 
-def planned_steps(train_frames: list[int], batch_size_frames: int, accum_grad: int, max_epoch: int,
-                  nproc: int = 1) -> tuple[int, int]:
-    """(optimizer steps per epoch, total) for token batching: batches pack ``longest * count <= batch_size``
-    over length-sorted utterances (what funasr's sampler does within a sort buffer)."""
+def planned_batches(train_frames: list[int], batch_size_frames: int, nproc: int = 1) -> int:
+    """Batches per epoch and process for token batching: batches pack ``longest * count <= batch_size`` over
+    length-sorted utterances (what funasr's sampler does within a sort buffer; each rank gets its share)."""
     batches, longest, count = 0, 0, 0
     for n in sorted(train_frames):
         if count and max(longest, n) * (count + 1) > batch_size_frames:
             batches, longest, count = batches + 1, 0, 0
         longest, count = max(longest, n), count + 1
     batches += 1 if count else 0
-    per_epoch = max(1, math.ceil(batches / max(1, nproc) / max(1, accum_grad)))
+    return math.ceil(batches / max(1, nproc))
+
+
+def planned_steps(train_frames: list[int], batch_size_frames: int, accum_grad: int, max_epoch: int,
+                  nproc: int = 1) -> tuple[int, int]:
+    """(optimizer steps per epoch, total). funasr's trainer steps after every ``accum_grad``-th batch and clears
+    the gradients at the start of each epoch, so an epoch's last ``batches % accum_grad`` batches never reach the
+    weights, and an epoch of fewer batches than ``accum_grad`` takes no step at all (0 here)."""
+    per_epoch = planned_batches(train_frames, batch_size_frames, nproc) // max(1, accum_grad)
     return per_epoch, per_epoch * max_epoch
 
 
