@@ -159,3 +159,14 @@ def test_numbers_written_the_yaml_1_1_way_reach_notebooks_as_numbers(tmp_path):
     spec = batch.expand([f], {"batch_bins": "2000"})[0]
     assert spec.params["lr"] == 0.0001 and isinstance(spec.params["lr"], float)
     assert spec.params["batch_bins"] == 2000 and isinstance(spec.params["batch_bins"], int)
+
+
+def test_params_paths_resolve_from_the_working_directory_first(tmp_path, monkeypatch):
+    """`asr-workbench run p/infer.yaml` in the folder that holds p/: the user's path, not the repository's."""
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "infer.yaml").write_text("batch_size: 3\n")
+    monkeypatch.chdir(tmp_path)
+    assert batch.expand(["p/infer.yaml"])[0].params["batch_size"] == 3
+    assert batch.expand(["params/demo/infer.yaml"])  # still found in the repository when not here
+    with pytest.raises(FileNotFoundError, match=r"no such params file or folder \(looked for .*nothing.yaml and "):
+        batch.expand(["nothing.yaml"])

@@ -277,13 +277,15 @@ def expand(targets: Sequence[str | Path], overrides: dict[str, Any] | None = Non
     stamp, taken = _stamp(), set()
     files: list[Path] = []
     for t in targets:
-        p = paths.resolve(t)
+        here = Path(t).expanduser().absolute()  # a command-line path is relative to the working directory first
+        p = here if here.exists() else paths.resolve(t)
         if p.is_dir():
             files += sorted(p.glob("*.yaml"))
         elif p.is_file():
             files.append(p)
         else:
-            raise FileNotFoundError(f"{t}: no such params file or folder")
+            tried = [str(here)] + ([str(p)] if p != here else [])
+            raise FileNotFoundError(f"{t}: no such params file or folder (looked for {' and '.join(tried)})")
     specs: list[RunSpec] = []
     for f in files:
         if f.name.endswith(".pipeline.yaml"):
