@@ -49,6 +49,31 @@ def test_kaldi_segments_file_is_refused_not_ignored(tmp_path):
     (tmp_path / "segments").write_text("rec-a rec 0.0 1.0\n")
     with pytest.raises(datadir.DataError, match="segments: Kaldi segments are not supported"):
         datadir.load_dataset(tmp_path)
+    # segments already cut into files (text ids are wav.scp ids): the left-over file is said, not fatal
+    _write(tmp_path, "rec rec.flac\n", "rec 今天\n")
+    ds = datadir.load_dataset(tmp_path)
+    assert [u.key for u in ds.scored] == ["rec"] and _codes(ds) == {(None, "segments_ignored")}
+
+
+def test_whole_aiff_files_with_odd_metadata_are_not_truncated(tmp_path):
+    """libsndfile marks "(should be N)" on a 22-byte INST chunk or a FORM size that counts a missing trailing
+    metadata chunk: the audio is whole, only data sizes and frame counts tell truncation."""
+    import struct
+
+    whole = tmp_path / "whole.aiff"
+    sf.write(str(whole), np.full(16000, 0.1), 16000, format="AIFF", subtype="PCM_16")
+    b = bytearray(whole.read_bytes())
+    i = b.find(b"SSND")
+    inst = b[:i] + b"INST" + struct.pack(">I", 22) + bytes(22) + b[i:]
+    inst[4:8] = struct.pack(">I", len(inst) - 8)
+    (tmp_path / "inst.aiff").write_bytes(bytes(inst))
+    named = b + b"NAME" + struct.pack(">I", 10) + b"0123456789"
+    named[4:8] = struct.pack(">I", len(named) - 8)
+    (tmp_path / "name_cut.aiff").write_bytes(bytes(named[:-6]))
+    assert "should be" in sf.info(str(tmp_path / "inst.aiff")).extra_info  # the log line that misled
+    _write(tmp_path, "a whole.aiff\nb inst.aiff\nc name_cut.aiff\n", "a 今天\nb 今天\nc 今天\n")
+    ds = datadir.load_dataset(tmp_path)
+    assert [u.key for u in ds.utterances] == ["a", "b", "c"] and not ds.report.errors
 
 
 def test_clean_folder_with_crlf_bom_tabs_and_blank_lines(tmp_path):

@@ -291,6 +291,28 @@ def test_plans_that_would_waste_the_run_fail_before_training(tmp_path, tiny_data
         plan("i", finetune_overrides={"dataset_conf": {"data_split_num": 3}})
     with pytest.raises(ValueError, match="ReduceLROnPlateau.*cannot run under funasr's trainer"):
         plan("j", scheduler="ReduceLROnPlateau")
+    # what is right stays allowed: step checkpoints, utterance-count batches, a model's own shard count with small
+    # data (reset to one list), an explicit shard count with large
+    assert plan("k", checkpoint="model.pt.ep2.100").checkpoint == "model.pt.ep2.100"
+    p = plan("l", finetune_overrides={"dataset_conf": {"batch_type": "example", "batch_size": 4}})
+    assert p.steps_per_epoch == 3  # 12 utterances, 4 a batch
+    base = tmp_path / "sensevoice-like"
+    shutil.copytree(DEMO_MODEL, base)
+    (base / "finetune.yaml").write_text(yaml.safe_dump({**yaml.safe_load((base / "finetune.yaml").read_text()),
+                                                         "dataset_conf": {"data_split_num": 32}}))
+    assert finetune.plan(str(base), str(tiny_data), str(tmp_path / "m"), max_epoch=1).config["dataset_conf"]["data_split_num"] == 1
+    p = plan("n", dataset_type="large", batch_bins=20000, finetune_overrides={"dataset_conf": {"data_split_num": 2}})
+    assert p.config["dataset_conf"]["data_split_num"] == 2
+
+
+def test_a_fine_tune_never_replaces_its_own_base(tmp_path, tiny_data):
+    """Continuing a fine-tune from its exported model into the same output_dir would delete the base (model/ is
+    replaced by a fresh run): refused at plan time."""
+    out = tmp_path / "ft"
+    shutil.copytree(DEMO_MODEL, out / "model")
+    with pytest.raises(ValueError, match="which a fine-tune into .* replaces"):
+        finetune.plan(str(out / "model"), str(tiny_data), str(out), max_epoch=1)
+    assert (out / "model" / "model.pt").is_file()
 
 
 def test_a_failed_rerun_leaves_no_earlier_model_beside_its_config(tmp_path, tiny_data):
@@ -306,6 +328,7 @@ def test_a_failed_rerun_leaves_no_earlier_model_beside_its_config(tmp_path, tiny
     assert not (out / "model").exists() and not (out / "metrics.json").exists()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_trainer_dies_with_the_process_that_launched_it(tmp_path):
     """A killed kernel or a cancelled job (SIGKILL: no cleanup runs) must not leave funasr's trainer running."""
     import signal

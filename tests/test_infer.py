@@ -263,7 +263,7 @@ def test_decoding_settings_precedence_and_conflicts():
 @pytest.mark.parametrize("where, value, message", [
     ("decoding.yaml", {"batch_size": "sixteen"}, r"m/decoding.yaml: decoding option batch_size must be an integer >= 1, got 'sixteen'"),
     ("decoding.yaml", {"ctc_weight": 3}, r"m/decoding.yaml: decoding option ctc_weight must be a number from 0 to 1"),
-    ("overrides", {"batch_seconds": -1}, r"decoding_overrides: decoding option batch_seconds must be a number of seconds > 0"),
+    ("overrides", {"batch_seconds": -1}, r"decoding_overrides: decoding option batch_seconds must be a number of seconds > 0 \(or 0 / null: off\)"),
     ("overrides", {"attention": "flash"}, r"decoding_overrides: decoding option attention must be one of fused, funasr"),
     ("parameter", {"beam_size": 0}, r"parameter beam_size: decoding option beam_size must be an integer >= 1"),
 ])

@@ -19,6 +19,9 @@ from asr_workbench import scoring
     ("你好こんにちは", "你 好 こ ん に ち は"),  # kana: one token each
     ("I don’t know", "i don't know"),  # a curly apostrophe is the straight one
     ("αβγ Δ, नमस्ते", "αβγ δ नमस्ते"),  # other scripts are words, with their vowel signs
+    ("迈克尔・杰克逊", "迈 克 尔 杰 克 逊"),  # the katakana middle dot in names is punctuation
+    ("我❤️你", "我 你"),  # a variation selector after a symbol is no token
+    ("ラーメン", "ラ ー メ ン"),
 ])
 def test_normaliser(raw, norm):
     assert scoring.normalise(raw) == norm

@@ -194,6 +194,10 @@ def read_table(path: str | Path) -> dict[str, str]:
 
 _PLACEHOLDER = 0x7F000000  # header sizes from here up are what streaming writers put before they know the length
 _SHOULD_BE = re.compile(r"^\s*([A-Za-z][\w ]*?)\s*:\s*(\d+) \(should be (\d+)\)", re.MULTILINE)
+_FRAMES_LOGGED = re.compile(r"^\s*Frames\s*:\s*(\d+)\s*$", re.MULTILINE)
+# libsndfile log lines that size the audio data itself (AIFF SSND, AU data size); "(should be N)" on a container
+# size (FORM, RIFF) or a metadata chunk (INST) also appears for whole files that lack trailing metadata
+_DATA_SIZES = ("ssnd", "data", "data size", "data length")
 
 
 def _nist_sample_count(path: Path) -> int | None:
@@ -210,8 +214,8 @@ def _nist_sample_count(path: Path) -> int | None:
 def _truncation(path: Path, fmt: str, frames: int) -> str | None:
     """Why a file holds less audio than its header declares, or None. libsndfile shortens such files to what is
     there without an error, so a cut-off copy would decode (and be scored) as a shorter recording. WAV: the
-    ``data`` chunk's size; NIST: ``sample_count``; AIFF, AU, W64, RF64, CAF...: the sizes libsndfile's header
-    log marks "(should be N)" (larger than the file holds; streaming placeholders are not counted)."""
+    ``data`` chunk's size; NIST: ``sample_count``; others (AIFF, AU, RF64...): the frame count libsndfile's header
+    log shows, or a data size it marks "(should be N)" with N smaller (streaming placeholders not counted)."""
     if fmt in ("WAV", "WAVEX"):
         declared = _wav_declared_frames(path)
         return f"header declares {declared} frames, file holds {frames}" if declared and declared > frames else None
@@ -222,9 +226,14 @@ def _truncation(path: Path, fmt: str, frames: int) -> str | None:
         log = sf.info(str(path)).extra_info
     except Exception:
         return None
+    for declared in map(int, _FRAMES_LOGGED.findall(log)):
+        if frames < declared < _PLACEHOLDER:
+            return f"header declares {declared} frames, file holds {frames}"
     for name, declared, actual in _SHOULD_BE.findall(log):
-        if int(actual) < int(declared) < _PLACEHOLDER:
-            return f"header declares {name.strip()} {declared} bytes, file holds {actual}"
+        # W64 logs no data size check: its riff size is the only one (and W64 files carry no trailing metadata)
+        sizes = (*_DATA_SIZES, "riff") if fmt == "W64" else _DATA_SIZES
+        if name.strip().lower() in sizes and int(actual) < int(declared) < _PLACEHOLDER:
+            return f"header declares {name.strip()} of {declared} bytes, the file has room for {actual}"
     return None
 
 
@@ -367,13 +376,16 @@ def load_dataset(
         wav_path, text_path = data / "wav.scp", data / "text"
         if not wav_path.is_file():
             raise DataError(f"{wav_path}: no wav.scp in the data folder {data}")
-        if (data / "segments").is_file():
-            raise DataError(f"{data / 'segments'}: Kaldi segments are not supported: the workbench decodes each "
-                            "wav.scp entry whole, so the text's segment ids would match nothing. Cut the segments "
-                            "into files first (e.g. sox rec.wav seg.wav trim START =END) and list those in wav.scp")
         wavs = _parse_table(wav_path, report, "wav.scp")
         has_text = text_path.is_file()
         texts = _parse_table(text_path, report, "text") if has_text else {}
+        if (data / "segments").is_file():
+            if not (set(texts) & set(wavs)):  # the ids are segment ids: decoding whole recordings would score nothing
+                raise DataError(f"{data / 'segments'}: Kaldi segments are not supported: the workbench decodes each "
+                                "wav.scp entry whole. Cut the segments into files first (e.g. sox rec.wav seg.wav trim "
+                                "START =END) and list those in wav.scp")
+            report.add(None, str(data / "segments"), "info", "segments_ignored",
+                       "segments file ignored: text's ids are wav.scp's, so each entry is decoded whole")
     else:
         raise DataError(f"{data}: not a data folder (wav.scp [+ text]) nor a .jsonl file")
     report.n_input = len(wavs) + sum(1 for i in report.issues if i.code in ("duplicate_id", "malformed_line")

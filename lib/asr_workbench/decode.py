@@ -108,8 +108,8 @@ def resolve_device(device: str) -> str:
 def check_device(device: str) -> None:
     """Fail at once for a device this machine does not have: funasr would quietly run on the CPU and the run would
     record (and time) it as a GPU run."""
-    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:<n>, got {device!r}")
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|mps|(cuda|npu|xpu|hpu)(:\d+)?", device):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:<n> (or mps, npu, xpu, hpu), got {device!r}")
     if device.startswith("cuda"):
         import torch
 

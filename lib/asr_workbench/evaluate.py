@@ -126,9 +126,14 @@ def _provenance_warnings(ft_dir: Path, decoding_model_name: str, base_name: str 
     transcript would be garbage), another base than the one recorded, a config.yaml rewritten after the model."""
     out = []
     recorded = _base_model_name(ft_dir, None)
-    if given and recorded and paths.resolve(given) != paths.resolve(recorded) and given != recorded:
-        out.append(f"modelscope_model_name {given} is not the base this fine-tune started from ({recorded}, "
-                   f"{ft_dir / 'config.yaml'})")
+    if given and recorded and given != recorded and base is not None:
+        try:  # the same model may be named by its id or by its folder in the cache
+            same = modelhub.resolve_model_dir(recorded, allow_download=False)[0].resolve() == base.path.resolve()
+        except Exception:  # the recorded base is gone (a deleted copy, another machine's cache)
+            same = False
+        if not same:
+            out.append(f"modelscope_model_name {given} is not the base this fine-tune started from ({recorded}, "
+                       f"{ft_dir / 'config.yaml'})")
     trained = _tokens_of_finetune(ft_dir)
     if base is not None and trained is not None and base.tokens is not None and base.tokens != trained:
         raise ValueError(f"the base model {base.path} has another vocabulary ({len(base.tokens)} tokens) than the "

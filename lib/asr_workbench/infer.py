@@ -63,8 +63,8 @@ def _check_decoding(settings: dict[str, Any], origin: dict[str, str]) -> None:
 
     if not number("batch_size", integer=True) or settings["batch_size"] < 1:
         raise bad("batch_size", "an integer >= 1")
-    if settings.get("batch_seconds") is not None and (not number("batch_seconds") or settings["batch_seconds"] <= 0):
-        raise bad("batch_seconds", "a number of seconds > 0 (or null)")
+    if settings.get("batch_seconds") is not None and (not number("batch_seconds") or settings["batch_seconds"] < 0):
+        raise bad("batch_seconds", "a number of seconds > 0 (or 0 / null: off)")
     if settings.get("beam_size") is not None and (not number("beam_size", integer=True) or settings["beam_size"] < 1):
         raise bad("beam_size", "an integer >= 1 (or null)")
     if settings.get("ctc_weight") is not None and (not number("ctc_weight") or not 0 <= settings["ctc_weight"] <= 1):
@@ -209,7 +209,7 @@ def run(
     devices = _device_list(devices)
     opts = decode.DecodeOptions(
         batch_size=int(settings["batch_size"]),
-        batch_seconds=settings.get("batch_seconds"),
+        batch_seconds=settings.get("batch_seconds") or None,  # 0: off, as null
         beam_size=settings.get("beam_size"),
         ctc_weight=settings.get("ctc_weight"),
         attention=settings.get("attention") or "fused",

@@ -34,36 +34,40 @@ NORMALISER = ("zh-char-v2: NFKC (full->half width), drop <unk>/punctuation/space
               "straightened; one token per CJK ideograph (every extension), kana or hangul syllable, per word of other "
               "scripts or digit run (MER for mixed text)")
 
-# scored one per character: CJK ideographs (BMP, extensions A-H, compatibility), kana, hangul syllables
-_CHAR = ("\u3007\u3040-\u309f\u30a0-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
-         "\U00020000-\U0002fa1f\U00030000-\U000323af")
+# scored one per character: CJK ideographs (BMP, extensions A-H, compatibility), kana letters (not the katakana
+# middle dot U+30FB or the double hyphen U+30A0: punctuation), hangul syllables
+_CHAR = ("\u3007\u3041-\u3096\u309d-\u309f\u30a1-\u30fa\u30fc-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+         "\uac00-\ud7af\uf900-\ufaff\U00020000-\U0002fa1f\U00030000-\U000323af")
 _UNK = re.compile(r"<unk>", re.IGNORECASE)
 _APOSTROPHES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'", "\uff07": "'"})
 
 
-def _word_class() -> str:
-    """A character class of every letter, combining mark and digit (Unicode categories L, M, N) outside
-    ``_CHAR``: words of any script, with their accents and vowel signs, are scored as words."""
+def _classes() -> tuple[str, str]:
+    """Regex character classes of the characters outside ``_CHAR`` that are letters or digits (Unicode categories
+    L, N), and of those plus combining marks (M), in one pass over the code points."""
     import sys
 
     inside = re.compile(f"[{_CHAR}]")
-    ranges, start, prev = [], None, None
+    spans: dict[str, list[list[int]]] = {"LN": [], "LMN": []}
     for cp in range(sys.maxunicode + 1):
         ch = chr(cp)
-        ok = unicodedata.category(ch)[0] in "LMN" and not inside.match(ch)
-        if ok and start is None:
-            start = cp
-        elif not ok and start is not None:
-            ranges.append((start, prev))
-            start = None
-        prev = cp
-    if start is not None:
-        ranges.append((start, prev))
+        cat = unicodedata.category(ch)[0]
+        if cat not in "LMN" or inside.match(ch):
+            continue
+        for name in (("LN", "LMN") if cat != "M" else ("LMN",)):
+            if spans[name] and spans[name][-1][1] == cp - 1:
+                spans[name][-1][1] = cp
+            else:
+                spans[name].append([cp, cp])
     esc = lambda cp: f"\\U{cp:08x}"  # noqa: E731
-    return "[" + "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges) + "]+"
+    build = lambda ranges: "[" + "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges) + "]"  # noqa: E731
+    return build(spans["LN"]), build(spans["LMN"])
 
 
-_WORD = _word_class()
+# a word of any script: a letter or digit, then letters, digits and combining marks (accents, vowel signs); a mark
+# on its own (a variation selector after an ideograph or an emoji) is no token
+_LN, _LMN = _classes()
+_WORD = _LN + _LMN + "*"
 _TOKEN = re.compile(rf"[{_CHAR}]|{_WORD}(?:'{_WORD})*")
 
 

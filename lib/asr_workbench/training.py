@@ -162,18 +162,22 @@ def launch(
     return TrainResult(out, cfg_path, log_path, rc)
 
 
-def _die_with(parent: int) -> Callable[[], None]:
-    """For ``preexec_fn``: the child gets SIGTERM when ``parent`` dies (Linux ``PR_SET_PDEATHSIG``)."""
-    def setup() -> None:
-        import ctypes
-        import signal
+def _die_with(parent: int) -> Callable[[], None] | None:
+    """For ``preexec_fn``: the child gets SIGTERM when ``parent`` dies (Linux ``PR_SET_PDEATHSIG``). libc's prctl
+    is looked up here, in the parent: the child (a fork of a threaded kernel) only calls it."""
+    import ctypes
+    import signal
 
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            return
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    term = int(signal.SIGTERM)
+
+    def setup() -> None:
+        prctl(1, term)  # 1: PR_SET_PDEATHSIG
         if os.getppid() != parent:  # the parent died before the line above
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), term)
     return setup
 
 

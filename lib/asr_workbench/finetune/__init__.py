@@ -133,6 +133,11 @@ def plan(
 
     base = modelhub.open_model(model, cache_dir=cache_dir)
     out = runs.prepare_output_dir(output_dir, "finetune", protect=[base.path])
+    for replaced in ("train", "model", ".eval"):  # what a fresh run removes before training
+        folder = (out / replaced).resolve()
+        if base.path.resolve() == folder or folder in base.path.resolve().parents:
+            raise ValueError(f"the base model {base.path} is {out / replaced}, which a fine-tune into {out} replaces; "
+                             "fine-tune into another output_dir (a copy of the model also works)")
     data = paths.resolve(data_path)
     dev_name, nproc = _device_and_nproc(device, num_gpus)
     rec = recommend(str(base.path), dev_name, cache_dir=cache_dir, nproc=nproc) if recommended else None
@@ -162,12 +167,15 @@ def plan(
                init_param=str(base.weights),
                device="cuda" if dev_name.startswith("cuda") else "cpu", ncpu=1 if nproc > 1 else (os.cpu_count() or 1))
     tc = cfg.get("train_conf", {})
-    batch = int(cfg["dataset_conf"].get("batch_size", 2000))
-    _check_batch_fits(batch, batch_bins, dataset_type, (train, dev))
-    accum = int(tc.get("accum_grad", 1))
-    batches = fconfig.planned_batches(train.frames(), batch, nproc)
-    per_epoch, total = fconfig.planned_steps(train.frames(), batch, accum, int(tc.get("max_epoch", 1)), nproc)
-    each = " per process" if nproc > 1 else ""
+    dconf = cfg["dataset_conf"]
+    batch, batch_type = int(dconf.get("batch_size", 2000)), dconf.get("batch_type", "token")
+    if batch_type != "example":
+        _check_batch_fits(batch, batch_bins, dataset_type, (train, dev))
+    accum, shards = int(tc.get("accum_grad", 1)), int(dconf.get("data_split_num") or 1)
+    batches = fconfig.planned_batches(train.frames(), batch, nproc, batch_type, shards)
+    per_epoch, total = fconfig.planned_steps(train.frames(), batch, accum, int(tc.get("max_epoch", 1)), nproc,
+                                             batch_type, shards)
+    each = (" per process" if nproc > 1 else "") + (f" and shard ({shards} shards an epoch)" if shards > 1 else "")
     if per_epoch == 0:
         raise ValueError(f"accum_grad {accum} with about {batches} batch(es) per epoch{each}: funasr's trainer updates "
                          f"the weights after every {accum}th batch and clears the gradients at each epoch's start, so "
@@ -209,7 +217,7 @@ def _check_batch_fits(batch: int, batch_bins: int | None, dataset_type: str,
         frames = int(shortest.duration_s * 100)
         if batch < frames:
             given = (f"batch_bins {batch_bins} ({'frames' if dataset_type == 'small' else 'ms of audio'})"
-                     if batch_bins is not None else "the model's finetune.yaml batch_size")
+                     if batch_bins is not None else "dataset_conf.batch_size (finetune.yaml or finetune_overrides)")
             raise ValueError(f"{given} makes batches of {batch} frames, shorter than the shortest {split.name} "
                              f"utterance ({shortest.key}, {shortest.where}: {frames} frames of 10 ms): funasr would "
                              "make an empty batch and fail; raise batch_bins")
@@ -219,10 +227,12 @@ def _checkpoint_warnings(checkpoint: str, tc: dict[str, Any]) -> list[str]:
     """Check ``checkpoint`` against what this run will write (fails before training, not after it)."""
     import re
 
-    m = re.fullmatch(r"auto|model|model\.pt\.(best|avg(\d+)|ep(\d+))", str(checkpoint))
+    m = re.fullmatch(r"auto|model|model\.pt\.(best|avg(\d+)|ep(\d+)(\.\d+)?)", str(checkpoint))
     if not m:
-        raise ValueError(f"checkpoint must be auto, model.pt.best, model.pt.avg<n> or model.pt.ep<k>, got {checkpoint!r}")
-    avg_n, max_epoch = int(tc.get("avg_nbest_model") or 0), int(tc.get("max_epoch") or 1)
+        raise ValueError(f"checkpoint must be auto, model.pt.best, model.pt.avg<n>, model.pt.ep<k> or "
+                         f"model.pt.ep<k>.<step>, got {checkpoint!r}")
+    # funasr's trainer averages 10 when the config does not say
+    avg_n, max_epoch = int(tc.get("avg_nbest_model", 10) or 0), int(tc.get("max_epoch") or 1)
     if m.group(2) and int(m.group(2)) != avg_n:
         raise ValueError(f"checkpoint {checkpoint}: this run averages its {avg_n or 'no'} best checkpoints "
                          f"(keep_nbest_models), so it writes model.pt.avg{avg_n} (or use auto)")

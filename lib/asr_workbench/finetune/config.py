@@ -118,8 +118,9 @@ def _param_layer(p: FinetuneParams, base: Mapping[str, Any], n_train: int) -> di
         if p.batch_bins <= 0:
             raise ValueError(f"batch_bins must be > 0, got {p.batch_bins}")
         ds["batch_size"] = int(p.batch_bins) if p.dataset_type == "small" else max(1, int(p.batch_bins) // 10)
-    if p.dataset_type == "large":
-        ds["data_split_num"] = int(p.data_split_num or max(1, math.ceil(n_train / 100_000)))
+    # large: shards of ~100k utterances; small: one list (a model's config may carry its own recipe's value,
+    # SenseVoice's says 32, which with small data would train each epoch that many times)
+    ds["data_split_num"] = int(p.data_split_num or max(1, math.ceil(n_train / 100_000))) if p.dataset_type == "large" else 1
     for name in ("max_epoch", "accum_grad", "early_stopping_patience"):
         value = getattr(p, name)
         if value is not None:
@@ -232,6 +233,7 @@ def _number(value: Any, key: str) -> Any:
 def _is_default(key: str, p: FinetuneParams) -> bool:
     """Keys the parameter layer always writes from defaults (an override of them is no conflict)."""
     always = {"dataset_conf.batch_type": True, "train_conf.resume": not p.resume, "seed": p.seed == 0,
+              "dataset_conf.data_split_num": p.data_split_num is None,  # computed: an override sets the shards
               "train_conf.use_bf16": p.precision == "fp32", "train_conf.use_fp16": p.precision == "fp32"}
     return always.get(key, False)
 
@@ -248,24 +250,30 @@ def _scheduler_names() -> list[str]:
     return sorted(scheduler_classes)
 
 
-def planned_batches(train_frames: list[int], batch_size_frames: int, nproc: int = 1) -> int:
-    """Batches per epoch and process for token batching: batches pack ``longest * count <= batch_size`` over
-    length-sorted utterances (what funasr's sampler does within a sort buffer; each rank gets its share)."""
+def planned_batches(train_frames: list[int], batch_size: int, nproc: int = 1, batch_type: str = "token",
+                    shards: int = 1) -> int:
+    """Batches per process and shard (``dataset_type: large`` reads ``shards`` lists one at a time, each like an
+    epoch of its own): token batches pack ``longest * count <= batch_size`` frames over length-sorted utterances
+    (what funasr's sampler does within a sort buffer), example batches hold ``batch_size`` utterances; each rank
+    gets its share."""
+    if batch_type == "example":
+        return math.ceil(len(train_frames) / max(1, shards) / max(1, batch_size) / max(1, nproc))
+    batch_size_frames = batch_size
     batches, longest, count = 0, 0, 0
     for n in sorted(train_frames):
         if count and max(longest, n) * (count + 1) > batch_size_frames:
             batches, longest, count = batches + 1, 0, 0
         longest, count = max(longest, n), count + 1
     batches += 1 if count else 0
-    return math.ceil(batches / max(1, nproc))
+    return math.ceil(batches / max(1, nproc) / max(1, shards))
 
 
-def planned_steps(train_frames: list[int], batch_size_frames: int, accum_grad: int, max_epoch: int,
-                  nproc: int = 1) -> tuple[int, int]:
+def planned_steps(train_frames: list[int], batch_size: int, accum_grad: int, max_epoch: int, nproc: int = 1,
+                  batch_type: str = "token", shards: int = 1) -> tuple[int, int]:
     """(optimizer steps per epoch, total). funasr's trainer steps after every ``accum_grad``-th batch and clears
-    the gradients at the start of each epoch, so an epoch's last ``batches % accum_grad`` batches never reach the
-    weights, and an epoch of fewer batches than ``accum_grad`` takes no step at all (0 here)."""
-    per_epoch = planned_batches(train_frames, batch_size_frames, nproc) // max(1, accum_grad)
+    the gradients at the start of each epoch (each shard), so the last ``batches % accum_grad`` batches of each
+    never reach the weights, and fewer batches than ``accum_grad`` take no step at all (0 here)."""
+    per_epoch = shards * (planned_batches(train_frames, batch_size, nproc, batch_type, shards) // max(1, accum_grad))
     return per_epoch, per_epoch * max_epoch
 
 
