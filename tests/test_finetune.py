@@ -303,6 +303,9 @@ def test_plans_that_would_waste_the_run_fail_before_training(tmp_path, tiny_data
     assert finetune.plan(str(base), str(tiny_data), str(tmp_path / "m"), max_epoch=1).config["dataset_conf"]["data_split_num"] == 1
     p = plan("n", dataset_type="large", batch_bins=20000, finetune_overrides={"dataset_conf": {"data_split_num": 2}})
     assert p.config["dataset_conf"]["data_split_num"] == 2
+    if not torch.cuda.is_available():  # funasr's trainer would fall back to the CPU without a word
+        with pytest.raises(ValueError, match=r"device 'cuda': this machine has 0 CUDA GPU"):
+            plan("o", device="cuda")
 
 
 def test_a_fine_tune_never_replaces_its_own_base(tmp_path, tiny_data):

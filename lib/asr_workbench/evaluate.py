@@ -208,6 +208,7 @@ def run(
         compare_checkpoints: checkpoints of the same fine-tune to evaluate on its dev set.
         n_bootstrap / seed: paired-bootstrap resamples for the CER-change interval.
     """
+    decode.check_device(device)
     out = runs.prepare_output_dir(output_dir, "evaluate")
     ft_dir = paths.resolve(finetune_dir)
     if not ft_dir.is_dir():

@@ -131,6 +131,7 @@ def plan(
     """
     from funasr.download.download_model_from_hub import download_model
 
+    decode.check_device(device)  # cuda on a machine without one: funasr's trainer would run on the CPU, unsaid
     base = modelhub.open_model(model, cache_dir=cache_dir)
     out = runs.prepare_output_dir(output_dir, "finetune", protect=[base.path])
     for replaced in ("train", "model", ".eval"):  # what a fresh run removes before training
