@@ -170,3 +170,21 @@ def test_params_paths_resolve_from_the_working_directory_first(tmp_path, monkeyp
     assert batch.expand(["params/demo/infer.yaml"])  # still found in the repository when not here
     with pytest.raises(FileNotFoundError, match=r"no such params file or folder \(looked for .*nothing.yaml and "):
         batch.expand(["nothing.yaml"])
+
+
+def test_leaderboard_says_when_cers_come_from_different_normalisers(tmp_path):
+    """A run index kept across workbench versions holds CERs of zh-char-v1 and zh-char-v2: not comparable, said."""
+    from asr_workbench import report
+
+    index = tmp_path / "runs.jsonl"
+    for name, cer, norm in (("old", 0.05, "zh-char-v1: ..."), ("new", 0.06, "zh-char-v2: ...")):
+        rec = batch.RunRecord(name, Path("notebooks/infer.ipynb"), tmp_path / name, tmp_path / name / "x.ipynb", None,
+                              "ok", None, 1.0, 0.0, {"batch_size": 16},
+                              {"cer": cer, "normaliser": norm, "data_dir": "demo/data/base/test"})
+        batch.append_index(rec, index)
+    board = leaderboard.load(str(index))
+    assert board.normalisers == ["zh-char-v1", "zh-char-v2"] and "2 different text normalisers" in board.notes[0]
+    assert "normaliser" in board.text().splitlines()[1] and "zh-char-v1" in board.text()
+    assert "Note: these CERs were computed after 2 different text normalisers" in report.leaderboard_table(board)
+    same = leaderboard.load(str(index), notebook="nothing")
+    assert same.notes == [] and same.rows == []

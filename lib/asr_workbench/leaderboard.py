@@ -27,12 +27,26 @@ class Leaderboard:
     rows: list[dict[str, Any]]
     params: list[str] = field(default_factory=list)
 
+    @property
+    def normalisers(self) -> list[str]:
+        """The text normalisers behind the CERs shown (more than one: those CERs are not comparable)."""
+        return sorted({r["normaliser"] for r in self.rows if r.get("cer") is not None and r.get("normaliser")})
+
+    @property
+    def notes(self) -> list[str]:
+        n = self.normalisers
+        return [f"these CERs were computed after {len(n)} different text normalisers ({', '.join(n)}): compare runs "
+                "of the same normaliser only (the normaliser column), or re-run the older ones"] if len(n) > 1 else []
+
     def text(self) -> str:
-        head = ["run", "notebook", "data", "CER", "RTF", "status", *self.params]
-        lines = ["  ".join(head)]
+        mixed = len(self.normalisers) > 1
+        head = ["run", "notebook", "data", "CER", *(["normaliser"] if mixed else []), "RTF", "status", *self.params]
+        lines = [f"note: {n}" for n in self.notes] + ["  ".join(head)]
         for r in self.rows:
             cer = f"{r['cer'] * 100:.2f}%" if r.get("cer") is not None else "-"
-            lines.append("  ".join([r["name"], r["notebook"], r["data"], cer, str(r.get("rtf") or "-"), r["status"],
+            lines.append("  ".join([r["name"], r["notebook"], r["data"], cer,
+                                    *([r.get("normaliser") or "-"] if mixed else []), str(r.get("rtf") or "-"),
+                                    r["status"],
                                     *[json.dumps(r["parameters"].get(p), ensure_ascii=False, default=str) for p in self.params]]))
         return "\n".join(lines)
 
@@ -48,6 +62,7 @@ def load(index: str | None = None, notebook: str | None = None, data: str | None
                 continue
             rows.append({"name": e["name"], "notebook": e.get("notebook", ""), "data": name, "cer": cer,
                          "rtf": e.get("rtf"), "status": e.get("status", ""), "html": e.get("html"),
+                         "normaliser": str(e.get("normaliser") or "").split(":")[0] or None,
                          "output_dir": e.get("output_dir"), "started": e.get("started"),
                          "parameters": e.get("parameters", {})})
     rows.sort(key=lambda r: (r["status"] != "ok", r["cer"] is None, r["cer"] if r["cer"] is not None else 0))

@@ -211,11 +211,16 @@ def leaderboard_table(board: Any) -> Html:
     if not board.rows:
         return Html("<p>No runs in the index yet (asr-workbench run ... appends to outputs/runs.jsonl).</p>")
     rows = []
+    mixed = len(board.normalisers) > 1
     for r in board.rows:
         link = f"<a href='file://{html.escape(r['html'])}'>report</a>" if r.get("html") else "-"
         rows.append((html.escape(r["name"]), html.escape(r["notebook"]), html.escape(r["data"]),
                      f"{r['cer'] * 100:.2f} %" if r.get("cer") is not None else "-",
+                     *([html.escape(r.get("normaliser") or "-")] if mixed else []),
                      *[html.escape(str(r["parameters"].get(p))) for p in board.params],
                      r.get("rtf") or "-", html.escape(r["status"]), link))
     cols = list(range(len(rows[0])))
-    return table_html(["run", "notebook", "data", "CER", *board.params, "RTF", "status", "report"], rows, raw_cols=cols)
+    table = table_html(["run", "notebook", "data", "CER", *(["normaliser"] if mixed else []), *board.params, "RTF",
+                        "status", "report"], rows, raw_cols=cols)
+    notes = "".join(f"<p style='color:#c00'>Note: {html.escape(n)}</p>" for n in board.notes)
+    return Html(notes + str(table))
