@@ -277,7 +277,7 @@ def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: D
                     raise RuntimeError(f"funasr could not decode {key} ({path}) with its vad_model: {e!r}") from e
                 sink([Hypothesis(key, " ".join(r.get("text", "") for r in res).strip(), dur)])
         return
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
     import torch
 
@@ -289,28 +289,32 @@ def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: D
 
     local = threading.local()
 
-    def work(batch: list[int]) -> list[Hypothesis]:
-        # each worker thread reads its batch, computes features on the model's device and decodes; on a GPU
-        # each has its own CUDA stream, so one thread's reading and Python work overlaps another's kernels
+    def load(batch: list[int]) -> list[Any]:
+        return [audio.load(items[i][1]) for i in batch]
+
+    def work(batch: list[int], waves: Future[list[Any]]) -> list[Hypothesis]:
+        # each worker thread takes its batch's audio (read ahead on the loader thread while earlier batches
+        # decode: on a GPU, one batch at a time, reading 64 files would otherwise stall it), computes features on
+        # the model's device and decodes; with several GPU workers each has its own CUDA stream
         if device.type == "cuda" and workers > 1 and not hasattr(local, "stream"):
             local.stream = torch.cuda.Stream(device)
         stream = getattr(local, "stream", None)
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext(), \
                 _autocast(model, opts.precision):
-            waves = [audio.load(items[i][1]) for i in batch]
-            res = _infer_batch(model, waves, feature_device, kw, [f"{items[i][0]} ({items[i][1]})" for i in batch],
-                               note)
+            res = _infer_batch(model, waves.result(), feature_device, kw,
+                               [f"{items[i][0]} ({items[i][1]})" for i in batch], note)
         return [Hypothesis(items[i][0], str(r.get("text", "") or ""), items[i][2]) for i, r in zip(batch, res)]
 
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audio")  # soundfile reads without the GIL
     try:
         pending, todo = set(), iter(batches)
-        while True:  # at most 2 batches per worker queued: audio is read inside the task, memory stays bounded
+        while True:  # at most 2 batches per worker queued (their audio read ahead): memory stays bounded
             for batch in todo:
-                pending.add(pool.submit(work, batch))
+                pending.add(pool.submit(work, batch, loader.submit(load, batch)))
                 if len(pending) >= 2 * workers:
                     break
             if not pending:
@@ -320,6 +324,7 @@ def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: D
                 sink(fut.result())
     finally:  # an interrupt or a failed batch: queued batches are dropped, running ones finish
         pool.shutdown(wait=True, cancel_futures=True)
+        loader.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(previous)
 
 
