@@ -188,3 +188,74 @@ def test_leaderboard_says_when_cers_come_from_different_normalisers(tmp_path):
     assert "Note: these CERs were computed after 2 different text normalisers" in report.leaderboard_table(board)
     same = leaderboard.load(str(index), notebook="nothing")
     assert same.notes == [] and same.rows == []
+
+
+def test_index_line_after_a_cut_off_one_is_kept(tmp_path):
+    """A crash mid-write leaves a line without its end: the next run's line is not glued onto it (and lost)."""
+    index = tmp_path / "runs.jsonl"
+    index.write_text('{"name": "old", "status": "ok", "notebook": "infer"}\n{"name": "crashed", "status": "o')
+    rec = batch.RunRecord("new", Path("notebooks/infer.ipynb"), tmp_path / "new", tmp_path / "new" / "x.ipynb", None,
+                          "ok", None, 1.0, 0.0, {}, {"cer": 0.1, "data_dir": "d/test"})
+    batch.append_index(rec, index)
+    with pytest.warns(UserWarning, match=r"1 line\(s\) could not be read .* line 2"):
+        names = [e["name"] for e in batch.read_index(index)]
+    assert names == ["old", "new"]
+    with pytest.raises(FileNotFoundError, match="no such run index"):
+        batch.read_index(tmp_path / "mistyped.jsonl")
+
+
+def test_fresh_run_folders_are_reserved(tmp_path, monkeypatch):
+    """Two commands started in the same second took the same fresh folder and mixed their files: reserving it
+    (creating it) makes the second one take the next name; a dry run reserves nothing."""
+    monkeypatch.setenv("ASR_WORKBENCH_OUTPUTS", str(tmp_path))
+    monkeypatch.setattr(batch, "_stamp", lambda: "20260101-000000")
+    dry = batch.expand(["params/demo/infer.yaml"], {"output_dir": None})[0].params["output_dir"]
+    assert not Path(dry).exists()
+    a = batch.expand(["params/demo/infer.yaml"], {"output_dir": None}, reserve=True)[0].params["output_dir"]
+    b = batch.expand(["params/demo/infer.yaml"], {"output_dir": None}, reserve=True)[0].params["output_dir"]
+    assert a == dry and b == a + "-2" and Path(a).is_dir() and Path(b).is_dir()
+
+
+def test_run_folders_are_compared_as_real_folders(tmp_path):
+    for name, out in (("a", tmp_path / "same"), ("b", tmp_path / "x" / ".." / "same")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "infer.yaml").write_text(f"output_dir: {out}\n")
+    with pytest.raises(ValueError, match="would both write to"):
+        batch.expand([tmp_path / "a" / "infer.yaml", tmp_path / "b" / "infer.yaml"])
+
+
+def test_a_run_folder_that_cannot_be_made_fails_that_run_only(tmp_path):
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "infer.yaml").write_text(f"output_dir: {tmp_path / 'afile'}\n")
+    spec = batch.expand([tmp_path / "p" / "infer.yaml"])[0]
+    rec = batch.execute(spec, progress=False)
+    assert rec.status == "failed" and "afile" in rec.error and rec.html is None
+
+
+def test_command_lines_keep_overrides_and_list_params_take_one_string(tmp_path):
+    specs = batch.expand(["params/demo/demo.pipeline.yaml"], {"batch_size": 2})
+    assert all("-p batch_size=2" in s.command for s in specs)
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "infer_after_finetune.yaml").write_text("required_files: am.mvn\ncompare_checkpoints: model.pt.best\n")
+    p = batch.expand([tmp_path / "e" / "infer_after_finetune.yaml"])[0].params
+    assert p["required_files"] == ["am.mvn"] and p["compare_checkpoints"] == ["model.pt.best"]
+
+
+def test_cer_against_a_swept_setting_of_mappings_and_data_filter(tmp_path):
+    """A sweep over dict-valued settings (scheduler_conf) plots without comparing dicts; --data test matches the
+    infer runs' target/test and base/test."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from asr_workbench import report
+
+    index = tmp_path / "runs.jsonl"
+    for i, (conf, data) in enumerate((({"warmup_steps": 30}, "demo/data/target/test"),
+                                      ({"warmup_steps": 10}, "demo/data/base/test"))):
+        rec = batch.RunRecord(f"r{i}", Path("notebooks/infer.ipynb"), tmp_path / f"r{i}", tmp_path / "x.ipynb", None,
+                              "ok", None, 1.0, 0.0, {"scheduler_conf": conf}, {"cer": 0.1 * (i + 1), "data_dir": data})
+        batch.append_index(rec, index)
+    board = leaderboard.load(str(index))
+    report.cer_vs_parameter(board, "scheduler_conf")
+    assert [r["data"] for r in leaderboard.load(str(index), data="test").rows] == ["target/test", "base/test"]

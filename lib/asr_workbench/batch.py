@@ -22,6 +22,7 @@ import os
 import re
 import shlex
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -140,13 +141,39 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "-", name).strip("-.") or "run"
 
 
-def _fresh_dir(name: str, stamp: str, taken: set[Path]) -> Path:
-    base = paths.outputs_root() / f"{_safe_name(name)}-{stamp}"
+@dataclass
+class _Expansion:
+    """What the runs of one ``expand`` share: the time stamp of fresh run folders, the folders given out so far,
+    whether to reserve them on disk (not for a dry run), and the ``-p`` arguments for the commands they record."""
+
+    stamp: str
+    reserve: bool = False
+    args: list[str] = field(default_factory=list)
+    taken: set[Path] = field(default_factory=set)
+
+    def command(self, path: Path) -> str:
+        shown = path.relative_to(paths.repo_root()) if path.is_relative_to(paths.repo_root()) else path
+        return shlex.join(["asr-workbench", "run", str(shown), *self.args])
+
+
+def _fresh_dir(name: str, ex: _Expansion) -> Path:
+    """``outputs/<name>-<stamp>`` (``-2``, ``-3``... when taken). Reserved by creating it: two commands started in
+    the same second would otherwise both pick the same folder and mix their files."""
+    base = paths.outputs_root() / f"{_safe_name(name)}-{ex.stamp}"
     out, n = base, 1
-    while out.exists() or out in taken:
+    while True:
+        if out not in ex.taken:
+            if not ex.reserve and not out.exists():
+                break
+            if ex.reserve:
+                try:
+                    out.mkdir(parents=True)
+                    break
+                except FileExistsError:
+                    pass
         n += 1
         out = base.with_name(f"{base.name}-{n}")
-    taken.add(out)
+    ex.taken.add(out)
     return out
 
 
@@ -181,26 +208,29 @@ _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 def _numbers(notebook: Path, params: dict[str, Any]) -> dict[str, Any]:
-    """YAML 1.1 reads ``1e-4`` as a string: give numeric parameters their number."""
+    """YAML 1.1 reads ``1e-4`` as a string: give numeric parameters their number. A list parameter given one
+    string (``-p required_files=am.mvn``) is a list of it, not the string's characters."""
     known = notebook_parameters(notebook)
     out = dict(params)
     for k, v in params.items():
         kind = (known.get(k) or {}).get("inferred_type_name", "")
         if isinstance(v, str) and _NUMBER.match(v.strip()) and kind in ("float", "int"):
             out[k] = float(v) if kind == "float" or not v.strip().lstrip("+-").isdigit() else int(v)
+        elif isinstance(v, str) and kind == "list":
+            out[k] = [v]
     return out
 
 
-def _finish(spec_name: str, notebook: Path, params: dict[str, Any], source: str, group: str, stamp: str,
-            taken: set[Path], cmd: str) -> RunSpec:
+def _finish(spec_name: str, notebook: Path, params: dict[str, Any], source: str, group: str, ex: _Expansion,
+            cmd: str) -> RunSpec:
     check_params(notebook, params, source)
     params = _numbers(notebook, params)
     out = params.get("output_dir")
-    params["output_dir"] = str(paths.resolve(out) if out else _fresh_dir(spec_name.replace("/", "-"), stamp, taken))
+    params["output_dir"] = str(paths.resolve(out) if out else _fresh_dir(spec_name.replace("/", "-"), ex))
     return RunSpec(spec_name, notebook, params, source, group, cmd)
 
 
-def load_pipeline(path: Path, overrides: dict[str, Any], stamp: str, taken: set[Path]) -> list[RunSpec]:
+def load_pipeline(path: Path, overrides: dict[str, Any], ex: _Expansion) -> list[RunSpec]:
     """The steps of a ``*.pipeline.yaml`` with ``${step.key}`` references resolved."""
     data = load_params(path)
     bad = set(data) - _PIPELINE_KEYS
@@ -231,8 +261,7 @@ def load_pipeline(path: Path, overrides: dict[str, Any], stamp: str, taken: set[
             raise ValueError(f"{where}: no notebook {nb}")
         params = {**base, **_resolve_refs(step.get("with") or {}, done, where)}
         params = _with_overrides(nb, params, overrides, where)
-        spec = _finish(f"{label}/{name}", nb, params, where, str(path), stamp, taken,
-                       f"asr-workbench run {shlex.quote(str(path))}")
+        spec = _finish(f"{label}/{name}", nb, params, where, str(path), ex, ex.command(path))
         done[name] = spec.params
         specs.append(spec)
     return specs
@@ -242,7 +271,7 @@ def _point_name(point: dict[str, Any]) -> str:
     return "_".join(f"{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in point.items())
 
 
-def load_sweep(path: Path, overrides: dict[str, Any], stamp: str, taken: set[Path]) -> list[RunSpec]:
+def load_sweep(path: Path, overrides: dict[str, Any], ex: _Expansion) -> list[RunSpec]:
     """One run per point of the grid of a ``*.sweep.yaml``."""
     data = load_params(path)
     bad = set(data) - _SWEEP_KEYS
@@ -266,15 +295,18 @@ def load_sweep(path: Path, overrides: dict[str, Any], stamp: str, taken: set[Pat
         name = _point_name(point)
         if base.get("output_dir"):  # a fixed folder: one sub-folder per point, named safely
             params["output_dir"] = str(Path(str(base["output_dir"])) / _safe_name(name))
-        specs.append(_finish(f"{label}/{name}", nb, params, str(path), f"{path}#{name}", stamp, taken,
-                             f"asr-workbench run {shlex.quote(str(path))}"))
+        specs.append(_finish(f"{label}/{name}", nb, params, str(path), f"{path}#{name}", ex, ex.command(path)))
     return specs
 
 
-def expand(targets: Sequence[str | Path], overrides: dict[str, Any] | None = None) -> list[RunSpec]:
-    """Params files, pipelines, sweeps, or folders of them -> the runs to execute, in order."""
+def expand(targets: Sequence[str | Path], overrides: dict[str, Any] | None = None,
+           reserve: bool = False) -> list[RunSpec]:
+    """Params files, pipelines, sweeps, or folders of them -> the runs to execute, in order.
+
+    ``reserve``: create the fresh run folders now (for runs about to execute; not for a dry run)."""
     overrides = overrides or {}
-    stamp, taken = _stamp(), set()
+    ex = _Expansion(_stamp(), reserve, [x for k, v in overrides.items()
+                                        for x in ("-p", f"{k}={json.dumps(v) if not isinstance(v, str) else v}")])
     files: list[Path] = []
     for t in targets:
         here = Path(t).expanduser().absolute()  # a command-line path is relative to the working directory first
@@ -289,27 +321,26 @@ def expand(targets: Sequence[str | Path], overrides: dict[str, Any] | None = Non
     specs: list[RunSpec] = []
     for f in files:
         if f.name.endswith(".pipeline.yaml"):
-            specs += load_pipeline(f, overrides, stamp, taken)
+            specs += load_pipeline(f, overrides, ex)
         elif f.name.endswith(".sweep.yaml"):
-            specs += load_sweep(f, overrides, stamp, taken)
+            specs += load_sweep(f, overrides, ex)
         else:
             nb = notebook_for(f)
             params = _with_overrides(nb, load_params(f), overrides, str(f))
-            shown = f.relative_to(paths.repo_root()) if f.is_relative_to(paths.repo_root()) else f
-            cmd = shlex.join(["asr-workbench", "run", str(shown)] + [
-                x for k, v in overrides.items() for x in ("-p", f"{k}={json.dumps(v) if not isinstance(v, str) else v}")])
-            specs.append(_finish(f"{f.parent.name}/{f.stem}", nb, params, str(f), str(f), stamp, taken, cmd))
+            specs.append(_finish(f"{f.parent.name}/{f.stem}", nb, params, str(f), str(f), ex, ex.command(f)))
     unused = sorted(k for k in overrides if not any(k in notebook_parameters(s.notebook) for s in specs))
     if unused:
         raise ValueError(f"-p {', '.join(unused)}: not a parameter of any notebook in these runs")
     if "output_dir" in overrides and len(specs) > 1:
         raise ValueError(f"-p output_dir would send all {len(specs)} runs to one folder; set it per params file")
-    seen: dict[str, str] = {}
-    for s in specs:
-        if s.params["output_dir"] in seen:
-            raise ValueError(f"runs {seen[s.params['output_dir']]} and {s.name} would both write to "
-                             f"{s.params['output_dir']}; give them different output_dir values")
-        seen[s.params["output_dir"]] = s.name
+    seen: dict[Path, str] = {}
+    for s in specs:  # the real folders: x/../same and a symlink are the same folder
+        real = Path(os.path.realpath(s.params["output_dir"]))
+        for other, name in seen.items():
+            if real == other or other in real.parents or real in other.parents:
+                raise ValueError(f"runs {name} and {s.name} would both write to {other if real == other else 'nested'} "
+                                 f"folders ({other}, {real}); give them separate output_dir values")
+        seen[real] = s.name
     return specs
 
 
@@ -327,15 +358,17 @@ def execute(spec: RunSpec, hide_code: bool = False, progress: bool = True) -> Ru
     from papermill.exceptions import PapermillExecutionError
 
     out = Path(spec.params["output_dir"])
-    out.mkdir(parents=True, exist_ok=True)
     executed = out / spec.notebook.name
-    atomic_write_text(out / "command.txt", f"{spec.command}\n# same notebook with papermill (from {paths.repo_root()}):\n"
-                      f"# papermill {shlex.quote(str(spec.notebook))} {shlex.quote(str(executed))} "
-                      + " ".join(f"-y {shlex.quote(yaml.safe_dump({k: v}, default_flow_style=True).strip())}"
-                                 for k, v in spec.params.items()) + "\n")
     t0 = time.time()
     status, error = "ok", None
-    try:
+    try:  # a run folder that cannot be made (a file of that name, no permission) fails this run, not the batch
+        out.mkdir(parents=True, exist_ok=True)
+        # each value as papermill -y reads it, mappings in their order (evaluate's first test set is the headline)
+        atomic_write_text(out / "command.txt", f"{spec.command}{' --hide-code' if hide_code else ''}\n"
+                          f"# same notebook with papermill (from {paths.repo_root()}):\n"
+                          f"# papermill {shlex.quote(str(spec.notebook))} {shlex.quote(str(executed))} "
+                          + " ".join(f"-y {shlex.quote(yaml.safe_dump({k: v}, default_flow_style=True, sort_keys=False, allow_unicode=True).strip())}"
+                                     for k, v in spec.params.items()) + "\n")
         papermill.execute_notebook(str(spec.notebook), str(executed), parameters=spec.params,
                                    cwd=str(paths.repo_root()), progress_bar=progress, kernel_name="python3")
     except PapermillExecutionError as e:
@@ -366,10 +399,16 @@ def append_index(rec: RunRecord, index: Path | None = None) -> None:
     """Append one line to the run index under an exclusive lock (parallel runs never interleave)."""
     index = index or paths.outputs_root() / INDEX
     index.parent.mkdir(parents=True, exist_ok=True)
-    line = jsonl_line(_index_entry(rec))
-    with open(index, "a", encoding="utf-8") as f:
+    line = jsonl_line(_index_entry(rec)).encode("utf-8")
+    with open(index, "ab+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
+            # a line cut off by a crash mid-write would swallow this one: end it first
+            f.seek(0, os.SEEK_END)
+            if f.tell():
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    line = b"\n" + line
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
@@ -378,16 +417,30 @@ def append_index(rec: RunRecord, index: Path | None = None) -> None:
 
 
 def read_index(index: str | Path | None = None) -> list[dict[str, Any]]:
-    """The run index (a cut-off last line, from a crash mid-write, is skipped)."""
-    path = paths.resolve(index) if index else paths.outputs_root() / INDEX
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    """The run index: ``outputs/runs.jsonl``, or ``index`` (relative to the working directory, else to the
+    repository; a given index that does not exist is an error, not an empty board). A line cut off by a crash
+    mid-write is skipped, and said."""
+    if index:
+        here = Path(index).expanduser().absolute()
+        path = here if here.is_file() else paths.resolve(index)
+        if not path.is_file():
+            raise FileNotFoundError(f"{index}: no such run index (looked for {here}"
+                                    + (f" and {path})" if path != here else ")"))
+    else:
+        path = paths.outputs_root() / INDEX
+        if not path.is_file():
+            return []
+    out, bad = [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:
-            continue
+            bad.append(n)
+    if bad:
+        warnings.warn(f"{path}: {len(bad)} line(s) could not be read (cut off by a crash?), e.g. line {bad[0]}; "
+                      "those runs are not shown", stacklevel=2)
     return out
 
 
@@ -459,12 +512,13 @@ def run_notebook(params_file: str | Path, overrides: dict[str, Any] | None = Non
     """Execute the notebook one params file names into its run folder (and append it to the index)."""
     params_file = paths.resolve(params_file)
     if notebook is None:
-        spec = expand([params_file], overrides)[0]
+        spec = expand([params_file], overrides, reserve=True)[0]
     else:
         nb = paths.resolve(notebook)
         params = {**load_params(params_file), **(overrides or {})}
+        ex = _Expansion(_stamp(), reserve=True)
         spec = _finish(f"{params_file.parent.name}/{params_file.stem}", nb, params, str(params_file),
-                       str(params_file), _stamp(), set(), f"asr-workbench run {shlex.quote(str(params_file))}")
+                       str(params_file), ex, ex.command(params_file))
     rec = execute(spec, hide_code, progress)
     append_index(rec)
     return rec

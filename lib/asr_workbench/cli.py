@@ -44,7 +44,7 @@ def _details(rec: Any) -> list[str]:
 def _cmd_run(a: argparse.Namespace) -> int:
     from asr_workbench import batch
 
-    specs = batch.expand(a.params, dict(a.param or []))
+    specs = batch.expand(a.params, dict(a.param or []), reserve=not a.dry_run)
     if a.dry_run:
         for s in specs:
             print(f"{s.name}  [{s.notebook.name}]  group {s.group}")

@@ -209,6 +209,9 @@ def run(
         n_bootstrap / seed: paired-bootstrap resamples for the CER-change interval.
     """
     decode.check_device(device)
+    # one name where a list is expected is a list of one (list("am.mvn") would be its characters)
+    required_files = [required_files] if isinstance(required_files, str) else required_files
+    compare_checkpoints = [compare_checkpoints] if isinstance(compare_checkpoints, str) else compare_checkpoints
     out = runs.prepare_output_dir(output_dir, "evaluate")
     ft_dir = paths.resolve(finetune_dir)
     if not ft_dir.is_dir():

@@ -58,7 +58,7 @@ def load(index: str | None = None, notebook: str | None = None, data: str | None
     for e in entries:
         sets = e.get("per_set_cer") or {"-": None}
         for name, cer in sets.items():
-            if data and name != data:
+            if data and data not in (name, *name.split("/")):  # "test" matches target/test and base/test
                 continue
             rows.append({"name": e["name"], "notebook": e.get("notebook", ""), "data": name, "cer": cer,
                          "rtf": e.get("rtf"), "status": e.get("status", ""), "html": e.get("html"),

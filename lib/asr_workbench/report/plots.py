@@ -35,6 +35,16 @@ def setup_cjk_font() -> str | None:
     return name
 
 
+def _order(value: Any) -> tuple[str, Any]:
+    """A sort key for a swept parameter's values: numbers and strings by value, others (a dict of settings) by
+    their JSON text, so they never meet ``<``."""
+    import json
+
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        return (type(value).__name__ if isinstance(value, str) else "number", value)
+    return ("json", json.dumps(value, sort_keys=True, default=str))
+
+
 def _literal(text: Any) -> str:
     """User text (a data folder, set, parameter or value) as matplotlib should show it: a name with two ``$`` in
     it would otherwise be parsed as mathtext, and a parse error fails the whole report."""
@@ -148,7 +158,7 @@ def cer_vs_parameter(board: Any, parameter: str | None) -> plt.Figure:
         return fig
     for data in sorted({r["data"] for r in rows}):
         pts = sorted(((r["parameters"][parameter], r["cer"] * 100) for r in rows if r["data"] == data),
-                     key=lambda t: (str(type(t[0])), t[0]))
+                     key=lambda t: _order(t[0]))
         ax.plot([_literal(x) for x, _ in pts], [y for _, y in pts], "o-", label=_literal(data))
     ax.set(xlabel=_literal(parameter), ylabel="CER (%)")
     ax.legend(fontsize=8)
