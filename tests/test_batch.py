@@ -122,13 +122,14 @@ def test_failed_first_step_skips_the_rest_of_its_pipeline(tmp_path):
     pipe = tmp_path / "broken.pipeline.yaml"
     pipe.write_text(yaml.safe_dump({"steps": [
         {"name": "infer", "params": "params/demo/infer.yaml", "with": {"data_dir": str(tmp_path / "nothing")}},
-        {"name": "again", "params": "params/demo/infer.yaml", "with": {"output_dir": "${infer.output_dir}-2"}}]}))
+        {"name": "again", "params": "params/demo/infer.yaml", "with": {"output_dir": None}}]}))
     proc = _cli(["run", str(pipe), "-q"], tmp_path / "outputs")
     assert proc.returncode == 1
     index = batch.read_index(tmp_path / "outputs" / "runs.jsonl")
     assert [(e["name"], e["status"]) for e in index] == [("broken.pipeline/infer", "failed"),
                                                          ("broken.pipeline/again", "skipped")]
     assert "skipped: broken.pipeline/infer failed" in index[1]["error"]
+    assert not Path(index[1]["output_dir"]).exists()  # its reserved fresh folder, never written, is gone
 
 
 def test_runs_may_not_share_an_output_dir_or_override_the_grid(tmp_path):
@@ -259,3 +260,30 @@ def test_cer_against_a_swept_setting_of_mappings_and_data_filter(tmp_path):
     board = leaderboard.load(str(index))
     report.cer_vs_parameter(board, "scheduler_conf")
     assert [r["data"] for r in leaderboard.load(str(index), data="test").rows] == ["target/test", "base/test"]
+
+
+def test_reserved_folders_go_again_when_nothing_runs_in_them(tmp_path, monkeypatch):
+    """Fresh folders are created when runs are expanded for running: a typo that stops the expansion, or a step
+    skipped after a failure, leaves no empty folder behind."""
+    monkeypatch.setenv("ASR_WORKBENCH_OUTPUTS", str(tmp_path))
+    with pytest.raises(ValueError, match="not a parameter of any notebook"):
+        batch.expand(["params/demo"], {"typo": 1}, reserve=True)
+    assert list(tmp_path.iterdir()) == []
+    specs = batch.expand(["params/demo/demo.pipeline.yaml"], reserve=True)
+    fresh = [Path(s.params["output_dir"]) for s in specs if str(s.params["output_dir"]).startswith(str(tmp_path))]
+    assert fresh and all(f.is_dir() for f in fresh)  # reserved (the skipped-step case: the pipeline test below)
+
+
+def test_a_folder_the_notebook_would_refuse_gets_nothing_written(tmp_path):
+    """The batch runner checks the run folder as the notebook's library call will: a fine-tune's folder keeps its
+    report and command when an inference run is pointed at it."""
+    from asr_workbench import runs
+
+    ft = runs.prepare_output_dir(tmp_path / "ft", "finetune")
+    (ft / "report.html").write_text("the fine-tune's report")
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "infer.yaml").write_text(f"output_dir: {ft}\n")
+    rec = batch.execute(batch.expand([tmp_path / "p" / "infer.yaml"])[0], progress=False)
+    assert rec.status == "failed" and "holds a finetune run" in rec.error
+    assert sorted(p.name for p in ft.iterdir()) == [".asr_workbench_run", "report.html"]
+    assert (ft / "report.html").read_text() == "the fine-tune's report"

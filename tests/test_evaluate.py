@@ -152,6 +152,10 @@ def test_settings_that_would_fail_late_fail_before_decoding(tmp_path, notebook_f
                                        encoding="utf-8")
     with pytest.raises(ValueError, match="has another vocabulary"):
         run("d", modelscope_model_name=str(other), decoding_model_name="model.pt.ep1")
+    with pytest.raises(ValueError, match="never writes into a model folder"):  # the fine-tune's own model
+        evaluate.run(output_dir=str(ft_out / "model" / "eval"), finetune_dir=str(ft_out), test_sets={"t": data},
+                     device="cpu", progress=False)
+    assert not (ft_out / "model" / "eval").exists()
     # test sets as a list of folders: each named by its folder
     r = run("e", test_sets=[data], compare_with_base=False, n_bootstrap=100)
     assert [s.name for s in r.sets] == ["data"]

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from asr_workbench import paths
+from asr_workbench import paths, runs
 from asr_workbench.fileio import atomic_write_text, jsonl_line
 
 __all__ = ["RunSpec", "RunRecord", "notebook_for", "notebook_parameters", "load_params", "check_params",
@@ -150,6 +150,7 @@ class _Expansion:
     reserve: bool = False
     args: list[str] = field(default_factory=list)
     taken: set[Path] = field(default_factory=set)
+    created: list[Path] = field(default_factory=list)  # reserved here: removed again if the expansion fails
 
     def command(self, path: Path) -> str:
         shown = path.relative_to(paths.repo_root()) if path.is_relative_to(paths.repo_root()) else path
@@ -168,6 +169,7 @@ def _fresh_dir(name: str, ex: _Expansion) -> Path:
             if ex.reserve:
                 try:
                     out.mkdir(parents=True)
+                    ex.created.append(out)
                     break
                 except FileExistsError:
                     pass
@@ -305,8 +307,28 @@ def expand(targets: Sequence[str | Path], overrides: dict[str, Any] | None = Non
 
     ``reserve``: create the fresh run folders now (for runs about to execute; not for a dry run)."""
     overrides = overrides or {}
-    ex = _Expansion(_stamp(), reserve, [x for k, v in overrides.items()
-                                        for x in ("-p", f"{k}={json.dumps(v) if not isinstance(v, str) else v}")])
+    ex = _Expansion(_stamp(), reserve, _override_args(overrides))
+    try:
+        return _expand(targets, overrides, ex)
+    except BaseException:  # a typo in -p, a bad reference: no empty run folders left behind
+        for folder in ex.created:
+            _remove_if_empty(folder)
+        raise
+
+
+def _override_args(overrides: dict[str, Any]) -> list[str]:
+    return [x for k, v in overrides.items() for x in ("-p", f"{k}={json.dumps(v) if not isinstance(v, str) else v}")]
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove a reserved run folder that no run wrote into."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _expand(targets: Sequence[str | Path], overrides: dict[str, Any], ex: _Expansion) -> list[RunSpec]:
     files: list[Path] = []
     for t in targets:
         here = Path(t).expanduser().absolute()  # a command-line path is relative to the working directory first
@@ -336,10 +358,9 @@ def expand(targets: Sequence[str | Path], overrides: dict[str, Any] | None = Non
     seen: dict[Path, str] = {}
     for s in specs:  # the real folders: x/../same and a symlink are the same folder
         real = Path(os.path.realpath(s.params["output_dir"]))
-        for other, name in seen.items():
-            if real == other or other in real.parents or real in other.parents:
-                raise ValueError(f"runs {name} and {s.name} would both write to {other if real == other else 'nested'} "
-                                 f"folders ({other}, {real}); give them separate output_dir values")
+        if real in seen:
+            raise ValueError(f"runs {seen[real]} and {s.name} would both write to {real}; give them different "
+                             "output_dir values")
         seen[real] = s.name
     return specs
 
@@ -352,6 +373,10 @@ def _metrics(out: Path) -> dict[str, Any]:
         return {}
 
 
+# the kind of run each notebook's library call marks its folder with (runs.prepare_output_dir)
+_RUN_KINDS = {"infer": "infer", "finetune": "finetune", "infer_after_finetune": "evaluate"}
+
+
 def execute(spec: RunSpec, hide_code: bool = False, progress: bool = True) -> RunRecord:
     """Run one spec with papermill; a failing cell gives a ``failed`` record, never an exception."""
     import papermill
@@ -361,6 +386,13 @@ def execute(spec: RunSpec, hide_code: bool = False, progress: bool = True) -> Ru
     executed = out / spec.notebook.name
     t0 = time.time()
     status, error = "ok", None
+    try:  # a folder the notebook would refuse (a model, another kind of run's) gets nothing written, not even here
+        model = spec.params.get("model")
+        local = paths.resolve(model) if isinstance(model, str) and model else None
+        runs.check_output_dir(out, _RUN_KINDS.get(spec.notebook.stem), [local] if local and local.is_dir() else [])
+    except ValueError as e:
+        return RunRecord(spec.name, spec.notebook, out, executed, None, "failed", f"ValueError: {e}", 0.0, t0,
+                         spec.params)
     try:  # a run folder that cannot be made (a file of that name, no permission) fails this run, not the batch
         out.mkdir(parents=True, exist_ok=True)
         # each value as papermill -y reads it, mappings in their order (evaluate's first test set is the headline)
@@ -462,6 +494,7 @@ def _run_specs(specs: list[RunSpec], hide_code: bool, progress: bool, index: Pat
     for spec in specs:
         if records and records[-1].status != "ok":
             out = Path(spec.params["output_dir"])
+            _remove_if_empty(out)  # reserved for it, never written
             rec = RunRecord(spec.name, spec.notebook, out, out / spec.notebook.name, None, "skipped",
                             f"skipped: {records[-1].name} {records[-1].status}", 0.0, time.time(), spec.params)
         else:
@@ -512,11 +545,14 @@ def run_notebook(params_file: str | Path, overrides: dict[str, Any] | None = Non
     """Execute the notebook one params file names into its run folder (and append it to the index)."""
     params_file = paths.resolve(params_file)
     if notebook is None:
-        spec = expand([params_file], overrides, reserve=True)[0]
+        specs = expand([params_file], overrides, reserve=True)
+        spec = specs[0]
+        for other in specs[1:]:  # a pipeline or sweep: only its first run runs here
+            _remove_if_empty(Path(other.params["output_dir"]))
     else:
         nb = paths.resolve(notebook)
         params = {**load_params(params_file), **(overrides or {})}
-        ex = _Expansion(_stamp(), reserve=True)
+        ex = _Expansion(_stamp(), reserve=True, args=_override_args(overrides or {}))
         spec = _finish(f"{params_file.parent.name}/{params_file.stem}", nb, params, str(params_file),
                        str(params_file), ex, ex.command(params_file))
     rec = execute(spec, hide_code, progress)

@@ -309,7 +309,8 @@ def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: D
     if threads:
         torch.set_num_threads(threads)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
-    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audio")  # soundfile reads without the GIL
+    # soundfile reads (and torchaudio resamples) without the GIL: as many readers as decoding workers
+    loader = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="audio")
     try:
         pending, todo = set(), iter(batches)
         while True:  # at most 2 batches per worker queued (their audio read ahead): memory stays bounded
@@ -322,10 +323,13 @@ def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: D
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
                 sink(fut.result())
-    finally:  # an interrupt or a failed batch: queued batches are dropped, running ones finish
-        pool.shutdown(wait=True, cancel_futures=True)
-        loader.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(previous)
+    finally:  # an interrupt or a failed batch: queued reads and batches are dropped, running ones finish
+        loader.shutdown(wait=False, cancel_futures=True)
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            loader.shutdown(wait=True)
+            torch.set_num_threads(previous)
 
 
 def usable_cores() -> int:

@@ -212,10 +212,10 @@ def run(
     # one name where a list is expected is a list of one (list("am.mvn") would be its characters)
     required_files = [required_files] if isinstance(required_files, str) else required_files
     compare_checkpoints = [compare_checkpoints] if isinstance(compare_checkpoints, str) else compare_checkpoints
-    out = runs.prepare_output_dir(output_dir, "evaluate")
     ft_dir = paths.resolve(finetune_dir)
     if not ft_dir.is_dir():
         raise FileNotFoundError(f"finetune_dir {ft_dir} does not exist")
+    out = runs.prepare_output_dir(output_dir, "evaluate", protect=[ft_dir / "model", ft_dir / "train"])
     if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 100:
         raise ValueError(f"n_bootstrap must be an integer >= 100 (resamples behind each 95% interval), got {n_bootstrap!r}")
     for name in [decoding_model_name, *(compare_checkpoints or [])]:

@@ -23,7 +23,7 @@ import yaml
 from asr_workbench import paths
 from asr_workbench.fileio import atomic_write_json, atomic_write_text
 
-__all__ = ["prepare_output_dir", "file_sha256", "sha256_in_background", "inputs_sha256", "git_commit", "package_versions",
+__all__ = ["check_output_dir", "prepare_output_dir", "file_sha256", "sha256_in_background", "inputs_sha256", "git_commit", "package_versions",
            "provenance", "write_config", "write_metrics"]
 
 _PACKAGES = ("asr-workbench", "funasr", "modelscope", "torch", "torchaudio", "jiwer", "papermill", "numpy")
@@ -32,14 +32,12 @@ _PACKAGES = ("asr-workbench", "funasr", "modelscope", "torch", "torchaudio", "ji
 _KIND_FILE = ".asr_workbench_run"  # in every run folder: which kind of run wrote it
 
 
-def prepare_output_dir(output_dir: str | Path, kind: str | None = None, protect: Sequence[Path] = ()) -> Path:
-    """The run folder, resolved against the repository root and created.
-
-    Refused, before anything is written: a folder that is (or is inside) one of ``protect`` (the run's model
-    folders: the workbench never writes into a model), a folder holding a model (``model.pt`` or
+def check_output_dir(output_dir: str | Path, kind: str | None = None, protect: Sequence[Path] = ()) -> Path:
+    """The run folder, resolved against the repository root, if a run of ``kind`` may write there; raises
+    ``ValueError`` otherwise, writing nothing: for a folder that is (or is inside) one of ``protect`` (the run's
+    model folders: the workbench never writes into a model), a folder holding a model (``model.pt`` or
     ``configuration.json``: its config.yaml would be overwritten), and a folder another ``kind`` of run wrote
-    (an infer run into a fine-tune's folder would overwrite the config.yaml and metrics.json evaluation reads).
-    """
+    (an infer run into a fine-tune's folder would overwrite the config.yaml and metrics.json evaluation reads)."""
     out = paths.resolve(output_dir)
     real = out.resolve()
     for model in protect:
@@ -57,6 +55,12 @@ def prepare_output_dir(output_dir: str | Path, kind: str | None = None, protect:
         if previous and previous != kind:
             raise ValueError(f"output_dir {out} holds a {previous} run: a {kind} run would overwrite its config.yaml "
                              "and metrics.json; choose another folder")
+    return out
+
+
+def prepare_output_dir(output_dir: str | Path, kind: str | None = None, protect: Sequence[Path] = ()) -> Path:
+    """The run folder, checked (:func:`check_output_dir`), created and marked with ``kind``."""
+    out = check_output_dir(output_dir, kind, protect)
     out.mkdir(parents=True, exist_ok=True)
     if kind:
         atomic_write_text(out / _KIND_FILE, kind + "\n")
