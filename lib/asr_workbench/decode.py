@@ -176,7 +176,7 @@ def weight_notes(model: Any) -> list[str]:
 
 # the decoding keywords funasr 1.4.16's Paraformer family (paraformer, bicif, contextual, seaco), SenseVoice and
 # AutoModel.generate read; others are passed on but said (see option_notes)
-FUNASR_DECODING_KEYS = frozenset({
+_FUNASR_DECODING_KEYS = frozenset({
     "decoding_ctc_weight", "beam_size", "maxlenratio", "minlenratio", "nbest", "penalty", "lm_file", "lm_weight",
     "ngram_weight", "hotword", "output_timestamp", "sentence_timestamp", "return_raw_text", "en_post_proc",
     "batch_size_s", "batch_size_threshold_s", "merge_length_s", "vad_kwargs", "punc_kwargs", "spk_kwargs",
@@ -191,8 +191,8 @@ def option_notes(model_config: dict[str, Any], opts: DecodeOptions) -> list[str]
     """
     has_ctc = float((model_config.get("model_conf") or {}).get("ctc_weight", 0.0) or 0.0) > 0
     notes = []
-    for key in sorted(set(opts.extra) - FUNASR_DECODING_KEYS):  # funasr's inference takes **kwargs: a typo is silent
-        near = difflib.get_close_matches(key, sorted(FUNASR_DECODING_KEYS | _WORKBENCH_KEYS), n=1)
+    for key in sorted(set(opts.extra) - _FUNASR_DECODING_KEYS):  # funasr's inference takes **kwargs: a typo is silent
+        near = difflib.get_close_matches(key, sorted(_FUNASR_DECODING_KEYS | _WORKBENCH_KEYS), n=1)
         notes.append(f"decoding option {key!r} is not one the workbench or funasr's Paraformer models read"
                      + (f" (did you mean {near[0]!r}?)" if near else "") + "; passed to funasr as is")
     if opts.ctc_weight and not has_ctc:
@@ -244,11 +244,10 @@ def _decode_items(model: Any, items: Sequence[tuple[str, str, float]], opts: Dec
 
 
 def _autocast(model: Any, precision: str) -> Any:
-    """bf16 / fp16 autocast on a CUDA model; fp32 (and any CPU model) decodes as is."""
+    """bf16 / fp16 autocast on a CUDA model (``precision`` as DecodeOptions checked it); fp32 (and any CPU model)
+    decodes as is."""
     import torch
 
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
     device = next(model.model.parameters()).device
     if precision == "fp32" or device.type != "cuda":
         return contextlib.nullcontext()
