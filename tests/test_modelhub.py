@@ -61,7 +61,7 @@ def test_unknown_id_offline_fails_fast_with_clear_message(tmp_path):
     with pytest.raises(modelhub.ModelError, match=r"not in the ModelScope cache .* could not be downloaded .*"
                                                   r"and there is no folder .*iic/no-such-model \(relative paths"):
         modelhub.open_model("iic/no-such-model", cache_dir=str(tmp_path))
-    assert time.time() - t < 60  # one bounded attempt, not a retry storm
+    assert time.time() - t < 10  # the hub is probed once, not retried with back-off
 
 
 def test_vad_model_short_name_resolves_through_the_cache(tmp_path):
@@ -74,7 +74,7 @@ def test_vad_model_short_name_resolves_through_the_cache(tmp_path):
     with pytest.raises(modelhub.ModelError, match=r"'iic/speech_fsmn_vad_zh-cn-16k-common-pytorch' is not in the "
                                                   r"ModelScope cache"):
         modelhub.resolve_helper_model("fsmn-vad", cache_dir=str(tmp_path / "empty"))
-    assert time.time() - t < 60
+    assert time.time() - t < 10
 
 
 def test_fallback_layout_without_am_mvn_is_warned(tmp_path):

@@ -82,6 +82,9 @@ def resolve_model_dir(model: str, cache_dir: str | os.PathLike[str] | None = Non
         if not allow_download:
             raise ModelError(f"model {model!r} is not in the ModelScope cache {cache} and downloads are off") from e
     try:
+        unreachable = _hub_unreachable()
+        if unreachable:  # modelscope would retry with back-off for ~25 s before saying the same
+            raise ConnectionError(unreachable)
         return Path(snapshot_download(model, revision=revision, cache_dir=cache_arg)), "modelscope-download"
     except Exception as e:
         kind = type(e).__name__
@@ -91,6 +94,31 @@ def resolve_model_dir(model: str, cache_dir: str | os.PathLike[str] | None = Non
             "repository root). Check the id on modelscope.cn, the network, or pass a local folder / a "
             "cache_dir that holds it."
         ) from e
+
+
+def _hub_unreachable(timeout_s: float = 3.0) -> str | None:
+    """Why the ModelScope endpoint cannot be reached (its host does not resolve, or refuses or ignores a TCP
+    connection for ``timeout_s``), or None. Behind a proxy (``HTTPS_PROXY``...) nothing is decided here."""
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                                        "all_proxy")):
+        return None
+    try:
+        from modelscope_hub.config import get_default_config
+
+        url = urlparse(get_default_config().endpoint)
+    except Exception:  # another modelscope layout: let snapshot_download find out
+        return None
+    if not url.hostname:
+        return None
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout_s):
+            return None
+    except OSError as e:
+        return f"the hub {url.hostname}:{port} cannot be reached ({e})"
 
 
 def _meta_paths(metas: dict[str, Any], prefix: str = "") -> dict[str, str]:
