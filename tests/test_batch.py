@@ -141,8 +141,11 @@ def test_runs_may_not_share_an_output_dir_or_override_the_grid(tmp_path):
         batch.expand([a, b])
     with pytest.raises(ValueError, match="replace the swept values"):
         batch.expand(["params/demo/lr.sweep.yaml"], {"lr": 0.1})
-    with pytest.raises(ValueError, match="all 6 runs to one folder"):
+    with pytest.raises(ValueError, match="-p output_dir would send demo.pipeline/infer and demo.pipeline/finetune to one"):
         batch.expand(["params/demo/lr.sweep.yaml", "params/demo/demo.pipeline.yaml"], {"output_dir": "x"})
+    # a sweep alone takes -p output_dir as its folder: one sub-folder per point (it was silently replaced)
+    points = batch.expand(["params/demo/lr.sweep.yaml"], {"output_dir": str(tmp_path / "sw")})
+    assert [Path(s.params["output_dir"]).parent for s in points] == [tmp_path / "sw"] * len(points)
 
 
 def test_sweep_point_folders_are_safe_names(tmp_path):

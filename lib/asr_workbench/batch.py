@@ -295,8 +295,9 @@ def load_sweep(path: Path, overrides: dict[str, Any], ex: _Expansion) -> list[Ru
         point = dict(zip(keys, values))
         params = _with_overrides(nb, {**base, **point}, overrides, str(path))
         name = _point_name(point)
-        if base.get("output_dir"):  # a fixed folder: one sub-folder per point, named safely
-            params["output_dir"] = str(Path(str(base["output_dir"])) / _safe_name(name))
+        root = params.get("output_dir")  # the params file's, or -p output_dir
+        if root:  # a fixed folder: one sub-folder per point, named safely
+            params["output_dir"] = str(Path(str(root)) / _safe_name(name))
         specs.append(_finish(f"{label}/{name}", nb, params, str(path), f"{path}#{name}", ex, ex.command(path)))
     return specs
 
@@ -353,12 +354,13 @@ def _expand(targets: Sequence[str | Path], overrides: dict[str, Any], ex: _Expan
     unused = sorted(k for k in overrides if not any(k in notebook_parameters(s.notebook) for s in specs))
     if unused:
         raise ValueError(f"-p {', '.join(unused)}: not a parameter of any notebook in these runs")
-    if "output_dir" in overrides and len(specs) > 1:
-        raise ValueError(f"-p output_dir would send all {len(specs)} runs to one folder; set it per params file")
     seen: dict[Path, str] = {}
     for s in specs:  # the real folders: x/../same and a symlink are the same folder
         real = Path(os.path.realpath(s.params["output_dir"]))
         if real in seen:
+            if "output_dir" in overrides:
+                raise ValueError(f"-p output_dir would send {seen[real]} and {s.name} to one folder; set it per "
+                                 "params file (a sweep puts each point in a sub-folder of it)")
             raise ValueError(f"runs {seen[real]} and {s.name} would both write to {real}; give them different "
                              "output_dir values")
         seen[real] = s.name
