@@ -290,3 +290,22 @@ def test_a_folder_the_notebook_would_refuse_gets_nothing_written(tmp_path):
     assert rec.status == "failed" and "holds a finetune run" in rec.error
     assert sorted(p.name for p in ft.iterdir()) == [".asr_workbench_run", "report.html"]
     assert (ft / "report.html").read_text() == "the fine-tune's report"
+
+
+def test_a_failed_rerun_keeps_the_finished_runs_notebook_and_report(tmp_path):
+    """Run again into a fixed folder and fail before the results are touched (a bad parameter): the folder's
+    notebook, report and command still belong to its metrics.json; the failure is kept beside them as *.failed.*."""
+    data = subset(DEMO_DATA / "base/test", tmp_path / "data", 2)
+    (tmp_path / "p").mkdir()
+    params = tmp_path / "p" / "infer.yaml"
+    params.write_text(yaml.safe_dump({"data_dir": str(data), "output_dir": str(tmp_path / "run"), "device": "cpu"}))
+    ok = batch.execute(batch.expand([params])[0], progress=False)
+    assert ok.status == "ok" and ok.html == tmp_path / "run" / "report.html"
+    report = ok.html.read_text(encoding="utf-8")
+    failed = batch.execute(batch.expand([params], {"batch_size": 0})[0], progress=False)
+    assert failed.status == "failed" and "batch_size must be an integer >= 1" in failed.error
+    assert failed.html == tmp_path / "run" / "report.failed.html" and failed.html.is_file()
+    assert (tmp_path / "run" / "report.html").read_text(encoding="utf-8") == report
+    assert "batch_size=0" not in (tmp_path / "run" / "command.txt").read_text()
+    assert "batch_size=0" in (tmp_path / "run" / "command.failed.txt").read_text()
+    assert sorted(p.name for p in (tmp_path / "run").glob("infer*.ipynb")) == ["infer.failed.ipynb", "infer.ipynb"]

@@ -395,23 +395,34 @@ def execute(spec: RunSpec, hide_code: bool = False, progress: bool = True) -> Ru
     except ValueError as e:
         return RunRecord(spec.name, spec.notebook, out, executed, None, "failed", f"ValueError: {e}", 0.0, t0,
                          spec.params)
+    # a folder holding a finished run (a fixed output_dir run again): this attempt writes beside it and takes the
+    # usual names only if it succeeds; a failure stays <notebook>.failed.ipynb / report.failed.html /
+    # command.failed.txt, so the earlier run's notebook and report still match its metrics.json and index line
+    tag = ".attempt" if (out / "metrics.json").is_file() else ""
+    attempt, command = out / f"{spec.notebook.stem}{tag}.ipynb", out / f"command{tag}.txt"
     try:  # a run folder that cannot be made (a file of that name, no permission) fails this run, not the batch
         out.mkdir(parents=True, exist_ok=True)
         # each value as papermill -y reads it, mappings in their order (evaluate's first test set is the headline)
-        atomic_write_text(out / "command.txt", f"{spec.command}{' --hide-code' if hide_code else ''}\n"
+        atomic_write_text(command, f"{spec.command}{' --hide-code' if hide_code else ''}\n"
                           f"# same notebook with papermill (from {paths.repo_root()}):\n"
                           f"# papermill {shlex.quote(str(spec.notebook))} {shlex.quote(str(executed))} "
                           + " ".join(f"-y {shlex.quote(yaml.safe_dump({k: v}, default_flow_style=True, sort_keys=False, allow_unicode=True).strip())}"
                                      for k, v in spec.params.items()) + "\n")
-        papermill.execute_notebook(str(spec.notebook), str(executed), parameters=spec.params,
+        papermill.execute_notebook(str(spec.notebook), str(attempt), parameters=spec.params,
                                    cwd=str(paths.repo_root()), progress_bar=progress, kernel_name="python3")
     except PapermillExecutionError as e:
         status, error = "failed", f"cell {e.exec_count}: {e.ename}: {e.evalue}"
     except Exception as e:  # the kernel died, a parameter could not be injected...
         status, error = "failed", f"{type(e).__name__}: {e}"
+    final = "" if status == "ok" or not tag else ".failed"
+    if tag:
+        executed = out / f"{spec.notebook.stem}{final}.ipynb"
+        for src, dst in ((attempt, executed), (command, out / f"command{final}.txt")):
+            if src.is_file():
+                src.replace(dst)
     html = None
     try:
-        html = export_html(executed, out / "report.html", hide_code) if executed.is_file() else None
+        html = export_html(executed, out / f"report{final}.html", hide_code) if executed.is_file() else None
     except Exception as e:  # a report that cannot be rendered must not stop the other runs
         error = (error + "; " if error else "") + f"HTML export failed: {type(e).__name__}: {e}"
     metrics = _metrics(out) if status == "ok" else {}
