@@ -162,21 +162,24 @@ def _fresh_dir(name: str, ex: _Expansion) -> Path:
     the same second would otherwise both pick the same folder and mix their files."""
     base = paths.outputs_root() / f"{_safe_name(name)}-{ex.stamp}"
     out, n = base, 1
-    while True:
-        if out not in ex.taken:
-            if not ex.reserve and not out.exists():
-                break
-            if ex.reserve:
-                try:
-                    out.mkdir(parents=True)
-                    ex.created.append(out)
-                    break
-                except FileExistsError:
-                    pass
+    while out in ex.taken or not _claim(out, ex.reserve):
         n += 1
         out = base.with_name(f"{base.name}-{n}")
     ex.taken.add(out)
+    if ex.reserve:
+        ex.created.append(out)
     return out
+
+
+def _claim(folder: Path, reserve: bool) -> bool:
+    """Whether ``folder`` is free: created now when ``reserve`` (atomic: one command wins), else not there."""
+    if not reserve:
+        return not folder.exists()
+    try:
+        folder.mkdir(parents=True)
+        return True
+    except FileExistsError:
+        return False
 
 
 def _with_overrides(notebook: Path, params: dict[str, Any], overrides: dict[str, Any], source: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ model folder ``output_dir/model/``.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -174,8 +175,7 @@ def plan(
         _check_batch_fits(batch, batch_bins, dataset_type, (train, dev))
     accum, shards = int(tc.get("accum_grad", 1)), int(dconf.get("data_split_num") or 1)
     batches = fconfig.planned_batches(train.frames(), batch, nproc, batch_type, shards)
-    per_epoch, total = fconfig.planned_steps(train.frames(), batch, accum, int(tc.get("max_epoch", 1)), nproc,
-                                             batch_type, shards)
+    per_epoch, total = fconfig.planned_steps(batches, accum, int(tc.get("max_epoch", 1)), shards)
     each = (" per process" if nproc > 1 else "") + (f" and shard ({shards} shards an epoch)" if shards > 1 else "")
     if per_epoch == 0:
         raise ValueError(f"accum_grad {accum} with about {batches} batch(es) per epoch{each}: funasr's trainer updates "
@@ -226,8 +226,6 @@ def _check_batch_fits(batch: int, batch_bins: int | None, dataset_type: str,
 
 def _checkpoint_warnings(checkpoint: str, tc: dict[str, Any]) -> list[str]:
     """Check ``checkpoint`` against what this run will write (fails before training, not after it)."""
-    import re
-
     m = re.fullmatch(r"auto|model|model\.pt\.(best|avg(\d+)|ep(\d+)(\.\d+)?)", str(checkpoint))
     if not m:
         raise ValueError(f"checkpoint must be auto, model.pt.best, model.pt.avg<n>, model.pt.ep<k> or "
@@ -251,8 +249,6 @@ def _checkpoint_warnings(checkpoint: str, tc: dict[str, Any]) -> list[str]:
 
 def _epochs_done(train_dir: Path) -> int:
     """Epochs an earlier (resumed) run finished: the epochs funasr's last checkpoint has dev records for."""
-    import re
-
     import torch
 
     last = train_dir / "model.pt"

@@ -193,7 +193,7 @@ def build_config(model: ModelFolder, base_kwargs: Mapping[str, Any], params: Fin
     cfg = deep_merge(cfg, overrides)
     for name in _NUMERIC_CONFS:
         if isinstance(cfg.get(name), Mapping):
-            cfg[name] = {k: _number(v, f"{name}.{k}") for k, v in cfg[name].items()}
+            cfg[name] = {k: _number(v) for k, v in cfg[name].items()}
     if params.dataset_type == "small" and (cfg.get("dataset_conf") or {}).get("data_split_num", 1) not in (1, None):
         raise ValueError("dataset_conf.data_split_num is for dataset_type: large (a list split into shards read one "
                          "at a time); with small, funasr would read the whole list once per 'shard' and train each "
@@ -222,7 +222,7 @@ _UNSTEPPABLE = {"ReduceLROnPlateau": "its step() needs the validation loss, funa
                 "tri_stage": "its constructor needs phase ratios funasr's config does not provide"}
 
 
-def _number(value: Any, key: str) -> Any:
+def _number(value: Any) -> Any:
     """A numeric-looking string (``1e-4``, ``3e3``) as the number it means; other values as they are."""
     if isinstance(value, str) and _NUMERIC.fullmatch(value.strip()):
         number = float(value)
@@ -268,12 +268,12 @@ def planned_batches(train_frames: list[int], batch_size: int, nproc: int = 1, ba
     return math.ceil(batches / max(1, nproc) / max(1, shards))
 
 
-def planned_steps(train_frames: list[int], batch_size: int, accum_grad: int, max_epoch: int, nproc: int = 1,
-                  batch_type: str = "token", shards: int = 1) -> tuple[int, int]:
-    """(optimizer steps per epoch, total). funasr's trainer steps after every ``accum_grad``-th batch and clears
-    the gradients at the start of each epoch (each shard), so the last ``batches % accum_grad`` batches of each
-    never reach the weights, and fewer batches than ``accum_grad`` take no step at all (0 here)."""
-    per_epoch = shards * (planned_batches(train_frames, batch_size, nproc, batch_type, shards) // max(1, accum_grad))
+def planned_steps(batches: int, accum_grad: int, max_epoch: int, shards: int = 1) -> tuple[int, int]:
+    """(optimizer steps per epoch, total) from :func:`planned_batches`' count per process and shard. funasr's
+    trainer steps after every ``accum_grad``-th batch and clears the gradients at the start of each epoch (each
+    shard), so the last ``batches % accum_grad`` batches of each never reach the weights, and fewer batches than
+    ``accum_grad`` take no step at all (0 here)."""
+    per_epoch = shards * (batches // max(1, accum_grad))
     return per_epoch, per_epoch * max_epoch
 
 
