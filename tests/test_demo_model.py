@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from asr_workbench import datadir, decode
-from asr_workbench.scoring import corpus_cer
+from asr_workbench.scoring import NORMALISER, corpus_cer
 from conftest import DEMO, DEMO_DATA, DEMO_MODEL
 
 MODEL_FILES = ["config.yaml", "model.pt", "tokens.json", "am.mvn", "configuration.json",
@@ -128,3 +128,5 @@ def test_card_states_the_numbers():
         assert f"| {name} | {cer * 100:.2f} % |" in card
     assert f"{report['finetune']['target_test_cer_after'] * 100:.2f} %" in card
     assert report["cer"]["base/test"] <= 0.05 and report["cer"]["target/test"] >= 0.40
+    # the card names the normaliser its figures were measured with: the one the workbench scores with today
+    assert report["normaliser"] == NORMALISER and f"## CER (normaliser: {NORMALISER})" in card

@@ -338,6 +338,7 @@ def rescore(out: Path, work: Path, ncpu: int = 2) -> BuildReport:
     ft = finetune_check(model_dir, out, work, report.finetune["epochs"], ncpu)
     ft["target_test_cer_before"] = report.cer["target/test"]
     report.finetune = ft
+    report.normaliser = NORMALISER  # the figures above were measured with today's normaliser
     (out / "build_report.json").write_text(json.dumps(asdict(report), ensure_ascii=False, indent=2), encoding="utf-8")
     (model_dir / "README.md").write_text(model_card(report), encoding="utf-8")
     return report
