@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from asr_workbench import paths, runs
-from asr_workbench.fileio import atomic_write_text, jsonl_line
+from asr_workbench.fileio import atomic_write_text, jsonl_line, yaml_number
 
 __all__ = ["RunSpec", "RunRecord", "notebook_for", "notebook_parameters", "load_params", "check_params",
            "export_html", "expand", "load_pipeline", "load_sweep", "execute", "run_all", "run_notebook",
@@ -209,9 +209,6 @@ def _resolve_refs(value: Any, done: dict[str, dict[str, Any]], where: str) -> An
     return value
 
 
-_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
-
 def _numbers(notebook: Path, params: dict[str, Any]) -> dict[str, Any]:
     """YAML 1.1 reads ``1e-4`` as a string: give numeric parameters their number. A list parameter given one
     string (``-p required_files=am.mvn``) is a list of it, not the string's characters."""
@@ -219,8 +216,9 @@ def _numbers(notebook: Path, params: dict[str, Any]) -> dict[str, Any]:
     out = dict(params)
     for k, v in params.items():
         kind = (known.get(k) or {}).get("inferred_type_name", "")
-        if isinstance(v, str) and _NUMBER.match(v.strip()) and kind in ("float", "int"):
-            out[k] = float(v) if kind == "float" or not v.strip().lstrip("+-").isdigit() else int(v)
+        number = yaml_number(v)
+        if isinstance(v, str) and number is not v and kind in ("float", "int"):
+            out[k] = float(number) if kind == "float" else number
         elif isinstance(v, str) and kind == "list":
             out[k] = [v]
     return out

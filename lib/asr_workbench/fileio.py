@@ -1,14 +1,15 @@
-"""Files other people read: written atomically (temporary file + rename)."""
+"""Files other people read: written atomically (temporary file + rename); numbers YAML 1.1 leaves as strings."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_text", "atomic_write_json", "jsonl_line"]
+__all__ = ["atomic_write_text", "atomic_write_json", "jsonl_line", "yaml_number"]
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -38,3 +39,15 @@ def jsonl_line(obj: Any) -> str:
     """One JSON Lines record with its newline: non-ASCII kept, but U+2028, U+2029 and NEL escaped. JSON allows
     them raw, and ``str.splitlines`` (what many readers use) would cut a record that holds one in a transcript."""
     return json.dumps(obj, ensure_ascii=False, default=str).translate(_LINE_BREAKS) + "\n"
+
+
+_YAML11_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def yaml_number(value: Any) -> Any:
+    """A string that means a number as that number: YAML 1.1 (PyYAML) reads ``1e-4`` and ``3e3`` as strings.
+    An int when written without a point or exponent, else a float; any other value as it is."""
+    if isinstance(value, str) and _YAML11_NUMBER.fullmatch(value.strip()):
+        number = float(value)
+        return int(number) if number.is_integer() and not any(c in value for c in ".eE") else number
+    return value

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from asr_workbench.fileio import yaml_number
 from asr_workbench.modelhub import ModelFolder
 
 __all__ = ["PARAM_KEYS", "FinetuneParams", "deep_merge", "build_config", "planned_batches", "planned_steps", "lr_schedule",
@@ -193,7 +193,7 @@ def build_config(model: ModelFolder, base_kwargs: Mapping[str, Any], params: Fin
     cfg = deep_merge(cfg, overrides)
     for name in _NUMERIC_CONFS:
         if isinstance(cfg.get(name), Mapping):
-            cfg[name] = {k: _number(v) for k, v in cfg[name].items()}
+            cfg[name] = {k: yaml_number(v) for k, v in cfg[name].items()}
     if params.dataset_type == "small" and (cfg.get("dataset_conf") or {}).get("data_split_num", 1) not in (1, None):
         raise ValueError("dataset_conf.data_split_num is for dataset_type: large (a list split into shards read one "
                          "at a time); with small, funasr would read the whole list once per 'shard' and train each "
@@ -216,18 +216,9 @@ def build_config(model: ModelFolder, base_kwargs: Mapping[str, Any], params: Fin
 
 # nested settings whose values are numbers or names: a YAML 1.1 "1e-4" is a string there, and funasr would get it
 _NUMERIC_CONFS = ("optim_conf", "scheduler_conf", "train_conf", "dataset_conf")
-_NUMERIC = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 # schedulers funasr registers whose step() needs what its trainer does not pass, or that it cannot build
 _UNSTEPPABLE = {"ReduceLROnPlateau": "its step() needs the validation loss, funasr's trainer calls step() without it",
                 "tri_stage": "its constructor needs phase ratios funasr's config does not provide"}
-
-
-def _number(value: Any) -> Any:
-    """A numeric-looking string (``1e-4``, ``3e3``) as the number it means; other values as they are."""
-    if isinstance(value, str) and _NUMERIC.fullmatch(value.strip()):
-        number = float(value)
-        return int(number) if number.is_integer() and not any(c in value for c in ".eE") else number
-    return value
 
 
 def _is_default(key: str, p: FinetuneParams) -> bool:
