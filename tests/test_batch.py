@@ -116,6 +116,10 @@ def test_sweep_schema_errors(tmp_path):
 def test_unknown_override_is_refused():
     with pytest.raises(ValueError, match="not a parameter of any notebook"):
         batch.expand(["params/demo/infer.yaml"], {"bacth_size": 2})
+    # a notebook where a params file belongs: the params file that runs it, and papermill for the notebook alone
+    with pytest.raises(ValueError, match=r"notebooks/infer.ipynb: a notebook; run takes params files "
+                                         r"\(params/<suite>/infer.yaml"):
+        batch.expand(["notebooks/infer.ipynb"])
 
 
 def test_failed_first_step_skips_the_rest_of_its_pipeline(tmp_path):

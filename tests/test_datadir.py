@@ -55,6 +55,17 @@ def test_kaldi_segments_file_is_refused_not_ignored(tmp_path):
     assert [u.key for u in ds.scored] == ["rec"] and _codes(ds) == {(None, "segments_ignored")}
 
 
+def test_whole_files_in_codecs_without_seeking_are_not_truncated(tmp_path):
+    """GSM 6.10 WAV cannot seek to its last second: it is read through, whole; cut, it is still caught."""
+    x = 0.1 * np.sin(np.arange(16000) / 10)
+    sf.write(str(tmp_path / "gsm.wav"), x, 8000, format="WAV", subtype="GSM610")
+    (tmp_path / "gsm_cut.wav").write_bytes((tmp_path / "gsm.wav").read_bytes()[:3000])
+    _write(tmp_path, "a gsm.wav\nb gsm_cut.wav\n")
+    ds = datadir.load_dataset(tmp_path)
+    assert [u.key for u in ds.utterances] == ["a"] and ds.utterances[0].duration_s == pytest.approx(2.0, abs=0.05)
+    assert {c for k, c in _codes(ds) if k == "b"} == {"truncated"}
+
+
 def test_whole_aiff_files_with_odd_metadata_are_not_truncated(tmp_path):
     """libsndfile marks "(should be N)" on a 22-byte INST chunk or a FORM size that counts a missing trailing
     metadata chunk: the audio is whole, only data sizes and frame counts tell truncation."""
@@ -219,8 +230,34 @@ def test_one_stray_byte_in_a_utf8_text_stays_on_its_line(tmp_path):
            "u0 今天下午\nu1 三点三十\n".encode() + b"u2 caf\xe9s\n")  # as bytes, valid GBK too
     ds = datadir.load_dataset(tmp_path)
     assert [u.text for u in ds.utterances[:2]] == ["今天下午", "三点三十"]
-    assert ds.utterances[2].text == "caf\ufffds"
-    assert {(i.code, i.where.rsplit("/", 1)[-1]) for i in ds.report.issues} == {("not_utf8", "text:3")}
+    assert ds.utterances[2].text is None  # "caf\ufffds" would be scored as garbage: decoded, not scored
+    assert {(i.code, i.where.rsplit("/", 1)[-1]) for i in ds.report.issues} == {("not_utf8", "text:3"),
+                                                                               ("undecodable_transcript", "text:3")}
+
+
+def test_a_text_mixing_utf8_and_gbk_lines_reads_each_line_as_written(tmp_path):
+    """Two lists joined with cat, one UTF-8, one GBK: each GBK line is read as GBK and named (去医院's GBK bytes
+    are valid UTF-8 too), the UTF-8 lines stay as they are (read whole as GBK they would be mojibake)."""
+    texts = ["今天下午", "三点三十", "我想买九把椅子", "去医院"]
+    for i in range(4):
+        shutil.copy(SRC[i], tmp_path / f"{i}.flac")
+    _write(tmp_path, "".join(f"u{i} {i}.flac\n" for i in range(4)),
+           "".join(f"u{i} {t}\n" for i, t in enumerate(texts[:2])).encode()
+           + "".join(f"u{i} {t}\n" for i, t in enumerate(texts[2:], 2)).encode("gbk"))
+    ds = datadir.load_dataset(tmp_path)
+    assert [u.text for u in ds.utterances] == texts
+    assert [(i.code, i.where.rsplit("/", 1)[-1]) for i in ds.report.issues] == [("gbk_encoding", "text:3"),
+                                                                               ("gbk_encoding", "text:4")]
+
+
+def test_utf16_text_is_read(tmp_path):
+    """Windows Notepad's "Unicode" (UTF-16 with a byte-order mark): read, and the conversion named."""
+    for i in range(2):
+        shutil.copy(SRC[i], tmp_path / f"{i}.flac")
+    _write(tmp_path, "u0 0.flac\nu1 1.flac\n", "u0 今天\r\nu1 明天\r\n".encode("utf-16"))
+    ds = datadir.load_dataset(tmp_path)
+    assert [u.text for u in ds.utterances] == ["今天", "明天"]
+    assert [i.code for i in ds.report.issues] == ["utf16_encoding"] and "iconv -f UTF-16" in ds.report.issues[0].reason
 
 
 def test_latin1_text_without_chinese_is_not_read_as_gbk(tmp_path):
@@ -232,9 +269,10 @@ def test_latin1_text_without_chinese_is_not_read_as_gbk(tmp_path):
            "u0 hello there\nu1 a na\u00efve idea\nu2 na\u00efve again\n".encode("latin-1"))
     assert "u1 a na\u00efve idea".encode("latin-1").decode("gbk")  # the misreading is possible
     ds = datadir.load_dataset(tmp_path)
-    assert [u.text for u in ds.utterances] == ["hello there", "a na\ufffdve idea", "na\ufffdve again"]
-    assert {(i.code, i.where.rsplit("/", 1)[-1]) for i in ds.report.issues} == {("not_utf8", "text:2"),
-                                                                               ("not_utf8", "text:3")}
+    assert [u.text for u in ds.utterances] == ["hello there", None, None]  # not scored as "a na\ufffdve idea"
+    assert {(i.code, i.where.rsplit("/", 1)[-1]) for i in ds.report.issues} == {
+        ("not_utf8", "text:2"), ("not_utf8", "text:3"), ("undecodable_transcript", "text:2"),
+        ("undecodable_transcript", "text:3")}
 
 
 def test_line_separators_inside_a_transcript_do_not_split_it(tmp_path):

@@ -206,9 +206,10 @@ def test_batch_ending_in_a_quiet_clip_decodes(tmp_path, caplog):
     assert batched.results[0]["hyp"]  # the real utterance is transcribed
     assert any("decoding it one utterance at a time" in r.getMessage() and "IndexError" in r.getMessage()
                for r in caplog.records)  # and the fallback is said, in the log and in the run's notes
-    assert [n for n in batched.metrics["notes"] if "could not be decoded whole" in n] == [
-        f"1 batch(es) could not be decoded whole by funasr and were decoded one utterance at a time (slower, same "
-        f"transcripts); first utterance of the first: a ({real})"]
+    notes = [n for n in batched.metrics["notes"] if "could not be decoded whole" in n]
+    # the note names the clip that yields no token (the cause), not the batch's first utterance
+    assert len(notes) == 1 and notes[0].startswith("1 batch(es) could not be decoded whole by funasr")
+    assert notes[0].endswith(f"in the first such batch: quiet ({data / 'quiet.wav'})")
     assert not any("decoded whole" in n for n in alone.metrics["notes"])
 
 
@@ -403,6 +404,15 @@ def test_output_dir_that_holds_a_model_or_another_run_is_refused(tmp_path):
     ft = runs.prepare_output_dir(tmp_path / "ft", "finetune")
     with pytest.raises(ValueError, match="holds a finetune run: a infer run would overwrite"):
         infer.run(str(DEMO_MODEL), str(data), str(ft), device="cpu", progress=False)
+    (tmp_path / "afile").write_text("keep")  # a file, or a folder that cannot be made: said as such
+    with pytest.raises(ValueError, match=f"output_dir {tmp_path / 'afile'} is a file, not a folder"):
+        infer.run(str(DEMO_MODEL), str(data), str(tmp_path / "afile"), device="cpu", progress=False)
+    with pytest.raises(ValueError, match=f"output_dir {tmp_path / 'afile' / 'run'} cannot be written: Not a directory"):
+        infer.run(str(DEMO_MODEL), str(data), str(tmp_path / "afile" / "run"), device="cpu", progress=False)
+    with pytest.raises(datadir.DataError, match=f"a file, not a data folder: give the folder that holds wav.scp "
+                                                f"\\(\\+ text\\): {data}"):
+        infer.run(str(DEMO_MODEL), str(data / "wav.scp"), str(tmp_path / "out"), device="cpu", progress=False)
+    assert (tmp_path / "afile").read_text() == "keep"
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -445,7 +455,67 @@ def test_nothing_to_decode_fails_and_keeps_the_earlier_results(tmp_path):
     (out / "metrics.json").write_text("{}")
     with pytest.raises(datadir.DataError, match=r"nothing to decode: 2 input line\(s\), each with an error"):
         infer.run(str(DEMO_MODEL), str(data), str(out), device="cpu", progress=False)
-    assert (out / "metrics.json").read_text() == "{}" and "missing_file" in (out / "data_report.jsonl").read_text()
+    # the finished run's files stay as they were; this run's data report is beside them
+    assert (out / "metrics.json").read_text() == "{}" and not (out / "data_report.jsonl").exists()
+    assert "missing_file" in (out / "data_report.failed.jsonl").read_text()
+
+
+def _damaged_copies(src: Path, folder: Path) -> list[Path]:
+    """A FLAC damaged mid-file (its header and last second read well) and float WAVs with a NaN sample and at
+    int16 scale: faults only reading the whole file finds."""
+    import numpy as np
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = bytearray(src.read_bytes())
+    raw[len(raw) // 3: len(raw) // 3 + 2000] = b"\xff" * 2000
+    (folder / "midcorrupt.flac").write_bytes(bytes(raw))
+    x, sr = sf.read(src, dtype="float32")
+    nan = x.copy()
+    nan[1000:1010] = np.nan
+    sf.write(folder / "nan.wav", nan, sr, subtype="FLOAT")
+    sf.write(folder / "int16scale.wav", x * 32767, sr, subtype="FLOAT")
+    return [folder / "midcorrupt.flac", folder / "nan.wav", folder / "int16scale.wav"]
+
+
+def test_audio_damaged_inside_is_skipped_with_its_line_and_the_rest_decodes(tmp_path):
+    """Damage the data check cannot see (it reads headers and the last second) is found while decoding: that
+    utterance is skipped and reported at its wav.scp line, its batch-mates are decoded; a level far beyond full
+    scale is warned."""
+    src = subset(DEMO_DATA / "target/test", tmp_path / "src", 3)
+    good = datadir.read_table(src / "wav.scp")
+    flac, nan, loud = _damaged_copies(src / next(iter(good.values())), tmp_path / "bad")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "wav.scp").write_text("".join(f"{k} {src / p}\n" for k, p in good.items())
+                                  + f"flac {flac}\nnan {nan}\nloud {loud}\n")
+    r = infer.run(str(DEMO_MODEL), str(data), str(tmp_path / "out"), batch_size=8, device="cpu", progress=False)
+    m = r.metrics
+    assert (m["n_input"], m["n_decoded"], m["n_skipped"]) == (6, 4, 2)
+    assert sorted(m["skipped_keys"]) == ["flac", "nan"] and [row["key"] for row in r.results] == [*good, "loud"]
+    assert all(row["hyp"] for row in r.results[:3])
+    issues = {i["key"]: i for i in map(json.loads, (tmp_path / "out/data_report.jsonl").read_text().splitlines())}
+    assert issues["flac"]["where"] == f"{data / 'wav.scp'}:4" and issues["flac"]["code"] == "undecodable_audio"
+    assert "NaN or infinite" in issues["nan"]["reason"] and issues["nan"]["where"].endswith("wav.scp:5")
+    assert issues["loud"]["severity"] == "warning" and "far beyond full scale" in issues["loud"]["reason"]
+
+
+def test_bad_audio_found_while_decoding_fails_a_strict_run_and_keeps_the_earlier_results(tmp_path):
+    src = subset(DEMO_DATA / "target/test", tmp_path / "src", 2)
+    out = tmp_path / "out"
+    first = infer.run(str(DEMO_MODEL), str(src), str(out), device="cpu", progress=False)
+    before = {n: (out / n).read_bytes() for n in ("metrics.json", "results.jsonl", "config.yaml", "data_report.jsonl")}
+    flac = _damaged_copies(src / next(iter(datadir.read_table(src / "wav.scp").values())), tmp_path / "bad")[0]
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "wav.scp").write_text(f"ok {src / next(iter(datadir.read_table(src / 'wav.scp').values()))}\nflac {flac}\n")
+    with pytest.raises(datadir.DataError, match=re.escape(f"{data / 'wav.scp'}:2: [undecodable_audio] flac")):
+        infer.run(str(DEMO_MODEL), str(data), str(out), device="cpu", progress=False, on_bad_input="fail")
+    assert {n: (out / n).read_bytes() for n in before} == before and first.cer is not None
+    assert "undecodable_audio" in (out / "data_report.failed.jsonl").read_text()
+    infer.run(str(DEMO_MODEL), str(data), str(out), device="cpu", progress=False)  # skipping it, the run lands
+    assert not (out / "data_report.failed.jsonl").exists()
+    assert json.loads((out / "metrics.json").read_text())["skipped_keys"] == ["flac"]
 
 
 def test_counts_add_up_and_mistyped_decoding_keys_are_said(tmp_path):

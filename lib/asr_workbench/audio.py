@@ -8,9 +8,13 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-__all__ = ["SAMPLE_RATE", "AudioInfo", "probe", "load"]
+__all__ = ["SAMPLE_RATE", "AudioError", "AudioInfo", "probe", "load", "load_checked", "level_warning"]
 
 SAMPLE_RATE = 16000
+
+
+class AudioError(ValueError):
+    """A file the model cannot hear: it stops decoding part-way (corrupt data) or holds NaN / infinite samples."""
 
 
 @dataclass(frozen=True)
@@ -37,13 +41,47 @@ def probe(path: str | Path) -> AudioInfo:
 def load(path: str | Path, target_sr: int = SAMPLE_RATE) -> np.ndarray:
     """Samples as float32 mono at ``target_sr`` (channels averaged, resampled with torchaudio).
 
-    Raises ``RuntimeError`` when the file cannot be decoded to the end (truncated data).
+    Raises :class:`AudioError` when the file cannot be decoded to the end (a damaged FLAC frame, a cut-off file)
+    or holds samples that are not finite (a float WAV with NaN: the model's features would be NaN).
     """
-    x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    return load_checked(path, target_sr)[0]
+
+
+def load_checked(path: str | Path, target_sr: int = SAMPLE_RATE) -> tuple[np.ndarray, str | None]:
+    """:func:`load`, with :func:`level_warning` of the samples as the file holds them."""
+    try:
+        x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile's LibsndfileError / RuntimeError, its codecs' errors
+        raise AudioError(f"cannot be decoded to the end (corrupt or truncated data): {e}") from e
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+        raise AudioError(f"{int(x.size - np.isfinite(x).sum())} sample(s) are NaN or infinite "
+                         f"(the first at {int(np.argmin(finite)) / sr:.2f} s)")
+    warning = level_warning(x)
     mono = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
     if sr != target_sr:
         import torch
         import torchaudio.functional as F
 
         mono = F.resample(torch.from_numpy(np.ascontiguousarray(mono)), sr, target_sr).numpy()
-    return np.ascontiguousarray(mono, dtype=np.float32)
+    return np.ascontiguousarray(mono, dtype=np.float32), warning
+
+
+# a float file's samples belong in [-1, 1]: beyond 2 they are not a loud recording but another scale (int16 values
+# stored as floats: the model, which scales by 2**15 itself, hears them 32768 times too loud)
+_FULL_SCALE_FACTOR = 2.0
+_CLIPPED_SHARE = 0.01  # clipping in more than 1 % of the samples is heard as distortion
+
+
+def level_warning(samples: np.ndarray) -> str | None:
+    """What is wrong with a recording's level for an ASR model, or None (``samples``: float, full scale 1.0)."""
+    if not samples.size:
+        return None
+    peak = float(np.abs(samples).max())
+    if peak > _FULL_SCALE_FACTOR:
+        return (f"samples reach {peak:.4g}, far beyond full scale (1.0): float audio stored at another scale "
+                f"(int16 values as floats?); the model hears it {peak:.3g} times too loud; rescale it to [-1, 1]")
+    clipped = float(np.mean(np.abs(samples) >= min(peak, 1.0) * 0.999)) if peak >= 0.99 else 0.0
+    if clipped > _CLIPPED_SHARE:
+        return f"clipped: {clipped:.1%} of the samples sit at full scale; expect more errors on it"
+    return None

@@ -337,6 +337,10 @@ def _expand(targets: Sequence[str | Path], overrides: dict[str, Any], ex: _Expan
         p = here if here.exists() else paths.resolve(t)
         if p.is_dir():
             files += sorted(p.glob("*.yaml"))
+        elif p.is_file() and p.suffix == ".ipynb":  # a notebook is what a params file names, not a params file
+            raise ValueError(f"{t}: a notebook; run takes params files (params/<suite>/{p.stem}.yaml, which runs "
+                             f"notebooks/{p.name}), pipelines or sweeps; for the notebook alone: papermill {t} OUT.ipynb "
+                             "-p key value")
         elif p.is_file():
             files.append(p)
         else:

@@ -114,11 +114,17 @@ class DataSet:
 
 def _decode_lines(raw: bytes, path: Path, report: DataReport) -> list[str]:
     """The file's lines, split at \\n, \\r\\n or \\r only (a transcript may hold U+2028, \\x85 or a form feed,
-    which ``str.splitlines`` would cut at). A file that is not all UTF-8 is GBK when it decodes as GBK and has
-    more lines that are not UTF-8 than lines that read as UTF-8 CJK text (GBK Chinese is often valid UTF-8 by
-    chance, but then reads as U+0080-U+07FF letters, never as CJK) and those lines read as GB2312 Chinese (not
-    Latin-1 accents misread); otherwise each line that is not UTF-8 is read
-    with replacement characters and reported, so one stray byte does not turn a UTF-8 file into GBK mojibake."""
+    which ``str.splitlines`` would cut at). A file with a UTF-16 byte-order mark is UTF-16. A file that is not
+    all UTF-8 is GBK when it decodes as GBK and has more lines that are not UTF-8 than lines that read as UTF-8 CJK
+    text (GBK Chinese is often valid UTF-8 by chance, but then reads as U+0080-U+07FF letters, never as CJK) and its
+    lines read as GB2312 Chinese (not Latin-1 accents misread); otherwise each line that is not UTF-8 is read as
+    GBK when it reads as GB2312 Chinese (files of both joined), else with replacement characters, and reported, so
+    one stray byte does not turn a UTF-8 file into GBK mojibake."""
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 with its byte-order mark: Windows Notepad's "Unicode"
+        report.add(None, str(path), "warning", "utf16_encoding",
+                   f"file is UTF-16, not UTF-8; read as UTF-16. Convert it with: "
+                   f"iconv -f UTF-16 -t UTF-8 {path.name} > {path.name}.utf8")
+        return re.split(r"\r\n|\r|\n", raw.decode("utf-16", errors="replace"))
     # a byte-order mark starts the file, or a line of one (files joined with cat): never part of an id
     lines = [line.removeprefix(b"\xef\xbb\xbf") for line in re.split(rb"\r\n|\r|\n", raw)]
     bad: list[int] = []
@@ -135,14 +141,32 @@ def _decode_lines(raw: bytes, path: Path, report: DataReport) -> list[str]:
         except UnicodeDecodeError:
             pass
         else:
-            if _looks_chinese([lines_gbk[n - 1] for n in bad]):
+            # every line: UTF-8 Chinese lines read as GBK are not GB2312 text, so a mixed file is read per line
+            if _looks_chinese([line for line in lines_gbk if not line.isascii()]):
                 report.add(None, f"{path}:{bad[0]}", "warning", "gbk_encoding",
                            f"file is GBK-encoded, not UTF-8 (first non-UTF-8 byte on line {bad[0]}); read as GBK. "
                            f"Convert it with: iconv -f GBK -t UTF-8 {path.name} > {path.name}.utf8")
                 return lines_gbk
-    for n in bad:
+    out = [line.decode("utf-8", errors="replace") for line in lines]
+    gbk_lines = [n for n in bad if _gbk_chinese(lines[n - 1])]
+    if gbk_lines:  # UTF-8 and GBK lists joined with cat: each line as what it is, GBK Chinese valid as UTF-8 too
+        gbk_lines = sorted({*gbk_lines, *(n for n, line in enumerate(lines, 1) if n not in bad and not line.isascii()
+                                          and max(out[n - 1]) < "\u0800" and _gbk_chinese(line))})
+    for n in gbk_lines:
+        out[n - 1] = lines[n - 1].decode("gbk")
+        report.add(None, f"{path}:{n}", "warning", "gbk_encoding",
+                   f"line {n} is GBK-encoded while other lines are UTF-8; read as GBK")
+    for n in sorted(set(bad) - set(gbk_lines)):
         report.add(None, f"{path}:{n}", "warning", "not_utf8", f"line {n} is not UTF-8; undecodable bytes replaced")
-    return [line.decode("utf-8", errors="replace") for line in lines]
+    return out
+
+
+def _gbk_chinese(line: bytes) -> bool:
+    """Whether a line's bytes read as GBK Chinese (see :func:`_looks_chinese`)."""
+    try:
+        return _looks_chinese([line.decode("gbk")])
+    except UnicodeDecodeError:
+        return False
 
 
 def _looks_chinese(lines: list[str]) -> bool:
@@ -237,23 +261,34 @@ def _truncation(path: Path, fmt: str, frames: int) -> str | None:
     return None
 
 
+# WAVE format tags whose block is one frame: PCM, IEEE float, A-law, mu-law, WAVE_FORMAT_EXTENSIBLE
+_WAV_FRAME_BLOCKS = (0x0001, 0x0003, 0x0006, 0x0007, 0xFFFE)
+
+
 def _wav_declared_frames(path: Path) -> int | None:
     """Frames a RIFF/WAVE header declares: the ``data`` chunk's size over the ``fmt `` chunk's block size, for
     any sample format (integer, float, WAVE_FORMAT_EXTENSIBLE; the stdlib ``wave`` module reads integer PCM
-    only). None when there is no such header, or when the size is a streaming placeholder (0, or near 2 or 4 GiB:
+    only); for compressed codecs (GSM, ADPCM), whose blocks hold many frames, the ``fact`` chunk's count. None when there is no such header, or when the size is a streaming placeholder (0, or near 2 or 4 GiB:
     sox writing to a pipe puts 0x7FFFF000 there)."""
     try:
         with open(path, "rb") as f:
             head = f.read(12)
             if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
                 return None
-            block = 0
+            block, tag, fact = 0, 1, None
             while len(chunk := f.read(8)) == 8:
                 size = int.from_bytes(chunk[4:], "little")
                 if chunk[:4] == b"fmt ":
-                    block = int.from_bytes(f.read(size + size % 2)[12:14], "little")
+                    fmt = f.read(size + size % 2)
+                    tag, block = int.from_bytes(fmt[:2], "little"), int.from_bytes(fmt[12:14], "little")
+                elif chunk[:4] == b"fact":  # a compressed codec's frame count (a block holds many frames)
+                    fact = int.from_bytes(f.read(size + size % 2)[:4], "little")
                 elif chunk[:4] == b"data":
-                    return size // block if block and 0 < size < _PLACEHOLDER else None
+                    if not 0 < size < _PLACEHOLDER:
+                        return None
+                    if tag not in _WAV_FRAME_BLOCKS:  # GSM, ADPCM...: the data size gives blocks, not frames
+                        return fact
+                    return size // block if block else None
                 else:
                     f.seek(size + size % 2, 1)
     except OSError:
@@ -282,7 +317,10 @@ def _check_audio(key: str, path: Path, where: str, report: DataReport) -> audio_
     try:  # decode only the last second: a cut-off compressed file fails there (cheap: no full decode)
         with sf.SoundFile(str(path)) as f:
             tail = min(frames, f.samplerate)
-            f.seek(frames - tail)
+            if f.seekable():
+                f.seek(frames - tail)
+            else:  # a codec libsndfile cannot seek in (GSM 6.10 WAV): read it through to its end
+                tail = frames
             got = len(f.read(tail, dtype="int16", always_2d=True))
         if got < tail:
             raise RuntimeError(f"only {got} of the last {tail} frames could be read")
@@ -386,8 +424,11 @@ def load_dataset(
                                 "START =END) and list those in wav.scp")
             report.add(None, str(data / "segments"), "info", "segments_ignored",
                        "segments file ignored: text's ids are wav.scp's, so each entry is decoded whole")
+    elif data.is_file():  # the list itself: wav.scp, text
+        raise DataError(f"{data}: a file, not a data folder: give the folder that holds wav.scp (+ text): {data.parent}"
+                        if data.name in ("wav.scp", "text") else f"{data}: not a data folder (wav.scp [+ text]) nor a .jsonl file")
     else:
-        raise DataError(f"{data}: not a data folder (wav.scp [+ text]) nor a .jsonl file")
+        raise DataError(f"{data}: no such data folder (a folder with wav.scp [+ text], or a .jsonl file)")
     report.n_input = len(wavs) + sum(1 for i in report.issues if i.code in ("duplicate_id", "malformed_line")
                                      and i.where.rsplit(":", 1)[0] == str(wav_path))
 
@@ -449,6 +490,9 @@ def load_dataset(
             elif not texts[key][0].strip() or not score_tokens(texts[key][0]):
                 report.add(key, f"{text_path}:{texts[key][1]}", "warning", "empty_transcript",
                            "empty transcript (after normalisation): decoded, not scored")
+            elif "\ufffd" in texts[key][0]:  # bytes of an unknown encoding: scoring them would count garbage
+                report.add(key, f"{text_path}:{texts[key][1]}", "warning", "undecodable_transcript",
+                           "transcript holds bytes that are neither UTF-8 nor GBK: decoded, not scored")
             else:
                 text = texts[key][0]
                 if vocab_set is not None:

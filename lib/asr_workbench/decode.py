@@ -75,6 +75,8 @@ class Hypothesis:
     key: str
     text: str
     duration_s: float
+    error: str = ""  # why the audio could not be decoded (then ``text`` is empty): see audio.AudioError
+    warning: str = ""  # what decoding found wrong with the audio's level (audio.level_warning)
 
 
 @dataclass
@@ -271,10 +273,15 @@ def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: D
         with _autocast(model, opts.precision):
             for key, path, dur in items:
                 try:
-                    res = model.generate(input=audio.load(path), batch_size_s=opts.batch_seconds or 300, **kw)
+                    wave, warning = audio.load_checked(path)
+                except audio.AudioError as e:
+                    sink([Hypothesis(key, "", dur, error=str(e))])
+                    continue
+                try:
+                    res = model.generate(input=wave, batch_size_s=opts.batch_seconds or 300, **kw)
                 except Exception as e:
                     raise RuntimeError(f"funasr could not decode {key} ({path}) with its vad_model: {e!r}") from e
-                sink([Hypothesis(key, " ".join(r.get("text", "") for r in res).strip(), dur)])
+                sink([Hypothesis(key, " ".join(r.get("text", "") for r in res).strip(), dur, warning=warning or "")])
         return
     from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
@@ -288,21 +295,36 @@ def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: D
 
     local = threading.local()
 
-    def load(batch: list[int]) -> list[Any]:
-        return [audio.load(items[i][1]) for i in batch]
+    def load(batch: list[int]) -> list[tuple[Any, str]]:
+        """Each utterance's samples and level warning, or (None, why it cannot be decoded)."""
+        out: list[tuple[Any, str]] = []
+        for i in batch:
+            try:
+                wave, warning = audio.load_checked(items[i][1])
+                out.append((wave, warning or ""))
+            except audio.AudioError as e:  # found only now, reading the whole file: this one is skipped, not the run
+                out.append((None, str(e)))
+        return out
 
-    def work(batch: list[int], waves: Future[list[Any]]) -> list[Hypothesis]:
+    def work(batch: list[int], loaded: Future[list[tuple[Any, str]]]) -> list[Hypothesis]:
         # each worker thread takes its batch's audio (read ahead on the loader thread while earlier batches
         # decode: on a GPU, one batch at a time, reading 64 files would otherwise stall it), computes features on
         # the model's device and decodes; with several GPU workers each has its own CUDA stream
         if device.type == "cuda" and workers > 1 and not hasattr(local, "stream"):
             local.stream = torch.cuda.Stream(device)
         stream = getattr(local, "stream", None)
-        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext(), \
-                _autocast(model, opts.precision):
-            res = _infer_batch(model, waves.result(), feature_device, kw,
-                               [f"{items[i][0]} ({items[i][1]})" for i in batch], note)
-        return [Hypothesis(items[i][0], str(r.get("text", "") or ""), items[i][2]) for i, r in zip(batch, res)]
+        got = loaded.result()
+        ok = [j for j, (wave, _) in enumerate(got) if wave is not None]
+        res: list[dict[str, Any]] = []
+        if ok:
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext(), \
+                    _autocast(model, opts.precision):
+                res = _infer_batch(model, [got[j][0] for j in ok], feature_device, kw,
+                                   [f"{items[batch[j]][0]} ({items[batch[j]][1]})" for j in ok], note)
+        text = {j: str(r.get("text", "") or "") for j, r in zip(ok, res)}
+        return [Hypothesis(items[i][0], text.get(j, ""), items[i][2],
+                           **({"warning": got[j][1]} if j in text else {"error": got[j][1]}))
+                for j, i in enumerate(batch)]
 
     previous = torch.get_num_threads()
     if threads:
@@ -392,14 +414,15 @@ def _infer_batch(model: Any, waves: list[Any], feature_device: Any, kw: dict[str
             raise RuntimeError(f"funasr could not decode {_name(names, 0)}: {e!r}") from e
         log.warning("a batch of %d (first %s) could not be decoded whole (%r): decoding it one utterance at a time",
                     len(waves), _name(names, 0), e)
-        if note:
-            note(_name(names, 0))
     out = []
     for i, w in enumerate(waves):
         try:
             out.append((_inference(model, [w], None, 1, **kw) or [{}])[0])
         except Exception as e:
             raise RuntimeError(f"funasr could not decode {_name(names, i)}: {e!r}") from e
+    if note and len(waves) > 1:  # the likely cause: an utterance that yields no token on its own
+        note(next((_name(names, i) for i, r in enumerate(out) if not str(r.get("text", "") or "").strip()),
+                  _name(names, 0)))
     return out
 
 
@@ -454,7 +477,7 @@ def _read_partial(path: Path, fingerprint: str) -> dict[str, Hypothesis]:
             h = json.loads(line)
         except json.JSONDecodeError:
             break
-        out[h["key"]] = Hypothesis(h["key"], h["text"], h["duration_s"])
+        out[h["key"]] = Hypothesis(h["key"], h["text"], h["duration_s"], h.get("error", ""), h.get("warning", ""))
     return out
 
 
@@ -514,7 +537,7 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
     t0 = time.perf_counter()
     load_s = 0.0
     notes: list[str] = []
-    one_by_one: list[str] = []  # the first utterance of each batch funasr could not decode whole
+    one_by_one: list[str] = []  # per batch funasr could not decode whole: an utterance without a token, or its first
     if n_proc == 1 or len(todo) < 2:
         if model is None:
             model = load_model(model_dir, device=device, ncpu=os.cpu_count() or 1,
@@ -596,7 +619,9 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
     bar.close()
     if one_by_one:
         notes.append(f"{len(one_by_one)} batch(es) could not be decoded whole by funasr and were decoded one utterance "
-                     f"at a time (slower, same transcripts); first utterance of the first: {one_by_one[0]}")
+                     "at a time (slower; without padding a transcript can differ a little from its batched one). "
+                     "funasr fails a whole batch when an utterance in it yields no token (silence, a very short "
+                     f"clip); in the first such batch: {one_by_one[0]}")
     got = _read_partial(partial_file, fingerprint)
     missing = [k for k, _, _ in items if k not in got]
     if missing:

@@ -28,8 +28,8 @@ from asr_workbench.fileio import atomic_write_text, jsonl_line
 
 __all__ = ["InferResult", "resolve_decoding", "run", "score_run"]
 
-# what a finished run derives from its hypotheses: a run into a used folder removes an earlier run's first, so
-# a run without ``text`` (or one that fails) never leaves another run's scores beside its own config
+# what a finished run derives from its hypotheses: a run into a used folder removes an earlier run's once it has
+# decoded (a run without ``text`` must not leave another run's scores beside its own config; a failed one keeps them)
 _DERIVED = ("metrics.json", "results.jsonl", "errors.txt", "1best_recog")
 
 # decoding settings the workbench itself interprets; any other key goes to funasr's generate()
@@ -137,6 +137,18 @@ def _fingerprint(model: modelhub.ModelFolder, settings: dict[str, Any], items: l
     return h.hexdigest()
 
 
+def _audio_issues(ds: datadir.DataSet, hyps: list[decode.Hypothesis]) -> list[decode.Hypothesis]:
+    """The hypotheses of audio that decoded; what decoding found wrong with the audio (a file that stops part-way,
+    NaN samples, an odd level) goes into the data report, at the utterance's wav.scp line."""
+    where = {u.key: u.where for u in ds.utterances}
+    for h in hyps:
+        if h.error:
+            ds.report.add(h.key, where[h.key], "error", "undecodable_audio", f"{h.error}: not decoded")
+        elif h.warning:
+            ds.report.add(h.key, where[h.key], "warning", "audio_level", h.warning)
+    return [h for h in hyps if not h.error]
+
+
 def score_run(ds: datadir.DataSet, hyps: list[decode.Hypothesis], out: Path) -> tuple[list[dict[str, Any]], scoring.CerResult | None]:
     """Per-utterance rows (``results.jsonl``), aligned errors, FunASR files; returns the corpus CER."""
     by_key = {u.key: u for u in ds.utterances}
@@ -218,10 +230,14 @@ def run(
     )
     data_path = paths.resolve(data_dir)
     ds = datadir.load_dataset(data_path, vocab=mf.tokens, on_bad_input=on_bad_input, vad_model=vad_model)
-    ds.report.write_jsonl(out / "data_report.jsonl")
-    if not ds.utterances:  # before the earlier run's results are removed
+    # a folder holding a finished run keeps its files (metrics, results, config, data report) until this run has
+    # its own: a run that fails leaves them as they were, with its data report beside them as *.failed.jsonl
+    finished = (out / "metrics.json").is_file()
+    failed_report = out / ("data_report.failed.jsonl" if finished else "data_report.jsonl")
+    if not ds.utterances:
+        ds.report.write_jsonl(failed_report)
         raise datadir.DataError(f"{data_path}: nothing to decode: {ds.report.n_input} input line(s), each with an error "
-                                f"(see {out / 'data_report.jsonl'})" if ds.report.n_input else
+                                f"(see {failed_report})" if ds.report.n_input else
                                 f"{data_path}: nothing to decode: the audio list is empty")
     notes = list(mf.warnings) + decode.option_notes(mf.config, opts)
     if precision != "fp32" and not decode.resolve_device(devices[0] if devices else device).startswith("cuda"):
@@ -233,12 +249,9 @@ def run(
         "on_bad_input": on_bad_input, "vad_model": vad_model, "vad_model_dir": vad_dir, "cache_dir": cache_dir,
         "precision": precision, "attention": opts.attention, "normaliser": scoring.NORMALISER, "notes": notes,
     }
-    for name in _DERIVED:  # only now: a mistyped model or data folder must not cost the earlier run its results
-        if (out / name).is_dir():
-            shutil.rmtree(out / name)
-        else:
-            (out / name).unlink(missing_ok=True)
-    runs.write_config(out, config)
+    if not finished:  # a fresh folder: this run's settings and data report can be read while it decodes
+        ds.report.write_jsonl(out / "data_report.jsonl")
+        runs.write_config(out, config)
 
     items = [(u.key, u.audio, u.duration_s) for u in ds.utterances]
     weights_sha256 = runs.sha256_in_background(mf.weights)  # read beside the decoding, not after it
@@ -248,13 +261,27 @@ def run(
                                               "attention": opts.attention}, items),
                         model=loaded_model, progress=progress)
     notes.extend(dec.notes)  # weights the checkpoint lacked: known only once the model is loaded
-    rows, cer = score_run(ds, dec.hypotheses, out)
+    hyps = _audio_issues(ds, dec.hypotheses)
+    if not hyps or (on_bad_input == "fail" and len(hyps) < len(dec.hypotheses)):
+        ds.report.write_jsonl(failed_report)
+        bad = [f"{i.where}: [{i.code}] {i.key} {i.reason}" for i in ds.report.errors if i.code == "undecodable_audio"]
+        raise datadir.DataError(f"{data_path}: {len(bad)} audio file(s) could not be decoded"
+                                f"{'' if hyps else ', and nothing else was left to decode'} (see {failed_report}):\n"
+                                + "\n".join(bad))
+    for name in (*_DERIVED, "data_report.failed.jsonl"):  # only now: a failed run must not cost the earlier its results
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+        else:
+            (out / name).unlink(missing_ok=True)
+    ds.report.write_jsonl(out / "data_report.jsonl")
+    runs.write_config(out, config)
+    rows, cer = score_run(ds, hyps, out)
     if ds.has_text and cer is None:
         notes.append("the data has a transcript file, but none of its ids has a usable transcript for a decoded "
                      "utterance: nothing was scored (see data_report.jsonl: ids in text without audio, empty "
                      "transcripts)")
     input_files = [data_path] if data_path.is_file() else [data_path / "wav.scp", data_path / "text"]
-    decoded = {h.key for h in dec.hypotheses}
+    decoded = {h.key for h in hyps}
     wav_list = str(data_path if data_path.is_file() else data_path / "wav.scp")
     # input lines not decoded: n_input - n_decoded (lines without an id count, unnamed); their ids where they have
     # one (an error only in text, a duplicate transcript, is not a skipped input)
@@ -265,9 +292,9 @@ def run(
         "sub": cer.substitutions if cer else None, "del": cer.deletions if cer else None,
         "ins": cer.insertions if cer else None, "ref_tokens": cer.ref_tokens if cer else None,
         "normaliser": scoring.NORMALISER, "has_text": ds.has_text,
-        "n_input": ds.report.n_input, "n_decoded": len(dec.hypotheses), "n_scored": cer.n_utts if cer else 0,
-        "n_skipped": ds.report.n_input - len(dec.hypotheses), "skipped_keys": skipped,
-        "audio_seconds": round(sum(h.duration_s for h in dec.hypotheses), 3),
+        "n_input": ds.report.n_input, "n_decoded": len(hyps), "n_scored": cer.n_utts if cer else 0,
+        "n_skipped": ds.report.n_input - len(hyps), "skipped_keys": skipped,
+        "audio_seconds": round(sum(h.duration_s for h in hyps), 3),
         "wall_seconds": round(dec.wall_s, 3), "rtf": round(dec.rtf, 5), "model_load_seconds": round(dec.load_s, 3),
         "resumed": dec.resumed,
         "model": model, "model_dir": str(mf.path), "device": dec.device, "n_processes": dec.n_processes,

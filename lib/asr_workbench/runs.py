@@ -45,6 +45,8 @@ def check_output_dir(output_dir: str | Path, kind: str | None = None, protect: S
         if real == model or model in real.parents:
             raise ValueError(f"output_dir {out} is the model folder {model} or inside it: the workbench never writes "
                              "into a model folder; choose a run folder (e.g. outputs/<name>)")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output_dir {out} is a file, not a folder: choose a run folder (e.g. outputs/<name>)")
     if out.is_dir():
         held = [n for n in ("model.pt", "configuration.json") if (out / n).exists()]
         if held:
@@ -61,9 +63,14 @@ def check_output_dir(output_dir: str | Path, kind: str | None = None, protect: S
 def prepare_output_dir(output_dir: str | Path, kind: str | None = None, protect: Sequence[Path] = ()) -> Path:
     """The run folder, checked (:func:`check_output_dir`), created and marked with ``kind``."""
     out = check_output_dir(output_dir, kind, protect)
-    out.mkdir(parents=True, exist_ok=True)
-    if kind:
-        atomic_write_text(out / _KIND_FILE, kind + "\n")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if kind:
+            atomic_write_text(out / _KIND_FILE, kind + "\n")
+    except OSError as e:  # a file on the way, a read-only disk, no permission
+        raise ValueError(f"output_dir {out} cannot be written: {e.strerror or e}"
+                         f"{f' ({e.filename})' if e.filename and str(e.filename) != str(out) else ''}; "
+                         "choose a run folder you can write (e.g. outputs/<name>)") from e
     return out
 
 

@@ -268,7 +268,8 @@ def _dev_cer(model_dir: str, p: FinetunePlan, loaded: Any = None) -> float:
                         f"dev:{model_dir}:{time.time()}", model=loaded, progress=False)
     refs = {u.key: u.text for u in p.dev.dataset.scored}
     (p.output_dir / ".dev.partial.jsonl").unlink(missing_ok=True)
-    return scoring.corpus_cer([refs[h.key] or "" for h in res.hypotheses], [h.text for h in res.hypotheses]).cer
+    hyps = [h for h in res.hypotheses if not h.error]  # audio that cannot be decoded is no evidence either way
+    return scoring.corpus_cer([refs[h.key] or "" for h in hyps], [h.text for h in hyps]).cer
 
 
 def _checkpoint_cer(p: FinetunePlan, train_dir: Path, name: str) -> float:
