@@ -338,3 +338,23 @@ def test_funasr_jsonl_input(tmp_path):
 def test_missing_wav_scp_is_a_clear_error(tmp_path):
     with pytest.raises(datadir.DataError, match="no wav.scp"):
         datadir.load_dataset(tmp_path)
+
+
+def test_messages_say_what_the_file_is_and_what_to_do(tmp_path):
+    """An empty file, a format libsndfile cannot read, a WAV whose recorder never wrote its sizes, transcripts
+    under another name than text: each said as what it is, with the fix."""
+    (tmp_path / "zero.wav").write_bytes(b"")
+    (tmp_path / "a.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A " + bytes(100))
+    _tone(tmp_path / "ok.wav")
+    b = bytearray((tmp_path / "ok.wav").read_bytes())
+    b[4:8] = b[40:44] = bytes(4)  # RIFF and data sizes left at 0
+    (tmp_path / "unfinished.wav").write_bytes(bytes(b))
+    _write(tmp_path, "z zero.wav\nm a.m4a\nu unfinished.wav\nk ok.wav\n")
+    (tmp_path / "text.txt").write_text("k 你好\n", encoding="utf-8")
+    ds = datadir.load_dataset(tmp_path)
+    why = {i.key: (i.code, i.reason) for i in ds.report.issues}
+    assert why["z"] == ("empty_audio", f"empty file (0 bytes): {tmp_path / 'zero.wav'}")
+    assert why["m"][0] == "not_audio" and "ffmpeg -i in.m4a" in why["m"][1]
+    assert why["u"][0] == "empty_audio" and "sox --ignore-length" in why["u"][1]
+    assert why[None][0] == "no_text_file" and "text.txt is not read: rename it to text" in why[None][1]
+    assert [u.key for u in ds.utterances] == ["k"] and not ds.has_text

@@ -308,10 +308,17 @@ def _check_audio(key: str, path: Path, where: str, report: DataReport) -> audio_
     if path.is_dir():
         report.add(key, where, "error", "not_audio", f"is a folder, not an audio file: {path}")
         return None
+    size = -1
     try:
+        size = path.stat().st_size
         info = audio_mod.probe(path)
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError
-        report.add(key, where, "error", "not_audio", f"unreadable or not audio: {path} ({e})")
+        if size == 0:
+            report.add(key, where, "error", "empty_audio", f"empty file (0 bytes): {path}")
+        else:
+            report.add(key, where, "error", "not_audio", f"unreadable or not audio: {path} ({e}); formats read: WAV, "
+                       "FLAC, OGG/Opus, MP3, AIFF, AU... (libsndfile); convert others first, e.g. "
+                       "ffmpeg -i in.m4a -ar 16000 -ac 1 out.wav, or sox -t raw -r 16000 -e signed -b 16 in.pcm out.wav")
         return None
     frames = info.frames
     try:  # decode only the last second: a cut-off compressed file fails there (cheap: no full decode)
@@ -332,7 +339,10 @@ def _check_audio(key: str, path: Path, where: str, report: DataReport) -> audio_
         report.add(key, where, "error", "truncated", f"truncated {info.format} file: {cut}: {path}")
         return None
     if frames == 0:
-        report.add(key, where, "error", "empty_audio", f"audio has no samples: {path}")
+        unfinished = info.format in ("WAV", "WAVEX") and size > 100  # a recorder that never wrote the data size
+        report.add(key, where, "error", "empty_audio", f"audio has no samples: {path}" + (
+            f" (the header declares none, yet the file has {size} bytes: a recording never finalised? "
+            "sox --ignore-length in.wav out.wav recovers it)" if unfinished else ""))
         return None
     return audio_mod.AudioInfo(info.path, info.samplerate, info.channels, frames, info.format)
 
@@ -416,6 +426,11 @@ def load_dataset(
             raise DataError(f"{wav_path}: no wav.scp in the data folder {data}")
         wavs = _parse_table(wav_path, report, "wav.scp")
         has_text = text_path.is_file()
+        near = sorted(p.name for p in data.glob("text.*") if p.is_file()) if not has_text else []
+        if near:  # text.txt, text.trn: transcripts under a name the Kaldi layout does not have
+            report.add(None, str(data), "warning", "no_text_file",
+                       f"no file named text, so nothing is scored; {', '.join(near)} is not read: "
+                       "rename it to text (one 'id transcript' per line) to score")
         texts = _parse_table(text_path, report, "text") if has_text else {}
         if (data / "segments").is_file():
             if not (set(texts) & set(wavs)):  # the ids are segment ids: decoding whole recordings would score nothing

@@ -614,7 +614,9 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
                     part.unlink()
         if failed:
             raise RuntimeError(f"decoding shard(s) {failed} failed (exit codes "
-                               f"{[procs[i].exitcode for i in failed]}); finished results kept in {partial_file}")
+                               f"{[procs[i].exitcode for i in failed]}); finished results kept in {partial_file}. "
+                               "Their error is printed above; from a script, njob > 1 needs the call under "
+                               "if __name__ == '__main__': (each shard process imports the script)")
     wall = time.perf_counter() - t0
     bar.close()
     if one_by_one:
