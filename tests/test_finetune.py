@@ -65,6 +65,39 @@ def test_export_from_a_base_without_configuration_json_loads(notebook_finetune, 
             == decode.transcribe(decode.load_model(str(out / "model"), device="cpu"), wavs))
 
 
+@pytest.mark.parametrize("with_configuration_json", [True, False])
+def test_export_copies_a_cmvn_file_the_base_keeps_elsewhere(notebook_finetune, tmp_path, with_configuration_json):
+    """A base whose config.yaml names its am.mvn by an absolute path outside the folder (and whose
+    configuration.json does not name it): the export drops absolute paths, so it copies the file in and names
+    it, or the fine-tuned model would decode without feature normalisation, unsaid."""
+    from asr_workbench import modelhub
+
+    out, _ = notebook_finetune
+    base, elsewhere = tmp_path / "base", tmp_path / "elsewhere"
+    shutil.copytree(DEMO_MODEL, base)
+    elsewhere.mkdir()
+    (base / "am.mvn").rename(elsewhere / "am.mvn")
+    config = yaml.safe_load((base / "config.yaml").read_text(encoding="utf-8"))
+    config.setdefault("frontend_conf", {})["cmvn_file"] = str(elsewhere / "am.mvn")
+    (base / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    if with_configuration_json:
+        conf = json.loads((base / "configuration.json").read_text())
+        conf["file_path_metas"].pop("frontend_conf", None)
+        (base / "configuration.json").write_text(json.dumps(conf))
+    else:
+        (base / "configuration.json").unlink()
+    ckpt = json.loads((out / "metrics.json").read_text())["checkpoint"]
+    folder = export.export_model_folder(modelhub.open_model(str(base)), out / "train", ckpt, tmp_path / "exp",
+                                        yaml.safe_load((out / "config.yaml").read_text()), "card\n")
+    assert (folder / "am.mvn").read_bytes() == (elsewhere / "am.mvn").read_bytes()
+    metas = json.loads((folder / "configuration.json").read_text())["file_path_metas"]
+    assert metas["frontend_conf"] == {"cmvn_file": "am.mvn"} and "token_list" in metas["tokenizer_conf"]
+    shutil.rmtree(elsewhere)  # the copy stands alone, and decodes as the export from the intact base
+    wavs = [("u", str(sorted((DEMO_DATA / "target/test/audio").iterdir())[0]))]
+    assert (decode.transcribe(decode.load_model(str(folder), device="cpu"), wavs)
+            == decode.transcribe(decode.load_model(str(out / "model"), device="cpu"), wavs))
+
+
 def test_executed_notebook_shows_schedule_curves_and_cer(notebook_finetune):
     _, work = notebook_finetune
     nb = json.loads((work / "out.ipynb").read_text(encoding="utf-8"))
@@ -306,6 +339,36 @@ def test_plans_that_would_waste_the_run_fail_before_training(tmp_path, tiny_data
     if not torch.cuda.is_available():  # funasr's trainer would fall back to the CPU without a word
         with pytest.raises(ValueError, match=r"device 'cuda': this machine has 0 CUDA GPU"):
             plan("o", device="cuda")
+    # optimizer and scheduler settings are built before training: a typo or a missing key is named with the keys
+    # the class takes (funasr's trainer raised a bare TypeError after start-up)
+    with pytest.raises(ValueError, match=r"scheduler_conf \{'warmup_step': 5\} does not fit scheduler 'warmuplr' "
+                                         r".*it takes warmup_steps"):
+        plan("p", scheduler_conf={"warmup_step": 5})
+    with pytest.raises(ValueError, match=r"CosineAnnealingLR.*missing 1 required positional argument: 'T_max'"):
+        plan("q", scheduler="CosineAnnealingLR")
+    with pytest.raises(ValueError, match=r"optim_conf .*'lrr': 1.* does not fit optim 'adam'"):
+        plan("r", finetune_overrides={"optim_conf": {"lrr": 1}})
+
+
+def test_bases_funasr_would_retrain_in_part_or_fail_on_are_refused(tmp_path, tiny_data):
+    """A tokens file longer than the weights' vocabulary (funasr re-initialises the embedding and output layers
+    and logs it only in train.log) and hotword models (their forward() needs lists funasr's dataset does not
+    make) fail at plan time, naming the file."""
+    vocab = tmp_path / "vocab"
+    shutil.copytree(DEMO_MODEL, vocab)
+    tokens = json.loads((vocab / "tokens.json").read_text(encoding="utf-8"))
+    (vocab / "tokens.json").write_text(json.dumps(tokens[:-1] + ["甲", "乙", "丙", tokens[-1]], ensure_ascii=False),
+                                       encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"the tokens file lists {len(tokens) + 3} tokens, but model.pt's "
+                                         rf"decoder.output_layer.weight has {len(tokens)} rows"):
+        finetune.plan(str(vocab), str(tiny_data), str(tmp_path / "a"), max_epoch=1)
+    seaco = tmp_path / "seaco"
+    shutil.copytree(DEMO_MODEL, seaco)
+    config = yaml.safe_load((seaco / "config.yaml").read_text(encoding="utf-8"))
+    (seaco / "config.yaml").write_text(yaml.safe_dump({**config, "model": "SeacoParaformer"}), encoding="utf-8")
+    with pytest.raises(ValueError, match="model SeacoParaformer needs hotword lists"):
+        finetune.plan(str(seaco), str(tiny_data), str(tmp_path / "b"), max_epoch=1)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before anything is written
 
 
 def test_a_fine_tune_never_replaces_its_own_base(tmp_path, tiny_data):

@@ -87,6 +87,19 @@ def test_fallback_layout_without_am_mvn_is_warned(tmp_path):
     assert any(w.startswith("am.mvn") and "normalised" in w for w in modelhub.open_model(str(folder)).warnings)
 
 
+def test_configuration_json_naming_no_cmvn_is_warned(tmp_path):
+    """A configuration.json whose file_path_metas name no cmvn_file (and a config.yaml without one): funasr
+    decodes without CMVN (CER 12 % instead of 2 % on the demo), silently; the workbench says so."""
+    folder = tmp_path / "m"
+    shutil.copytree(DEMO_MODEL, folder)
+    conf = json.loads((folder / "configuration.json").read_text())
+    conf["file_path_metas"].pop("frontend_conf")
+    (folder / "configuration.json").write_text(json.dumps(conf))
+    (folder / "am.mvn").unlink()
+    assert any(w.startswith("a cmvn_file") and "not be mean/variance normalised" in w
+               for w in modelhub.open_model(str(folder)).warnings)
+
+
 def test_not_a_folder_nor_an_id():
     with pytest.raises(modelhub.ModelError, match="no such folder .* not a ModelScope id"):
         modelhub.open_model("no_such_folder_or_id")

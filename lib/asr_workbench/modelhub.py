@@ -191,6 +191,10 @@ def check_folder(path: Path, source: str = "folder", model_id: str | None = None
         if config.get("frontend") in ("WavFrontend", "wav_frontend") and not (path / "am.mvn").is_file() \
                 and not (config.get("frontend_conf") or {}).get("cmvn_file"):
             warnings.append("am.mvn (funasr's fallback cmvn_file: features will not be mean/variance normalised)")
+    elif config.get("frontend") in ("WavFrontend", "wav_frontend") and "frontend_conf.cmvn_file" not in metas \
+            and not (config.get("frontend_conf") or {}).get("cmvn_file"):
+        warnings.append("a cmvn_file (configuration.json's file_path_metas and config.yaml's frontend_conf name none: "
+                        "features will not be mean/variance normalised)")
     if missing:
         raise ModelError(f"model folder {path} lacks: {', '.join(missing)}")
     tok_rel = metas.get("tokenizer_conf.token_list")

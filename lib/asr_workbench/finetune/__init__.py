@@ -134,6 +134,7 @@ def plan(
 
     decode.check_device(device)  # cuda on a machine without one: funasr's trainer would run on the CPU, unsaid
     base = modelhub.open_model(model, cache_dir=cache_dir)
+    _check_trainable(base)
     out = runs.prepare_output_dir(output_dir, "finetune", protect=[base.path])
     for replaced in ("train", "model", ".eval"):  # what a fresh run removes before training
         folder = (out / replaced).resolve()
@@ -204,6 +205,32 @@ def plan(
                                                  "recommended": rec.reasons if rec else None}})
     return FinetunePlan(out, base, cfg, train, dev, nproc, dev_name, per_epoch, total,
                         fconfig.lr_schedule(cfg, total), warnings, dev_cer, strip_optimizer, checkpoint, rec)
+
+
+# layers with one row per token: a tokens file of another length than these is another model's vocabulary
+_VOCAB_LAYERS = ("decoder.output_layer.weight", "decoder.embed.0.weight", "ctc.ctc_lo.weight")
+# model classes funasr's AudioDataset cannot feed: their forward() needs hotword lists it does not make
+_HOTWORD_MODELS = ("SeacoParaformer", "ContextualParaformer")
+
+
+def _check_trainable(base: modelhub.ModelFolder) -> None:
+    """Fail before training for a base funasr's trainer would quietly retrain from scratch in part (tokens that are
+    not its weights' vocabulary: funasr re-initialises those layers) or fail on after start-up (hotword models)."""
+    kind = str(base.config.get("model", ""))
+    if kind in _HOTWORD_MODELS:
+        raise ValueError(f"{base.path / 'config.yaml'}: model {kind} needs hotword lists in every training batch, "
+                         "which funasr's AudioDataset does not make (its forward() fails after start-up); fine-tune "
+                         "the plain Paraformer it is built on, or use funasr's hotword recipe")
+    if not base.tokens or base.weights is None or not base.weights.is_file():
+        return
+    state = modelhub.load_weights(base.weights, mmap=True)
+    for name in _VOCAB_LAYERS:
+        rows = state.get(name, state.get(f"module.{name}"))
+        if rows is not None and rows.shape[0] != len(base.tokens):
+            raise ValueError(f"{base.path}: the tokens file lists {len(base.tokens)} tokens, but {base.weights.name}'s "
+                             f"{name} has {rows.shape[0]} rows: tokens and weights are not one model's (funasr would "
+                             "re-initialise the layers they disagree on and train them from nothing); use the tokens "
+                             "file the weights were trained with")
 
 
 def _check_batch_fits(batch: int, batch_bins: int | None, dataset_type: str,

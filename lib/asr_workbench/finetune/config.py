@@ -211,7 +211,35 @@ def build_config(model: ModelFolder, base_kwargs: Mapping[str, Any], params: Fin
     if cfg.get("scheduler") in _UNSTEPPABLE:
         raise ValueError(f"scheduler {cfg['scheduler']!r} cannot run under funasr's trainer as the workbench calls it "
                          f"({_UNSTEPPABLE[cfg['scheduler']]}); use warmuplr, noamlr or CosineAnnealingLR")
+    _check_constructible(cfg, model)
     return cfg
+
+
+def _check_constructible(cfg: Mapping[str, Any], model: ModelFolder) -> None:
+    """Build the optimizer and scheduler as funasr's trainer will, on a dummy weight: a mistyped key of
+    ``optim_conf`` / ``scheduler_conf`` (``warmup_step``) or a missing one (CosineAnnealingLR's ``T_max``) fails
+    here, naming the keys the class takes, not as a TypeError after the trainer started."""
+    import inspect
+
+    import torch
+    from funasr.optimizers import optim_classes
+    from funasr.schedulers import scheduler_classes
+
+    optim_cls = optim_classes[cfg.get("optim", "adam")]
+    sched_cls = scheduler_classes[cfg.get("scheduler", "warmuplr")]
+    for what, cls, build in (
+            ("optim", optim_cls, lambda: optim_cls([torch.nn.Parameter(torch.zeros(1))], **(cfg.get("optim_conf") or {}))),
+            ("scheduler", sched_cls, lambda: sched_cls(optim_cls([torch.nn.Parameter(torch.zeros(1))],
+                                                                 **(cfg.get("optim_conf") or {})),
+                                                       **(cfg.get("scheduler_conf") or {})))):
+        try:
+            build()
+        except (TypeError, ValueError) as e:
+            takes = [n for n in inspect.signature(cls).parameters if n not in ("self", "params", "optimizer")]
+            raise ValueError(f"{what}_conf {dict(cfg.get(what + '_conf') or {})} does not fit {what} "
+                             f"{cfg.get(what)!r} ({cls.__name__}: {e}); it takes {', '.join(takes)}. Set it in "
+                             f"{what}_conf (the notebook parameter, {model.path / 'finetune.yaml'} or "
+                             "finetune_overrides)") from e
 
 
 # nested settings whose values are numbers or names: a YAML 1.1 "1e-4" is a string there, and funasr would get it

@@ -97,7 +97,7 @@ def export_model_folder(base: ModelFolder, train_dir: Path, checkpoint: str, out
         tokens = next((f for f in ("tokens.json", "tokens.txt") if (tmp / f).is_file()), None)
         metas = {**({"tokenizer_conf": {"token_list": tokens}} if tokens else {}),
                  **({"frontend_conf": {"cmvn_file": "am.mvn"}} if (tmp / "am.mvn").is_file() else {})}
-    metas = {**metas, "init_param": "model.pt", "config": "config.yaml"}
+    metas = {**_copy_named_files(base, metas, tmp), "init_param": "model.pt", "config": "config.yaml"}
     configuration["file_path_metas"] = metas
     atomic_write_text(tmp / "configuration.json", json.dumps(configuration, ensure_ascii=False, indent=2))
     atomic_write_text(tmp / "README.md", card)
@@ -105,6 +105,30 @@ def export_model_folder(base: ModelFolder, train_dir: Path, checkpoint: str, out
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+# files a model's config.yaml may name by path (funasr reads them from there when configuration.json does not
+# name them): section, key, the name the export gives the copy (None: the file's own name)
+_NAMED_FILES = (("frontend_conf", "cmvn_file", "am.mvn"), ("tokenizer_conf", "token_list", None),
+                ("tokenizer_conf", "seg_dict", "seg_dict"))
+
+
+def _copy_named_files(base: ModelFolder, metas: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Copy into ``out`` the files the base's config.yaml names by absolute path (a cmvn_file kept elsewhere) that
+    configuration.json does not name; ``metas`` with them named. The exported config drops absolute paths, so
+    without this the copy would lose its feature normalisation (or vocabulary) without a word."""
+    metas = {k: dict(v) if isinstance(v, Mapping) else v for k, v in metas.items()}
+    for section, key, name in _NAMED_FILES:
+        value = (base.config.get(section) or {}).get(key)
+        if not (isinstance(value, str) and os.path.isabs(value) and Path(value).is_file()):
+            continue
+        if isinstance(metas.get(section), Mapping) and metas[section].get(key):
+            continue
+        target = name or Path(value).name
+        if not (out / target).exists():
+            shutil.copy2(value, out / target)
+        metas.setdefault(section, {})[key] = target
+    return metas
 
 
 def strip_optimizer_state(train_dir: Path) -> list[str]:
