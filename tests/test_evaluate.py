@@ -128,6 +128,17 @@ def test_assemble_checkpoint_copies_only_missing_required_files(tmp_path, notebo
         export.assemble_model(bare, "model.pt.best", None, ["am.mvn"], tmp_path / "c")
     with pytest.raises(FileNotFoundError, match="no checkpoint model.pt.ep99"):
         export.assemble_model(ft_out, "model.pt.ep99", base, [], tmp_path / "d")
+    # a model whose vocabulary is tokens.txt: the default required tokens.json is served by it, not demanded
+    txt = tmp_path / "txt-finetune"
+    shutil.copytree(ft_out / "model", txt / "model")
+    (txt / "model" / "tokens.txt").write_text(
+        "".join(t + "\n" for t in json.loads((txt / "model" / "tokens.json").read_text(encoding="utf-8"))),
+        encoding="utf-8")
+    (txt / "model" / "tokens.json").unlink()
+    conf = json.loads((txt / "model" / "configuration.json").read_text())
+    conf["file_path_metas"]["tokenizer_conf"]["token_list"] = "tokens.txt"
+    (txt / "model" / "configuration.json").write_text(json.dumps(conf))
+    assert export.assemble_model(txt, "model", None, evaluate.REQUIRED_FILES, tmp_path / "e") == txt / "model"
 
 
 def test_settings_that_would_fail_late_fail_before_decoding(tmp_path, notebook_finetune):

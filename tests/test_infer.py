@@ -184,8 +184,16 @@ def test_weights_that_did_not_load_are_said(tmp_path):
     folder = tmp_path / "cut"
     shutil.copytree(DEMO_MODEL, folder)
     (folder / "model.pt").write_bytes((DEMO_MODEL / "model.pt").read_bytes()[:3_000_000])
-    with pytest.raises(RuntimeError, match=f"funasr could not load the model in {re.escape(str(folder))}"):
+    with pytest.raises(RuntimeError, match=f"funasr could not load the model in {re.escape(str(folder))}: the "
+                                           "weights file is damaged or incomplete"):
         infer.run(str(folder), str(data), str(tmp_path / "d"), device="cpu", progress=False)
+    config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))  # a FunASR 0.x class: one line
+    (folder / "config.yaml").write_text(yaml.safe_dump({**config, "model": "ParaformerBert"}), encoding="utf-8")
+    shutil.copy2(DEMO_MODEL / "model.pt", folder / "model.pt")
+    with pytest.raises(RuntimeError, match=r"config.yaml names model 'ParaformerBert', a class funasr [\d.]+ does not "
+                                           r"have") as err:
+        infer.run(str(folder), str(data), str(tmp_path / "d"), device="cpu", progress=False)
+    assert "\n" not in str(err.value)
 
 
 def test_batch_ending_in_a_quiet_clip_decodes(tmp_path, caplog):
@@ -512,6 +520,12 @@ def test_bad_audio_found_while_decoding_fails_a_strict_run_and_keeps_the_earlier
     with pytest.raises(datadir.DataError, match=re.escape(f"{data / 'wav.scp'}:2: [undecodable_audio] flac")):
         infer.run(str(DEMO_MODEL), str(data), str(out), device="cpu", progress=False, on_bad_input="fail")
     assert {n: (out / n).read_bytes() for n in before} == before and first.cer is not None
+    cut = tmp_path / "cut-model"  # a model that fails to load: the earlier results stay too
+    shutil.copytree(DEMO_MODEL, cut)
+    (cut / "model.pt").write_bytes((DEMO_MODEL / "model.pt").read_bytes()[:3_000_000])
+    with pytest.raises(RuntimeError, match="damaged or incomplete"):
+        infer.run(str(cut), str(src), str(out), device="cpu", progress=False)
+    assert {n: (out / n).read_bytes() for n in before} == before
     assert "undecodable_audio" in (out / "data_report.failed.jsonl").read_text()
     infer.run(str(DEMO_MODEL), str(data), str(out), device="cpu", progress=False)  # skipping it, the run lands
     assert not (out / "data_report.failed.jsonl").exists()

@@ -144,9 +144,25 @@ def load_model(model_dir: str, device: str = "cpu", ncpu: int | None = None, **k
                 return AutoModel(model=model_dir, device=resolve_device(device), disable_update=True,
                                  disable_pbar=True, log_level="ERROR", frontend_conf=conf, **extra, **kwargs)
             except Exception as e:  # e.g. a truncated model.pt: torch's message names no file
-                raise RuntimeError(f"funasr could not load the model in {model_dir}: {type(e).__name__}: {e}") from e
+                raise RuntimeError(f"funasr could not load the model in {model_dir}: {_load_error(e)}") from e
     finally:
         logging.disable(previous)
+
+
+def _load_error(e: Exception) -> str:
+    """funasr's loading error, with what it means where its message does not say (its 'not registered' error
+    lists 50 classes and every optional import that failed)."""
+    text = str(e)
+    unregistered = re.search(r"model '?([\w.-]+)'? is not registered", text)
+    if unregistered:
+        from importlib import metadata
+
+        return (f"config.yaml names model {unregistered.group(1)!r}, a class funasr {metadata.version('funasr')} does "
+                "not have (a FunASR 0.x class? a model for another toolkit?); its model classes include Paraformer, BiCifParaformer, SeacoParaformer, ContextualParaformer, SenseVoiceSmall")
+    if "PytorchStreamReader" in text or "failed finding central directory" in text or "unpickling" in text.lower():
+        return f"the weights file is damaged or incomplete ({text.splitlines()[0][:200]}); download or copy it again"
+    first = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {first[:500]}" + (" ..." if len(text) > len(first) or len(first) > 500 else "")
 
 
 def weight_notes(model: Any) -> list[str]:

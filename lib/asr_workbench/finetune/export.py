@@ -149,6 +149,15 @@ def strip_optimizer_state(train_dir: Path) -> list[str]:
     return done
 
 
+# files that do one job under either name: a model with tokens.txt needs no tokens.json
+_SAME_ROLE = {"tokens.json": ("tokens.txt",), "tokens.txt": ("tokens.json",)}
+
+
+def _has(folder: Path, name: str) -> bool:
+    """Whether ``folder`` holds the required file ``name``, or one that does its job (:data:`_SAME_ROLE`)."""
+    return any((folder / n).exists() for n in (name, *_SAME_ROLE.get(name, ())))
+
+
 def assemble_model(finetune_dir: Path, name: str, base: ModelFolder | None, required_files: list[str], out: Path) -> Path:
     """A runnable model folder from a fine-tune output (FunASR 0.x ``infer_after_finetune.py``'s job).
 
@@ -165,7 +174,7 @@ def assemble_model(finetune_dir: Path, name: str, base: ModelFolder | None, requ
             raise FileNotFoundError(f"{finetune_dir}: no model/ folder (not a workbench fine-tune?); name a funasr "
                                     "checkpoint in decoding_model_name instead, e.g. model.pt.best")
         folder = own
-        missing = [f for f in required_files if not (folder / f).exists()]
+        missing = [f for f in required_files if not _has(folder, f)]
         if missing:  # complete a copy, never the fine-tune's own folder
             if out.exists():
                 shutil.rmtree(out)
@@ -188,7 +197,7 @@ def assemble_model(finetune_dir: Path, name: str, base: ModelFolder | None, requ
         folder = out
     still = []
     for f in required_files:
-        if (folder / f).exists():
+        if _has(folder, f):
             continue
         if base is not None and (base.path / f).is_file():
             shutil.copy2(base.path / f, folder / f)
