@@ -16,7 +16,7 @@ import yaml
 from asr_workbench import datadir, decode, finetune, training
 from asr_workbench.finetune import config as fconfig
 from asr_workbench.finetune import export
-from conftest import DEMO_DATA, DEMO_MODEL, REPO
+from conftest import DEMO_DATA, DEMO_MODEL, REPO, subset
 
 
 def test_notebook_writes_config_checkpoints_model_and_metrics(notebook_finetune):
@@ -215,6 +215,26 @@ def test_silent_drops_and_unknown_characters_reported(tmp_path, tiny_data):
     with pytest.raises(datadir.DataError, match=r"skip every utterance of the train split, e\.g\. .*wav\.scp:\d+: "
                                                  r".*max_source_length"):
         finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path / "none"), max_duration_s=1.5)
+
+
+def test_punctuation_the_vocabulary_lacks_is_left_out_of_training_targets(tmp_path):
+    """Transcripts with ，。! : funasr's char tokenizer would train each mark as <unk> (the scoring normaliser drops
+    them, so they only teach the model to emit <unk>); they are left out of the jsonl targets and said, with counts."""
+    data = tmp_path / "data"
+    for split, n in (("train", 6), ("dev", 2)):
+        subset(DEMO_DATA / f"target/{split}", data / split, n)
+        text = data / split / "text"
+        lines = [line.split(" ", 1) for line in text.read_text(encoding="utf-8").splitlines()]
+        text.write_text("".join(f"{k} {t[:2]}，{t[2:]}。\n" for k, t in lines), encoding="utf-8")
+    p = finetune.plan(str(DEMO_MODEL), str(data), str(tmp_path / "ft"), max_epoch=1)
+    assert p.train.marks == {"，": 6, "。": 6} and p.dev.marks == {"，": 2, "。": 2}
+    assert any("16 punctuation marks" in w and "，(8) 。(8)" in w for w in p.warnings)
+    targets = [json.loads(x)["target"] for x in p.train.jsonl.read_text(encoding="utf-8").splitlines()]
+    refs = [u.text for u in p.train.dataset.scored]
+    assert targets == [r.replace("，", "").replace("。", "") for r in refs] and all("，" in r for r in refs)
+    # a mark the vocabulary has stays; a space where a mark stood between Latin words
+    assert datadir.training_target("ok,go 今天，好", {"今", "天", "好", ","}) == "ok,go今天好"
+    assert datadir.training_target("ok;go 今天", {"今", "天"}) == "ok go今天"
 
 
 def test_skips_are_judged_on_the_lengths_funasr_reads():

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from asr_workbench.scoring import tokens as score_tokens
 
 __all__ = [
     "Issue", "DataReport", "Utterance", "DataSet", "DataError",
-    "read_lines", "read_table", "load_dataset", "training_target", "training_record", "write_jsonl",
+    "read_lines", "read_table", "load_dataset", "training_target", "training_record", "untrainable_marks", "write_jsonl",
     "write_jsonl_from_dir",
 ]
 
@@ -537,26 +538,36 @@ def load_dataset(
 _CJK_GAP = re.compile(r"(?<=[\u3007\u3400-\u4dbf\u4e00-\u9fff])\s+|\s+(?=[\u3007\u3400-\u4dbf\u4e00-\u9fff])")
 
 
-def training_target(text: str) -> str:
+def untrainable_marks(text: str, vocab: Collection[str]) -> list[str]:
+    """Punctuation and symbols of ``text`` that ``vocab`` lacks: funasr's tokenizer would train each as ``<unk>``
+    (the scoring normaliser drops them, so they only teach the model to emit ``<unk>``)."""
+    return [c for c in text if unicodedata.category(c)[0] in "PS" and c not in vocab]
+
+
+def training_target(text: str, vocab: Collection[str] | None = None) -> str:
     """A transcript as funasr's char tokenizer should see it: no spaces around Chinese characters
-    (Kaldi-style ``今 天``), single spaces kept between Latin words."""
+    (Kaldi-style ``今 天``), single spaces kept between Latin words; with ``vocab``, without the
+    :func:`untrainable_marks` (a space where one stood between words)."""
+    if vocab is not None:
+        marks = set(untrainable_marks(text, vocab))
+        text = "".join(" " if c in marks else c for c in text) if marks else text
     return _CJK_GAP.sub("", " ".join(text.split()))
 
 
-def training_record(u: Utterance) -> dict[str, Any]:
+def training_record(u: Utterance, vocab: Collection[str] | None = None) -> dict[str, Any]:
     """An utterance with text as a funasr training jsonl record: source_len in 10 ms frames and target_len in
-    tokens, the lengths funasr's IndexDSJsonl filters on."""
-    target = training_target(u.text or "")
+    tokens, the lengths funasr's IndexDSJsonl filters on; ``vocab``: see :func:`training_target`."""
+    target = training_target(u.text or "", vocab)
     return {"key": u.key, "source": u.audio, "source_len": int(u.duration_s * 100), "target": target,
             "target_len": len(score_tokens(target)) or len(target)}
 
 
-def write_jsonl(utterances: Sequence[Utterance], out: str | Path) -> Path:
-    """funasr training jsonl (:func:`training_record` per utterance with text).
+def write_jsonl(utterances: Sequence[Utterance], out: str | Path, vocab: Collection[str] | None = None) -> Path:
+    """funasr training jsonl (:func:`training_record` per utterance with text; ``vocab``: the model's tokens).
 
     Audio paths are absolute, so the list works from any folder; only utterances with text are written.
     """
-    lines = [jsonl_line(training_record(u)) for u in utterances if u.text is not None]
+    lines = [jsonl_line(training_record(u, vocab)) for u in utterances if u.text is not None]
     out = Path(out)
     atomic_write_text(out, "".join(lines))
     return out

@@ -194,6 +194,11 @@ def plan(
     if train.dropped or dev.dropped:
         warnings.append(f"funasr would silently skip {len(train.dropped)} train and {len(dev.dropped)} dev utterance(s) "
                         "(too long; see the dropped table); raise max_duration_s or cut them")
+    if train.marks or dev.marks:
+        listed = " ".join(f"{c}({n})" for c, n in (train.marks + dev.marks).most_common(20))
+        warnings.append(f"{sum((train.marks + dev.marks).values())} punctuation marks and symbols in the transcripts are "
+                        f"not in the model's vocabulary and are left out of the training targets (funasr would train "
+                        f"each as <unk>): {listed}")
     if train.oov:
         listed = " ".join(f"{c}({n})" for c, n in train.oov.most_common(30))
         warnings.append(f"{sum(train.oov.values())} transcript tokens are not in the model's vocabulary and train as "

@@ -32,6 +32,7 @@ class SplitData:
     jsonl: Path
     dropped: list[dict[str, Any]] = field(default_factory=list)  # what funasr would skip, and why
     oov: Counter[str] = field(default_factory=Counter)
+    marks: Counter[str] = field(default_factory=Counter)  # punctuation left out of the targets (not in the vocab)
 
     @property
     def trained(self) -> list[datadir.Utterance]:
@@ -86,14 +87,17 @@ def prepare_split(folder: Path, name: str, out_dir: Path, vocab: list[str] | Non
     if not ds.scored:
         raise datadir.DataError(f"{folder}: no usable utterance with a transcript in the {name} split "
                                 f"(see {out_dir / f'data_report_{name}.jsonl'})")
+    known = set(vocab) if vocab is not None else None
     dropped = [{"key": u.key, "where": u.where, "reason": why} for u in ds.scored
-               if (why := funasr_skips(datadir.training_record(u), dataset_conf))]
+               if (why := funasr_skips(datadir.training_record(u, known), dataset_conf))]
     if len(dropped) == len(ds.scored):
         raise datadir.DataError(f"{folder}: funasr would skip every utterance of the {name} split, e.g. "
                                 f"{dropped[0]['where']}: {dropped[0]['reason']}; raise max_duration_s or cut the audio")
     oov: Counter[str] = Counter(c for u in ds.scored for c in u.oov)
-    jsonl = datadir.write_jsonl(ds.utterances, out_dir / f"{name}.jsonl")
-    return SplitData(name, folder, ds, jsonl, dropped, oov)
+    marks: Counter[str] = Counter(c for u in ds.scored for c in datadir.untrainable_marks(u.text or "", known)) \
+        if known is not None else Counter()
+    jsonl = datadir.write_jsonl(ds.utterances, out_dir / f"{name}.jsonl", known)
+    return SplitData(name, folder, ds, jsonl, dropped, oov, marks)
 
 
 def write_shards(split: SplitData, n: int, out_dir: Path) -> Path:
