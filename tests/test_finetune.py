@@ -288,6 +288,11 @@ def test_resume_after_kill_finishes_planned_epochs(tmp_path, tiny_data):
     assert "Train epoch: 2, rank: 0" in log
     assert (tmp_path / "train" / "model.pt.ep3").is_file() and (tmp_path / "train" / "model.pt.avg2").is_file()
     assert r.model_dir.is_dir()
+    assert not any("will train nothing" in w for w in p2.warnings)
+    # resuming a finished run trains nothing: said at plan time, with the fix
+    p3 = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_epoch=3, keep_nbest_models=2,
+                       batch_bins=1500, resume=True)
+    assert any("already holds 3 epoch(s) and max_epoch is 3" in w and "raise max_epoch" in w for w in p3.warnings)
 
 
 def test_torchrun_launch_paths_on_cpu(tmp_path, tiny_data):
@@ -389,6 +394,17 @@ def test_bases_funasr_would_retrain_in_part_or_fail_on_are_refused(tmp_path, tin
     with pytest.raises(ValueError, match="model SeacoParaformer needs hotword lists"):
         finetune.plan(str(seaco), str(tiny_data), str(tmp_path / "b"), max_epoch=1)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before anything is written
+    # a model that batches by utterance count: its batch_size (16) is not read as 16 frames, unsaid
+    example = tmp_path / "example"
+    shutil.copytree(DEMO_MODEL, example)
+    (example / "finetune.yaml").unlink()
+    config = yaml.safe_load((example / "config.yaml").read_text(encoding="utf-8"))
+    config["dataset_conf"] = {**config.get("dataset_conf", {}), "batch_type": "example", "batch_size": 16}
+    (example / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"batches by 'example' \(batch_size 16\), the workbench by frames"):
+        finetune.plan(str(example), str(tiny_data), str(tmp_path / "c"), max_epoch=1)
+    assert finetune.plan(str(example), str(tiny_data), str(tmp_path / "d"), max_epoch=1,
+                         batch_bins=4000).config["dataset_conf"]["batch_size"] == 4000
 
 
 def test_a_fine_tune_never_replaces_its_own_base(tmp_path, tiny_data):

@@ -62,6 +62,11 @@ def test_unknown_id_offline_fails_fast_with_clear_message(tmp_path):
                                                   r"and there is no folder .*iic/no-such-model \(relative paths"):
         modelhub.open_model("iic/no-such-model", cache_dir=str(tmp_path))
     assert time.time() - t < 10  # the hub is probed once, not retried with back-off
+    # the old owner name of a cached model (ModelScope moved damo/ to iic/): the cached id is named
+    shutil.copytree(DEMO_MODEL, tmp_path / "iic" / "demo_paraformer")
+    with pytest.raises(modelhub.ModelError, match=r"The cache holds iic/demo_paraformer: the same model under another "
+                                                  r"owner"):
+        modelhub.open_model("damo/demo_paraformer", cache_dir=str(tmp_path))
 
 
 def test_vad_model_short_name_resolves_through_the_cache(tmp_path):

@@ -8,6 +8,7 @@ without the network (``local_files_only``); otherwise it is downloaded with
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -88,12 +89,27 @@ def resolve_model_dir(model: str, cache_dir: str | os.PathLike[str] | None = Non
         return Path(snapshot_download(model, revision=revision, cache_dir=cache_arg)), "modelscope-download"
     except Exception as e:
         kind = type(e).__name__
+        others = _same_name_cached(cache, model)
         raise ModelError(
             f"model {model!r} is not in the ModelScope cache {cache} and could not be downloaded ({kind}: "
             f"{str(e).splitlines()[0][:200]}), and there is no folder {local} (relative paths start at the "
             "repository root). Check the id on modelscope.cn, the network, or pass a local folder / a "
             "cache_dir that holds it."
+            + (f" The cache holds {', '.join(others)}: the same model under another owner (ModelScope renamed "
+               "damo/ to iic/)?" if others else "")
         ) from e
+
+
+def _same_name_cached(cache: Path, model: str) -> list[str]:
+    """Ids in the cache with ``model``'s name under another owner (``iic/x`` for ``damo/x``), in any layout."""
+    owner, name = model.split("/", 1)
+    found = set()
+    for root in (cache, cache / "hub", cache / "models", cache / "hub" / "models"):
+        for hit in [*root.glob(f"*/{glob.escape(name)}"), *root.glob(f"*--{glob.escape(name)}")]:
+            other = hit.name.split("--")[0] if "--" in hit.name else hit.parent.name
+            if hit.is_dir() and other != owner and other not in ("hub", "models"):
+                found.add(f"{other}/{name}")
+    return sorted(found)
 
 
 def _hub_unreachable(timeout_s: float = 3.0) -> str | None:

@@ -188,6 +188,11 @@ def plan(
                         f"funasr's trainer updates after every {accum}th batch and drops the rest at the next epoch "
                         f"(an accum_grad that divides {batches}, or a smaller one, wastes nothing)")
     warnings += _checkpoint_warnings(checkpoint, tc)
+    done = _epochs_done(out / "train") if tc.get("resume") else 0
+    if done >= int(tc.get("max_epoch", 1)):
+        warnings.append(f"resume: {out / 'train'} already holds {done} epoch(s) and max_epoch is {tc.get('max_epoch', 1)}: "
+                        "funasr's trainer will train nothing (the run re-exports and re-scores what is there); raise "
+                        "max_epoch to train on")
     w = fconfig.warmup_warning(cfg, total)
     if w:
         warnings.append(w)

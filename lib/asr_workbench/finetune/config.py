@@ -172,6 +172,7 @@ def build_config(model: ModelFolder, base_kwargs: Mapping[str, Any], params: Fin
             raise ValueError(f"{where}: unknown option(s) {', '.join(unknown)} "
                              f"(top-level funasr config keys only, e.g. train_conf, optim_conf, dataset_conf)")
     cfg = deep_merge(base_kwargs, model.finetune)
+    own = dict(cfg.get("dataset_conf") or {})  # the model's own batching (config.yaml <- finetune.yaml)
     layer = _param_layer(params, cfg, n_train)
     if params.scheduler is not None and params.scheduler != cfg.get("scheduler"):
         cfg["scheduler_conf"] = {}  # another scheduler: the old one's settings do not apply
@@ -191,6 +192,13 @@ def build_config(model: ModelFolder, base_kwargs: Mapping[str, Any], params: Fin
         if name in layer:
             cfg[name] = layer[name]
     cfg = deep_merge(cfg, overrides)
+    ds = cfg.get("dataset_conf") or {}
+    if own.get("batch_type", "token") != "token" and ds.get("batch_type") == "token" and params.batch_bins is None \
+            and "batch_size" not in (overrides.get("dataset_conf") or {}):
+        raise ValueError(f"{model.path}: the model's dataset_conf batches by {own['batch_type']!r} (batch_size "
+                         f"{own.get('batch_size')}), the workbench by frames of padded audio: its batch_size would "
+                         "mean frames. Set batch_bins (frames for dataset_type small, e.g. 6000; ms for large), or "
+                         "finetune_overrides: {dataset_conf: {batch_type: example, batch_size: N}}")
     for name in _NUMERIC_CONFS:
         if isinstance(cfg.get(name), Mapping):
             cfg[name] = {k: yaml_number(v) for k, v in cfg[name].items()}
