@@ -52,6 +52,24 @@ def subset(src: Path, dst: Path, n: int) -> Path:
     return dst
 
 
+def damaged_copies(src: Path, folder: Path) -> list[Path]:
+    """A FLAC damaged mid-file (its header and last second read well) and float WAVs with a NaN sample and at
+    int16 scale: faults only reading the whole file finds."""
+    import numpy as np
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = bytearray(src.read_bytes())
+    raw[len(raw) // 3: len(raw) // 3 + 2000] = b"\xff" * 2000
+    (folder / "midcorrupt.flac").write_bytes(bytes(raw))
+    x, sr = sf.read(src, dtype="float32")
+    nan = x.copy()
+    nan[1000:1010] = np.nan
+    sf.write(folder / "nan.wav", nan, sr, subtype="FLOAT")
+    sf.write(folder / "int16scale.wav", x * 32767, sr, subtype="FLOAT")
+    return [folder / "midcorrupt.flac", folder / "nan.wav", folder / "int16scale.wav"]
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny-target")

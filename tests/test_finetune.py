@@ -16,7 +16,7 @@ import yaml
 from asr_workbench import datadir, decode, finetune, training
 from asr_workbench.finetune import config as fconfig
 from asr_workbench.finetune import export
-from conftest import DEMO_DATA, DEMO_MODEL, REPO, subset
+from conftest import DEMO_DATA, DEMO_MODEL, REPO, damaged_copies, subset
 
 
 def test_notebook_writes_config_checkpoints_model_and_metrics(notebook_finetune):
@@ -235,6 +235,31 @@ def test_punctuation_the_vocabulary_lacks_is_left_out_of_training_targets(tmp_pa
     # a mark the vocabulary has stays; a space where a mark stood between Latin words
     assert datadir.training_target("ok,go 今天，好", {"今", "天", "好", ","}) == "ok,go今天好"
     assert datadir.training_target("ok;go 今天", {"今", "天"}) == "ok go今天"
+
+
+def test_audio_the_trainer_would_stop_at_is_found_at_plan_time(tmp_path):
+    """funasr's trainer reads each file itself and fails at a FLAC damaged in the middle, mid-epoch (its header
+    and last second read well): the plan reads every file through, leaves such ones out of the training list and
+    names their lines; on_bad_input=fail stops."""
+    data = tmp_path / "data"
+    subset(DEMO_DATA / "target/train", data / "train", 6)
+    subset(DEMO_DATA / "target/dev", data / "dev", 2)
+    wavs = datadir.read_table(data / "train" / "wav.scp")
+    flac, nan, loud = damaged_copies(Path(next(iter(wavs.values()))), tmp_path / "bad")
+    text = (data / "train" / "text").read_text(encoding="utf-8").splitlines()[0].split(" ", 1)[1]
+    with open(data / "train" / "wav.scp", "a") as f:
+        f.write(f"flac {flac}\nnan {nan}\nloud {loud}\n")
+    with open(data / "train" / "text", "a", encoding="utf-8") as f:
+        f.write(f"flac {text}\nnan {text}\nloud {text}\n")
+    p = finetune.plan(str(DEMO_MODEL), str(data), str(tmp_path / "ft"), max_epoch=1)
+    listed = [json.loads(x)["key"] for x in p.train.jsonl.read_text(encoding="utf-8").splitlines()]
+    assert listed == [*wavs, "loud"] and p.train.n_utts == 7
+    issues = {i.key: i for i in p.train.dataset.report.issues}
+    assert issues["flac"].code == "undecodable_audio" and issues["flac"].where.endswith("train/wav.scp:7")
+    assert issues["nan"].code == "undecodable_audio" and issues["loud"].code == "audio_level"
+    assert any(w.startswith("2 audio file(s) cannot be decoded to their end") for w in p.warnings)
+    with pytest.raises(datadir.DataError, match=r"2 audio file\(s\) .* cannot be decoded to their end"):
+        finetune.plan(str(DEMO_MODEL), str(data), str(tmp_path / "ft2"), max_epoch=1, on_bad_input="fail")
 
 
 def test_skips_are_judged_on_the_lengths_funasr_reads():

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from asr_workbench import batch, datadir, decode, infer, modelhub, runs
-from conftest import DEMO_DATA, DEMO_MODEL, REPO, decode_items, subset
+from conftest import DEMO_DATA, DEMO_MODEL, REPO, damaged_copies, decode_items, subset
 
 RUN_FILES = ["config.yaml", "data_report.jsonl", "1best_recog/text", "1best_recog/text.cer", "results.jsonl",
              "errors.txt", "metrics.json"]
@@ -468,31 +468,13 @@ def test_nothing_to_decode_fails_and_keeps_the_earlier_results(tmp_path):
     assert "missing_file" in (out / "data_report.failed.jsonl").read_text()
 
 
-def _damaged_copies(src: Path, folder: Path) -> list[Path]:
-    """A FLAC damaged mid-file (its header and last second read well) and float WAVs with a NaN sample and at
-    int16 scale: faults only reading the whole file finds."""
-    import numpy as np
-    import soundfile as sf
-
-    folder.mkdir(parents=True, exist_ok=True)
-    raw = bytearray(src.read_bytes())
-    raw[len(raw) // 3: len(raw) // 3 + 2000] = b"\xff" * 2000
-    (folder / "midcorrupt.flac").write_bytes(bytes(raw))
-    x, sr = sf.read(src, dtype="float32")
-    nan = x.copy()
-    nan[1000:1010] = np.nan
-    sf.write(folder / "nan.wav", nan, sr, subtype="FLOAT")
-    sf.write(folder / "int16scale.wav", x * 32767, sr, subtype="FLOAT")
-    return [folder / "midcorrupt.flac", folder / "nan.wav", folder / "int16scale.wav"]
-
-
 def test_audio_damaged_inside_is_skipped_with_its_line_and_the_rest_decodes(tmp_path):
     """Damage the data check cannot see (it reads headers and the last second) is found while decoding: that
     utterance is skipped and reported at its wav.scp line, its batch-mates are decoded; a level far beyond full
     scale is warned."""
     src = subset(DEMO_DATA / "target/test", tmp_path / "src", 3)
     good = datadir.read_table(src / "wav.scp")
-    flac, nan, loud = _damaged_copies(src / next(iter(good.values())), tmp_path / "bad")
+    flac, nan, loud = damaged_copies(src / next(iter(good.values())), tmp_path / "bad")
     data = tmp_path / "data"
     data.mkdir()
     (data / "wav.scp").write_text("".join(f"{k} {src / p}\n" for k, p in good.items())
@@ -513,7 +495,7 @@ def test_bad_audio_found_while_decoding_fails_a_strict_run_and_keeps_the_earlier
     out = tmp_path / "out"
     first = infer.run(str(DEMO_MODEL), str(src), str(out), device="cpu", progress=False)
     before = {n: (out / n).read_bytes() for n in ("metrics.json", "results.jsonl", "config.yaml", "data_report.jsonl")}
-    flac = _damaged_copies(src / next(iter(datadir.read_table(src / "wav.scp").values())), tmp_path / "bad")[0]
+    flac = damaged_copies(src / next(iter(datadir.read_table(src / "wav.scp").values())), tmp_path / "bad")[0]
     data = tmp_path / "data"
     data.mkdir()
     (data / "wav.scp").write_text(f"ok {src / next(iter(datadir.read_table(src / 'wav.scp').values()))}\nflac {flac}\n")

@@ -47,8 +47,9 @@ def load(path: str | Path, target_sr: int = SAMPLE_RATE) -> np.ndarray:
     return load_checked(path, target_sr)[0]
 
 
-def load_checked(path: str | Path, target_sr: int = SAMPLE_RATE) -> tuple[np.ndarray, str | None]:
-    """:func:`load`, with :func:`level_warning` of the samples as the file holds them."""
+def load_checked(path: str | Path, target_sr: int | None = SAMPLE_RATE) -> tuple[np.ndarray, str | None]:
+    """:func:`load`, with :func:`level_warning` of the samples as the file holds them (``target_sr`` None: at the
+    file's own rate)."""
     try:
         x, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile's LibsndfileError / RuntimeError, its codecs' errors
@@ -59,7 +60,7 @@ def load_checked(path: str | Path, target_sr: int = SAMPLE_RATE) -> tuple[np.nda
                          f"(the first at {int(np.argmin(finite)) / sr:.2f} s)")
     warning = level_warning(x)
     mono = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
-    if sr != target_sr:
+    if target_sr and sr != target_sr:
         import torch
         import torchaudio.functional as F
 

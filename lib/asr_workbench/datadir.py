@@ -30,7 +30,7 @@ from asr_workbench.scoring import tokens as score_tokens
 
 __all__ = [
     "Issue", "DataReport", "Utterance", "DataSet", "DataError",
-    "read_lines", "read_table", "load_dataset", "training_target", "training_record", "untrainable_marks", "write_jsonl",
+    "read_lines", "read_table", "load_dataset", "training_target", "training_record", "untrainable_marks", "read_through", "write_jsonl",
     "write_jsonl_from_dir",
 ]
 
@@ -533,6 +533,37 @@ def load_dataset(
         lines = [f"{i.where}: [{i.code}] {i.key or ''} {i.reason}" for i in report.errors]
         raise DataError(f"{len(report.errors)} bad input(s) in {data} (on_bad_input='fail'):\n" + "\n".join(lines))
     return DataSet(data, utts, report, has_text)
+
+
+def read_through(ds: DataSet, on_bad_input: str = "skip", workers: int = 4) -> DataSet:
+    """``ds`` without the utterances whose audio cannot be decoded to its end: what only reading the whole file finds
+    (a FLAC damaged in the middle, NaN samples), which the check in :func:`load_dataset` (header and last second)
+    cannot see, becomes an ``undecodable_audio`` error at its line; a level problem an ``audio_level`` warning. For
+    a trainer, which reads the audio itself and stops at the first such file, mid-epoch. Files are read on
+    ``workers`` threads (libsndfile reads without the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def check(u: Utterance) -> tuple[str, str]:
+        try:
+            return "", audio_mod.load_checked(u.audio, target_sr=None)[1] or ""
+        except audio_mod.AudioError as e:
+            return str(e), ""
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="read-through") as pool:
+        found = list(pool.map(check, ds.utterances))
+    kept = []
+    for u, (error, warning) in zip(ds.utterances, found):
+        if error:
+            ds.report.add(u.key, u.where, "error", "undecodable_audio", f"{error}: {u.audio}")
+            continue
+        if warning:
+            ds.report.add(u.key, u.where, "warning", "audio_level", warning)
+        kept.append(u)
+    bad = [i for i in ds.report.errors if i.code == "undecodable_audio"]
+    if on_bad_input == "fail" and bad:
+        raise DataError(f"{len(bad)} audio file(s) in {ds.source} cannot be decoded to their end (on_bad_input='fail'):\n"
+                        + "\n".join(f"{i.where}: [{i.code}] {i.key} {i.reason}" for i in bad))
+    return DataSet(ds.source, kept, ds.report, ds.has_text)
 
 
 _CJK_GAP = re.compile(r"(?<=[\u3007\u3400-\u4dbf\u4e00-\u9fff])\s+|\s+(?=[\u3007\u3400-\u4dbf\u4e00-\u9fff])")

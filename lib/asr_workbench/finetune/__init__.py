@@ -199,6 +199,10 @@ def plan(
     if train.dropped or dev.dropped:
         warnings.append(f"funasr would silently skip {len(train.dropped)} train and {len(dev.dropped)} dev utterance(s) "
                         "(too long; see the dropped table); raise max_duration_s or cut them")
+    unreadable = [i for split in (train, dev) for i in split.dataset.report.errors if i.code == "undecodable_audio"]
+    if unreadable:
+        warnings.append(f"{len(unreadable)} audio file(s) cannot be decoded to their end and are left out (funasr's "
+                        f"trainer would stop at them mid-epoch), e.g. {unreadable[0].where}: {unreadable[0].reason}")
     if train.marks or dev.marks:
         listed = " ".join(f"{c}({n})" for c, n in (train.marks + dev.marks).most_common(20))
         warnings.append(f"{sum((train.marks + dev.marks).values())} punctuation marks and symbols in the transcripts are "

@@ -1,8 +1,9 @@
 """Training data for fine-tuning: ``data_path/{train,dev}`` validated, written as funasr jsonl.
 
 Before training, say what funasr would drop silently (utterances longer than
-``max_source_length`` frames or ``max_token_length``; a split it would skip whole fails here) and which transcript
-characters the model does not know (they train as ``<unk>``).
+``max_source_length`` frames or ``max_token_length``; a split it would skip whole fails here), which transcript
+characters the model does not know (they train as ``<unk>``), and which audio cannot be decoded to its end
+(funasr's trainer would stop there, mid-epoch).
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ def prepare_split(folder: Path, name: str, out_dir: Path, vocab: list[str] | Non
     ds = datadir.load_dataset(folder, vocab=vocab, on_bad_input=on_bad_input, max_duration_s=float("inf"))
     if not ds.has_text:
         raise datadir.DataError(f"{folder}: fine-tuning needs a text file with transcripts")
+    # funasr's trainer reads each file itself and stops at the first it cannot decode, mid-epoch: read them all now
+    ds = datadir.read_through(ds, on_bad_input)
     ds.report.write_jsonl(out_dir / f"data_report_{name}.jsonl")
     if not ds.scored:
         raise datadir.DataError(f"{folder}: no usable utterance with a transcript in the {name} split "
