@@ -250,6 +250,19 @@ def test_a_text_mixing_utf8_and_gbk_lines_reads_each_line_as_written(tmp_path):
                                                                                ("gbk_encoding", "text:4")]
 
 
+def test_accented_latin_utf8_lines_are_never_read_as_gbk(tmp_path):
+    """café's UTF-8 bytes read as GBK are GB2312 characters (caf茅): a UTF-8 file of accented words with one
+    cp1252 line stays UTF-8, and so do such lines in a file that also has GBK Chinese lines."""
+    for i in range(4):
+        shutil.copy(SRC[i], tmp_path / f"{i}.flac")
+    _write(tmp_path, "".join(f"u{i} {i}.flac\n" for i in range(4)),
+           "u0 café résumé\nu1 über Beyoncé\n".encode() + "u2 naïve\n".encode("cp1252") + "u3 今天下午\n".encode("gbk"))
+    ds = datadir.load_dataset(tmp_path)
+    assert [u.text for u in ds.utterances] == ["café résumé", "über Beyoncé", None, "今天下午"]
+    assert [(i.code, i.where.rsplit("/", 1)[-1]) for i in ds.report.issues if i.code != "undecodable_transcript"] == [
+        ("gbk_encoding", "text:4"), ("not_utf8", "text:3")]
+
+
 def test_utf16_text_is_read(tmp_path):
     """Windows Notepad's "Unicode" (UTF-16 with a byte-order mark): read, and the conversion named."""
     for i in range(2):

@@ -232,9 +232,12 @@ def test_punctuation_the_vocabulary_lacks_is_left_out_of_training_targets(tmp_pa
     targets = [json.loads(x)["target"] for x in p.train.jsonl.read_text(encoding="utf-8").splitlines()]
     refs = [u.text for u in p.train.dataset.scored]
     assert targets == [r.replace("，", "").replace("。", "") for r in refs] and all("，" in r for r in refs)
-    # a mark the vocabulary has stays; a space where a mark stood between Latin words
-    assert datadir.training_target("ok,go 今天，好", {"今", "天", "好", ","}) == "ok,go今天好"
-    assert datadir.training_target("ok;go 今天", {"今", "天"}) == "ok go今天"
+    # a mark the vocabulary has stays, and one inside a word (a seg_dict or BPE tokenizer takes it with the word);
+    # a space where a mark stood between words; spaces go between Chinese characters only (a seg_dict tokenizer
+    # looks words up between spaces: 用iphone would be spelled letter by letter)
+    assert datadir.training_target("ok,go 今天，好", {"今", "天", "好", ","}) == "ok,go 今天好"
+    assert datadir.training_target("don't stop，今 天。ok", {"今", "天"}) == "don't stop 今天 ok"
+    assert datadir.training_target("我 用 iphone", {"我", "用"}) == "我用 iphone"
 
 
 def test_audio_the_trainer_would_stop_at_is_found_at_plan_time(tmp_path):

@@ -502,13 +502,14 @@ def test_bad_audio_found_while_decoding_fails_a_strict_run_and_keeps_the_earlier
     with pytest.raises(datadir.DataError, match=re.escape(f"{data / 'wav.scp'}:2: [undecodable_audio] flac")):
         infer.run(str(DEMO_MODEL), str(data), str(out), device="cpu", progress=False, on_bad_input="fail")
     assert {n: (out / n).read_bytes() for n in before} == before and first.cer is not None
+    assert "undecodable_audio" in (out / "data_report.failed.jsonl").read_text()
     cut = tmp_path / "cut-model"  # a model that fails to load: the earlier results stay too
     shutil.copytree(DEMO_MODEL, cut)
     (cut / "model.pt").write_bytes((DEMO_MODEL / "model.pt").read_bytes()[:3_000_000])
     with pytest.raises(RuntimeError, match="damaged or incomplete"):
         infer.run(str(cut), str(src), str(out), device="cpu", progress=False)
     assert {n: (out / n).read_bytes() for n in before} == before
-    assert "undecodable_audio" in (out / "data_report.failed.jsonl").read_text()
+    assert (out / "data_report.failed.jsonl").read_text() == ""  # this attempt's report (clean data), not the last
     infer.run(str(DEMO_MODEL), str(data), str(out), device="cpu", progress=False)  # skipping it, the run lands
     assert not (out / "data_report.failed.jsonl").exists()
     assert json.loads((out / "metrics.json").read_text())["skipped_keys"] == ["flac"]

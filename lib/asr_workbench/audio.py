@@ -52,7 +52,9 @@ def load_checked(path: str | Path, target_sr: int | None = SAMPLE_RATE) -> tuple
     file's own rate)."""
     try:
         x, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as e:  # soundfile's LibsndfileError / RuntimeError, its codecs' errors
+    except (RuntimeError, sf.SoundFileError) as e:  # libsndfile's and its codecs' errors
+        if not Path(path).is_file():  # gone since the data check: no property of the audio, not to be recorded
+            raise FileNotFoundError(f"audio file not found: {path}") from e
         raise AudioError(f"cannot be decoded to the end (corrupt or truncated data): {e}") from e
     if not np.isfinite(x.sum(dtype=np.float64)):  # one pass; NaN and inf carry through a sum
         finite = np.isfinite(x).all(axis=1)
@@ -82,7 +84,8 @@ def level_warning(samples: np.ndarray) -> str | None:
     if peak > _FULL_SCALE_FACTOR:
         return (f"samples reach {peak:.4g}, far beyond full scale (1.0): float audio stored at another scale "
                 f"(int16 values as floats?); the model hears it {peak:.3g} times too loud; rescale it to [-1, 1]")
-    clipped = float(np.mean(np.abs(samples) >= min(peak, 1.0) * 0.999)) if peak >= 0.99 else 0.0
+    # clipping flattens the wave at full scale; a float file louder than that is over-scaled, not clipped
+    clipped = float(np.mean(np.abs(samples) >= peak * 0.999)) if 0.99 <= peak <= 1.0 else 0.0
     if clipped > _CLIPPED_SHARE:
         return f"clipped: {clipped:.1%} of the samples sit at full scale; expect more errors on it"
     return None

@@ -53,6 +53,10 @@ class Issue:
     code: str  # machine-readable: "missing_file", "pipe_command", ...
     reason: str
 
+    def __str__(self) -> str:
+        """One line for an error message: ``file:line: [code] key reason``."""
+        return f"{self.where}: [{self.code}] {self.key or ''} {self.reason}"
+
 
 @dataclass
 class DataReport:
@@ -116,11 +120,11 @@ class DataSet:
 def _decode_lines(raw: bytes, path: Path, report: DataReport) -> list[str]:
     """The file's lines, split at \\n, \\r\\n or \\r only (a transcript may hold U+2028, \\x85 or a form feed,
     which ``str.splitlines`` would cut at). A file with a UTF-16 byte-order mark is UTF-16. A file that is not
-    all UTF-8 is GBK when it decodes as GBK and has more lines that are not UTF-8 than lines that read as UTF-8 CJK
-    text (GBK Chinese is often valid UTF-8 by chance, but then reads as U+0080-U+07FF letters, never as CJK) and its
-    lines read as GB2312 Chinese (not Latin-1 accents misread); otherwise each line that is not UTF-8 is read as
-    GBK when it reads as GB2312 Chinese (files of both joined), else with replacement characters, and reported, so
-    one stray byte does not turn a UTF-8 file into GBK mojibake."""
+    all UTF-8 is GBK when it decodes as GBK, none of its valid UTF-8 lines reads as UTF-8 text (Chinese, or
+    accented Latin words) and its other lines read as GB2312 Chinese (not Latin-1 accents misread); otherwise each
+    line that is not UTF-8 is read as GBK when it reads as GB2312 Chinese (files of both joined: then also a valid
+    UTF-8 line that is no UTF-8 text, GBK valid as UTF-8 by chance), else with replacement characters, and
+    reported, so one stray byte does not turn a UTF-8 file into GBK mojibake."""
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 with its byte-order mark: Windows Notepad's "Unicode"
         report.add(None, str(path), "warning", "utf16_encoding",
                    f"file is UTF-16, not UTF-8; read as UTF-16. Convert it with: "
@@ -128,31 +132,27 @@ def _decode_lines(raw: bytes, path: Path, report: DataReport) -> list[str]:
         return re.split(r"\r\n|\r|\n", raw.decode("utf-16", errors="replace"))
     # a byte-order mark starts the file, or a line of one (files joined with cat): never part of an id
     lines = [line.removeprefix(b"\xef\xbb\xbf") for line in re.split(rb"\r\n|\r|\n", raw)]
-    bad: list[int] = []
-    cjk = 0
-    for n, line in enumerate(lines, 1):
-        if not line.isascii():
-            try:
-                cjk += max(line.decode("utf-8")) >= "\u0800"
-            except UnicodeDecodeError:
-                bad.append(n)
-    if len(bad) > cjk:
+    out = [line.decode("utf-8", errors="replace") for line in lines]
+    bad = [n for n, line in enumerate(lines, 1) if not line.isascii() and not _is_utf8(line)]
+    if not bad:
+        return out
+    # valid UTF-8 lines: Chinese (a real UTF-8 line: GBK Chinese reads as U+0080-U+07FF letters when it happens
+    # to be valid UTF-8, never as CJK), accented Latin words (café: read as GBK they would be 茅), or by-chance GBK
+    valid = [n for n, line in enumerate(lines, 1) if not line.isascii() and n not in bad]
+    utf8_text = [n for n in valid if max(out[n - 1]) >= "\u0800" or _latin_text(out[n - 1])]
+    if not utf8_text:
         try:
             lines_gbk = [line.decode("gbk") for line in lines]
         except UnicodeDecodeError:
-            pass
-        else:
-            # every line: UTF-8 Chinese lines read as GBK are not GB2312 text, so a mixed file is read per line
-            if _looks_chinese([line for line in lines_gbk if not line.isascii()]):
-                report.add(None, f"{path}:{bad[0]}", "warning", "gbk_encoding",
-                           f"file is GBK-encoded, not UTF-8 (first non-UTF-8 byte on line {bad[0]}); read as GBK. "
-                           f"Convert it with: iconv -f GBK -t UTF-8 {path.name} > {path.name}.utf8")
-                return lines_gbk
-    out = [line.decode("utf-8", errors="replace") for line in lines]
+            lines_gbk = []
+        if lines_gbk and _looks_chinese([lines_gbk[n - 1] for n in bad]):
+            report.add(None, f"{path}:{bad[0]}", "warning", "gbk_encoding",
+                       f"file is GBK-encoded, not UTF-8 (first non-UTF-8 byte on line {bad[0]}); read as GBK. "
+                       f"Convert it with: iconv -f GBK -t UTF-8 {path.name} > {path.name}.utf8")
+            return lines_gbk
     gbk_lines = [n for n in bad if _gbk_chinese(lines[n - 1])]
     if gbk_lines:  # UTF-8 and GBK lists joined with cat: each line as what it is, GBK Chinese valid as UTF-8 too
-        gbk_lines = sorted({*gbk_lines, *(n for n, line in enumerate(lines, 1) if n not in bad and not line.isascii()
-                                          and max(out[n - 1]) < "\u0800" and _gbk_chinese(line))})
+        gbk_lines = sorted({*gbk_lines, *(n for n in valid if n not in utf8_text and _gbk_chinese(lines[n - 1]))})
     for n in gbk_lines:
         out[n - 1] = lines[n - 1].decode("gbk")
         report.add(None, f"{path}:{n}", "warning", "gbk_encoding",
@@ -160,6 +160,19 @@ def _decode_lines(raw: bytes, path: Path, report: DataReport) -> list[str]:
     for n in sorted(set(bad) - set(gbk_lines)):
         report.add(None, f"{path}:{n}", "warning", "not_utf8", f"line {n} is not UTF-8; undecodable bytes replaced")
     return out
+
+
+def _is_utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _latin_text(line: str) -> bool:
+    """Whether a line's non-ASCII characters are all accented Latin letters and Latin-1 signs (café, Beyoncé)."""
+    return all("\u00a0" <= c <= "\u024f" for c in line if not c.isascii())
 
 
 def _gbk_chinese(line: bytes) -> bool:
@@ -530,31 +543,44 @@ def load_dataset(
                    f"some relative audio paths were not found next to {wav_path.name} and were resolved "
                    f"against the working directory {Path.cwd()}")
     if on_bad_input == "fail" and report.errors:
-        lines = [f"{i.where}: [{i.code}] {i.key or ''} {i.reason}" for i in report.errors]
+        lines = [str(i) for i in report.errors]
         raise DataError(f"{len(report.errors)} bad input(s) in {data} (on_bad_input='fail'):\n" + "\n".join(lines))
     return DataSet(data, utts, report, has_text)
 
 
-def read_through(ds: DataSet, on_bad_input: str = "skip", workers: int = 4) -> DataSet:
+# uncompressed integer PCM (and A-law / mu-law) decodes whatever its bytes are: the header and last-second check
+# see all a damaged file of these can show; compressed (FLAC's subtype is PCM_16 too) and float data can fail or
+# hold NaN in the middle
+_PLAIN_SUBTYPES = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "ULAW", "ALAW"})
+_PLAIN_CONTAINERS = frozenset({"WAV", "WAVEX", "RF64", "W64", "AIFF", "AU", "NIST", "CAF", "IRCAM", "WVE"})
+
+
+def read_through(ds: DataSet, on_bad_input: str = "skip", workers: int = 4, progress: bool = True) -> DataSet:
     """``ds`` without the utterances whose audio cannot be decoded to its end: what only reading the whole file finds
     (a FLAC damaged in the middle, NaN samples), which the check in :func:`load_dataset` (header and last second)
     cannot see, becomes an ``undecodable_audio`` error at its line; a level problem an ``audio_level`` warning. For
-    a trainer, which reads the audio itself and stops at the first such file, mid-epoch. Files are read on
-    ``workers`` threads (libsndfile reads without the GIL)."""
+    a trainer, which reads the audio itself and stops at the first such file, mid-epoch. Compressed and float files
+    are read, on ``workers`` threads (libsndfile reads without the GIL); integer PCM needs no reading."""
     from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
 
     def check(u: Utterance) -> tuple[str, str]:
         try:
+            info = sf.info(u.audio)
+            if info.format in _PLAIN_CONTAINERS and info.subtype in _PLAIN_SUBTYPES:
+                return "", ""
             return "", audio_mod.load_checked(u.audio, target_sr=None)[1] or ""
         except audio_mod.AudioError as e:
             return str(e), ""
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="read-through") as pool:
-        found = list(pool.map(check, ds.utterances))
+        found = list(tqdm(pool.map(check, ds.utterances), total=len(ds.utterances), desc=f"reading {ds.source.name}",
+                          unit="file", disable=not progress or len(ds.utterances) < 200, leave=False))
     kept = []
     for u, (error, warning) in zip(ds.utterances, found):
         if error:
-            ds.report.add(u.key, u.where, "error", "undecodable_audio", f"{error}: {u.audio}")
+            ds.report.add(u.key, u.where, "error", "undecodable_audio", f"{error}: not used ({u.audio})")
             continue
         if warning:
             ds.report.add(u.key, u.where, "warning", "audio_level", warning)
@@ -562,26 +588,40 @@ def read_through(ds: DataSet, on_bad_input: str = "skip", workers: int = 4) -> D
     bad = [i for i in ds.report.errors if i.code == "undecodable_audio"]
     if on_bad_input == "fail" and bad:
         raise DataError(f"{len(bad)} audio file(s) in {ds.source} cannot be decoded to their end (on_bad_input='fail'):\n"
-                        + "\n".join(f"{i.where}: [{i.code}] {i.key} {i.reason}" for i in bad))
+                        + "\n".join(map(str, bad)))
     return DataSet(ds.source, kept, ds.report, ds.has_text)
 
 
-_CJK_GAP = re.compile(r"(?<=[\u3007\u3400-\u4dbf\u4e00-\u9fff])\s+|\s+(?=[\u3007\u3400-\u4dbf\u4e00-\u9fff])")
+_CJK = "\u3007\u3400-\u4dbf\u4e00-\u9fff"
+# a space between two Chinese characters (Kaldi-style 今 天); one beside a Latin word stays: with a seg_dict
+# (Paraformer-large) funasr's tokenizer looks words up between spaces, and 用iphone would be spelled letter by letter
+_CJK_GAP = re.compile(f"(?<=[{_CJK}])\\s+(?=[{_CJK}])")
+
+
+def _untrainable_at(text: str, vocab: Collection[str]) -> list[int]:
+    """Positions of punctuation and symbols ``vocab`` lacks, outside words (a mark between two letters or digits of
+    a non-Chinese word, as in don't, e-mail or 3.5, is part of that word)."""
+    def in_word(i: int) -> bool:
+        return 0 < i < len(text) - 1 and all(c.isalnum() and not re.match(f"[{_CJK}]", c)
+                                             for c in (text[i - 1], text[i + 1]))
+
+    return [i for i, c in enumerate(text) if unicodedata.category(c)[0] in "PS" and c not in vocab and not in_word(i)]
 
 
 def untrainable_marks(text: str, vocab: Collection[str]) -> list[str]:
-    """Punctuation and symbols of ``text`` that ``vocab`` lacks: funasr's tokenizer would train each as ``<unk>``
-    (the scoring normaliser drops them, so they only teach the model to emit ``<unk>``)."""
-    return [c for c in text if unicodedata.category(c)[0] in "PS" and c not in vocab]
+    """Punctuation and symbols of ``text`` that ``vocab`` lacks, where funasr's tokenizer would train them as
+    ``<unk>`` (the scoring normaliser drops them, so they only teach the model to emit ``<unk>``); a mark inside a
+    word stays part of it."""
+    return [text[i] for i in _untrainable_at(text, vocab)]
 
 
 def training_target(text: str, vocab: Collection[str] | None = None) -> str:
-    """A transcript as funasr's char tokenizer should see it: no spaces around Chinese characters
-    (Kaldi-style ``今 天``), single spaces kept between Latin words; with ``vocab``, without the
-    :func:`untrainable_marks` (a space where one stood between words)."""
+    """A transcript as funasr's char tokenizer should see it: no spaces between Chinese characters (Kaldi-style
+    ``今 天``), single spaces kept between words; with ``vocab``, without the :func:`untrainable_marks` (a space
+    where one stood between words)."""
     if vocab is not None:
-        marks = set(untrainable_marks(text, vocab))
-        text = "".join(" " if c in marks else c for c in text) if marks else text
+        drop = set(_untrainable_at(text, vocab))
+        text = "".join(" " if i in drop else c for i, c in enumerate(text)) if drop else text
     return _CJK_GAP.sub("", " ".join(text.split()))
 
 

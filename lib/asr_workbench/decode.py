@@ -408,7 +408,8 @@ def _infer_batch(model: Any, waves: list[Any], feature_device: Any, kw: dict[str
     model's own frontend and handed to the model as ``data_type="fbank"``. A batch funasr cannot decode whole is
     decoded one utterance at a time: its Paraformer returns no result for a batch in which no utterance yields a
     token (all silence), and its ``cif_v1`` raises an IndexError for a batch that ends in such utterances (a
-    short quiet clip sorted last); ``note`` gets the batch's first name. An utterance that fails on its own raises,
+    short quiet clip sorted last); ``note`` gets the name of the first utterance that yields no token alone (the
+    likely cause), else the batch's first. An utterance that fails on its own raises,
     named by ``names`` ("key (path)").
     """
     import torch
@@ -474,6 +475,9 @@ def transcribe(model: Any, items: Sequence[tuple[str, str]], batch_size: int = 1
     triples = [(k, p, audio.probe(p).duration_s) for k, p in items]
     got: dict[str, Hypothesis] = {}
     _decode_items(model, triples, DecodeOptions(batch_size=batch_size), lambda hs: got.update((h.key, h) for h in hs))
+    failed = [f"{k} ({p}): {got[k].error}" for k, p in items if got[k].error]
+    if failed:  # no data report here to carry them: an empty transcript would be scored as deletions
+        raise audio.AudioError(f"{len(failed)} file(s) could not be decoded: " + "; ".join(failed[:5]))
     return [got[k] for k, _ in items]
 
 

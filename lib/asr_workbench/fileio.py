@@ -48,6 +48,5 @@ def yaml_number(value: Any) -> Any:
     """A string that means a number as that number: YAML 1.1 (PyYAML) reads ``1e-4`` and ``3e3`` as strings.
     An int when written without a point or exponent, else a float; any other value as it is."""
     if isinstance(value, str) and _YAML11_NUMBER.fullmatch(value.strip()):
-        number = float(value)
-        return int(number) if number.is_integer() and not any(c in value for c in ".eE") else number
+        return float(value) if any(c in value for c in ".eE") else int(value.strip())
     return value

@@ -141,9 +141,10 @@ def _audio_issues(ds: datadir.DataSet, hyps: list[decode.Hypothesis]) -> list[de
     """The hypotheses of audio that decoded; what decoding found wrong with the audio (a file that stops part-way,
     NaN samples, an odd level) goes into the data report, at the utterance's wav.scp line."""
     where = {u.key: u.where for u in ds.utterances}
+    audio = {u.key: u.audio for u in ds.utterances}
     for h in hyps:
         if h.error:
-            ds.report.add(h.key, where[h.key], "error", "undecodable_audio", f"{h.error}: not decoded")
+            ds.report.add(h.key, where[h.key], "error", "undecodable_audio", f"{h.error}: not decoded ({audio[h.key]})")
         elif h.warning:
             ds.report.add(h.key, where[h.key], "warning", "audio_level", h.warning)
     return [h for h in hyps if not h.error]
@@ -234,6 +235,7 @@ def run(
     # its own: a run that fails leaves them as they were, with its data report beside them as *.failed.jsonl
     finished = (out / "metrics.json").is_file()
     failed_report = out / ("data_report.failed.jsonl" if finished else "data_report.jsonl")
+    (out / "data_report.failed.jsonl").unlink(missing_ok=True)  # an earlier attempt's, perhaps of other data
     if not ds.utterances:
         ds.report.write_jsonl(failed_report)
         raise datadir.DataError(f"{data_path}: nothing to decode: {ds.report.n_input} input line(s), each with an error "
@@ -256,18 +258,23 @@ def run(
     items = [(u.key, u.audio, u.duration_s) for u in ds.utterances]
     weights_sha256 = runs.sha256_in_background(mf.weights)  # read beside the decoding, not after it
     partial = out / ".hyps.partial.jsonl"
-    dec = decode.decode(str(mf.path), items, opts, partial,
-                        _fingerprint(mf, {**settings, "vad_model": vad_model, "devices": devices, "precision": precision,
-                                              "attention": opts.attention}, items),
-                        model=loaded_model, progress=progress)
+    try:
+        dec = decode.decode(str(mf.path), items, opts, partial,
+                            _fingerprint(mf, {**settings, "vad_model": vad_model, "devices": devices,
+                                              "precision": precision, "attention": opts.attention}, items),
+                            model=loaded_model, progress=progress)
+    except BaseException:  # a model that fails to load, a shard, an interrupt: this attempt's report, beside
+        ds.report.write_jsonl(failed_report)
+        raise
     notes.extend(dec.notes)  # weights the checkpoint lacked: known only once the model is loaded
     hyps = _audio_issues(ds, dec.hypotheses)
     if not hyps or (on_bad_input == "fail" and len(hyps) < len(dec.hypotheses)):
         ds.report.write_jsonl(failed_report)
-        bad = [f"{i.where}: [{i.code}] {i.key} {i.reason}" for i in ds.report.errors if i.code == "undecodable_audio"]
+        bad = [str(i) for i in ds.report.errors if i.code == "undecodable_audio"]
         raise datadir.DataError(f"{data_path}: {len(bad)} audio file(s) could not be decoded"
-                                f"{'' if hyps else ', and nothing else was left to decode'} (see {failed_report}):\n"
-                                + "\n".join(bad))
+                                f"{'' if hyps else ', and nothing else was left to decode'} (see {failed_report})"
+                                + (f"; the {len(hyps)} decoded are kept in {partial}: a rerun with on_bad_input: skip "
+                                   "takes them up" if hyps else "") + ":\n" + "\n".join(bad))
     for name in (*_DERIVED, "data_report.failed.jsonl"):  # only now: a failed run must not cost the earlier its results
         if (out / name).is_dir():
             shutil.rmtree(out / name)

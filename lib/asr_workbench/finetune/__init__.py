@@ -134,7 +134,7 @@ def plan(
 
     decode.check_device(device)  # cuda on a machine without one: funasr's trainer would run on the CPU, unsaid
     base = modelhub.open_model(model, cache_dir=cache_dir)
-    _check_trainable(base)
+    _check_trainable(base, finetune_overrides)
     out = runs.prepare_output_dir(output_dir, "finetune", protect=[base.path])
     for replaced in ("train", "model", ".eval"):  # what a fresh run removes before training
         folder = (out / replaced).resolve()
@@ -227,14 +227,17 @@ _VOCAB_LAYERS = ("decoder.output_layer.weight", "decoder.embed.0.weight", "ctc.c
 _HOTWORD_MODELS = ("SeacoParaformer", "ContextualParaformer")
 
 
-def _check_trainable(base: modelhub.ModelFolder) -> None:
+def _check_trainable(base: modelhub.ModelFolder, overrides: dict[str, Any] | None) -> None:
     """Fail before training for a base funasr's trainer would quietly retrain from scratch in part (tokens that are
-    not its weights' vocabulary: funasr re-initialises those layers) or fail on after start-up (hotword models)."""
+    not its weights' vocabulary: funasr re-initialises those layers) or fail on after start-up (hotword models
+    with a dataset that makes no hotword lists)."""
     kind = str(base.config.get("model", ""))
-    if kind in _HOTWORD_MODELS:
+    dataset = (overrides or {}).get("dataset") or base.finetune.get("dataset") or base.config.get("dataset")
+    if kind in _HOTWORD_MODELS and dataset != "AudioDatasetHotword":
         raise ValueError(f"{base.path / 'config.yaml'}: model {kind} needs hotword lists in every training batch, "
-                         "which funasr's AudioDataset does not make (its forward() fails after start-up); fine-tune "
-                         "the plain Paraformer it is built on, or use funasr's hotword recipe")
+                         f"which funasr's {dataset or 'AudioDataset'} does not make (its forward() fails after "
+                         "start-up); fine-tune the plain Paraformer it is built on, or name funasr's hotword dataset "
+                         "(finetune_overrides: {dataset: AudioDatasetHotword}; not checked by the workbench)")
     if not base.tokens or base.weights is None or not base.weights.is_file():
         return
     state = modelhub.load_weights(base.weights, mmap=True)

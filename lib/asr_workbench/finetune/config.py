@@ -25,6 +25,7 @@ from asr_workbench.fileio import yaml_number
 from asr_workbench.modelhub import ModelFolder
 
 __all__ = ["PARAM_KEYS", "FinetuneParams", "deep_merge", "build_config", "planned_batches", "planned_steps", "lr_schedule",
+           "optimizer_and_scheduler",
            "warmup_warning"]
 
 # notebook parameter -> the funasr config key(s) it sets (what the resolved-config test checks)
@@ -193,7 +194,8 @@ def build_config(model: ModelFolder, base_kwargs: Mapping[str, Any], params: Fin
             cfg[name] = layer[name]
     cfg = deep_merge(cfg, overrides)
     ds = cfg.get("dataset_conf") or {}
-    if own.get("batch_type", "token") != "token" and ds.get("batch_type") == "token" and params.batch_bins is None \
+    # funasr's "length" counts frames as "token" does; "example" counts utterances
+    if own.get("batch_type") == "example" and ds.get("batch_type") == "token" and params.batch_bins is None \
             and "batch_size" not in (overrides.get("dataset_conf") or {}):
         raise ValueError(f"{model.path}: the model's dataset_conf batches by {own['batch_type']!r} (batch_size "
                          f"{own.get('batch_size')}), the workbench by frames of padded audio: its batch_size would "
@@ -224,30 +226,52 @@ def build_config(model: ModelFolder, base_kwargs: Mapping[str, Any], params: Fin
 
 
 def _check_constructible(cfg: Mapping[str, Any], model: ModelFolder) -> None:
-    """Build the optimizer and scheduler as funasr's trainer will, on a dummy weight: a mistyped key of
-    ``optim_conf`` / ``scheduler_conf`` (``warmup_step``) or a missing one (CosineAnnealingLR's ``T_max``) fails
+    """Build the optimizer and scheduler as funasr's trainer will (:func:`optimizer_and_scheduler`): a mistyped key
+    of ``optim_conf`` / ``scheduler_conf`` (``warmup_step``) or a missing one (CosineAnnealingLR's ``T_max``) fails
     here, naming the keys the class takes, not as a TypeError after the trainer started."""
     import inspect
 
+    from funasr.optimizers import optim_classes
+    from funasr.schedulers import scheduler_classes
+
+    try:
+        optimizer_and_scheduler(cfg)
+    except _BuildError as e:
+        cls = (optim_classes if e.what == "optim" else scheduler_classes)[cfg.get(e.what, _DEFAULTS[e.what])]
+        takes = [n for n in inspect.signature(cls).parameters if n not in ("self", "params", "optimizer")]
+        raise ValueError(f"{e.what}_conf {dict(cfg.get(e.what + '_conf') or {})} does not fit {e.what} "
+                         f"{cfg.get(e.what, _DEFAULTS[e.what])!r} ({cls.__name__}: {e.__cause__}); it takes "
+                         f"{', '.join(takes)}. Set it in {e.what}_conf (the notebook parameter, "
+                         f"{model.path / 'finetune.yaml'} or finetune_overrides)") from e.__cause__
+
+
+_DEFAULTS = {"optim": "adam", "scheduler": "warmuplr"}  # funasr's trainer's when the config names none
+
+
+class _BuildError(Exception):
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+def optimizer_and_scheduler(config: Mapping[str, Any]) -> tuple[Any, Any]:
+    """funasr's optimizer and scheduler for ``config``, on one dummy weight (for plan-time checks and the
+    schedule plot)."""
     import torch
     from funasr.optimizers import optim_classes
     from funasr.schedulers import scheduler_classes
 
-    optim_cls = optim_classes[cfg.get("optim", "adam")]
-    sched_cls = scheduler_classes[cfg.get("scheduler", "warmuplr")]
-    for what, cls, build in (
-            ("optim", optim_cls, lambda: optim_cls([torch.nn.Parameter(torch.zeros(1))], **(cfg.get("optim_conf") or {}))),
-            ("scheduler", sched_cls, lambda: sched_cls(optim_cls([torch.nn.Parameter(torch.zeros(1))],
-                                                                 **(cfg.get("optim_conf") or {})),
-                                                       **(cfg.get("scheduler_conf") or {})))):
-        try:
-            build()
-        except (TypeError, ValueError) as e:
-            takes = [n for n in inspect.signature(cls).parameters if n not in ("self", "params", "optimizer")]
-            raise ValueError(f"{what}_conf {dict(cfg.get(what + '_conf') or {})} does not fit {what} "
-                             f"{cfg.get(what)!r} ({cls.__name__}: {e}); it takes {', '.join(takes)}. Set it in "
-                             f"{what}_conf (the notebook parameter, {model.path / 'finetune.yaml'} or "
-                             "finetune_overrides)") from e
+    try:
+        optim = optim_classes[config.get("optim", _DEFAULTS["optim"])](
+            [torch.nn.Parameter(torch.zeros(1))], **(config.get("optim_conf") or {}))
+    except (TypeError, ValueError) as e:
+        raise _BuildError("optim") from e
+    try:
+        sched = scheduler_classes[config.get("scheduler", _DEFAULTS["scheduler"])](
+            optim, **(config.get("scheduler_conf") or {}))
+    except (TypeError, ValueError) as e:
+        raise _BuildError("scheduler") from e
+    return optim, sched
 
 
 # nested settings whose values are numbers or names: a YAML 1.1 "1e-4" is a string there, and funasr would get it
@@ -306,13 +330,7 @@ def planned_steps(batches: int, accum_grad: int, max_epoch: int, shards: int = 1
 
 def lr_schedule(config: Mapping[str, Any], total_steps: int) -> list[float]:
     """The learning rate at each optimizer step, from funasr's own scheduler class."""
-    import torch
-    from funasr.optimizers import optim_classes
-    from funasr.schedulers import scheduler_classes
-
-    param = torch.nn.Parameter(torch.zeros(1))
-    optim = optim_classes[config.get("optim", "adam")]([param], **(config.get("optim_conf") or {}))
-    sched = scheduler_classes[config.get("scheduler", "warmuplr")](optim, **(config.get("scheduler_conf") or {}))
+    optim, sched = optimizer_and_scheduler(config)
     out = []
     for _ in range(max(1, total_steps)):
         out.append(float(sched.get_last_lr()[0]))

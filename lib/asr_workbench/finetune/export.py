@@ -95,7 +95,9 @@ def export_model_folder(base: ModelFolder, train_dir: Path, checkpoint: str, out
     if not metas:  # a base without configuration.json: funasr found tokens and am.mvn by name; once the export
         # has a configuration.json it only looks where its file_path_metas say (path_free dropped the config's paths)
         tokens = next((f for f in ("tokens.json", "tokens.txt") if (tmp / f).is_file()), None)
-        metas = {**({"tokenizer_conf": {"token_list": tokens}} if tokens else {}),
+        tokenizer = {key: name for key, name in (("token_list", tokens), ("seg_dict", "seg_dict"),
+                                                 ("bpemodel", "bpe.model")) if name and (tmp / name).is_file()}
+        metas = {**({"tokenizer_conf": tokenizer} if tokenizer else {}),
                  **({"frontend_conf": {"cmvn_file": "am.mvn"}} if (tmp / "am.mvn").is_file() else {})}
     metas = {**_copy_named_files(base, metas, tmp), "init_param": "model.pt", "config": "config.yaml"}
     configuration["file_path_metas"] = metas
@@ -110,7 +112,8 @@ def export_model_folder(base: ModelFolder, train_dir: Path, checkpoint: str, out
 # files a model's config.yaml may name by path (funasr reads them from there when configuration.json does not
 # name them): section, key, the name the export gives the copy (None: the file's own name)
 _NAMED_FILES = (("frontend_conf", "cmvn_file", "am.mvn"), ("tokenizer_conf", "token_list", None),
-                ("tokenizer_conf", "seg_dict", "seg_dict"))
+                ("tokenizer_conf", "seg_dict", "seg_dict"), ("tokenizer_conf", "seg_dict_file", "seg_dict"),
+                ("tokenizer_conf", "bpemodel", None))
 
 
 def _copy_named_files(base: ModelFolder, metas: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -125,8 +128,7 @@ def _copy_named_files(base: ModelFolder, metas: dict[str, Any], out: Path) -> di
         if isinstance(metas.get(section), Mapping) and metas[section].get(key):
             continue
         target = name or Path(value).name
-        if not (out / target).exists():
-            shutil.copy2(value, out / target)
+        shutil.copy2(value, out / target)  # the file training used, over a same-named one of the base folder
         metas.setdefault(section, {})[key] = target
     return metas
 
