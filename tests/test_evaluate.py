@@ -156,6 +156,10 @@ def test_settings_that_would_fail_late_fail_before_decoding(tmp_path, notebook_f
         run("b", decoding_model_name=str(ft_out / "train" / "model.pt.ep1"))
     with pytest.raises(ValueError, match="n_bootstrap must be an integer >= 100"):
         run("c", n_bootstrap=1)
+    # a set whose folder is missing is named by its key before any set is decoded
+    with pytest.raises(FileNotFoundError, match=rf"test_sets\[gone\]: {tmp_path / 'nosuch'} is not a data folder"):
+        run("c2", test_sets={"t": data, "gone": str(tmp_path / "nosuch")})
+    assert not (tmp_path / "c2" / "t").exists()
     other = tmp_path / "other-base"
     shutil.copytree(DEMO_MODEL, other)
     tokens = json.loads((other / "tokens.json").read_text(encoding="utf-8"))
@@ -170,3 +174,4 @@ def test_settings_that_would_fail_late_fail_before_decoding(tmp_path, notebook_f
     # test sets as a list of folders: each named by its folder
     r = run("e", test_sets=[data], compare_with_base=False, n_bootstrap=100)
     assert [s.name for s in r.sets] == ["data"]
+    assert not any("both given" in w for w in r.warnings)

@@ -201,7 +201,7 @@ def run(
     Args:
         output_dir: run folder; per model and set ``<set>/<finetuned|base>/`` with the inference files.
         finetune_dir: a fine-tune's ``output_dir`` (the workbench's, or funasr's own checkpoint folder).
-        data_dir / test_sets: one data folder, or a mapping name -> folder (both may be given).
+        data_dir / test_sets: one data folder, or a mapping name -> folder (both given: all are decoded).
         decoding_model_name: ``model`` (the self-contained ``finetune_dir/model/``) or a funasr checkpoint.
         modelscope_model_name: the base model (default: the one the workbench fine-tune started from).
         required_files: files copied from the base when the assembled folder lacks them.
@@ -235,6 +235,11 @@ def run(
     bad = [n for n in sets if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*", str(n))]
     if bad:
         raise ValueError(f"test set name(s) {bad}: use letters, digits and _.=+- (they name folders)")
+    for name, folder in sets.items():  # all found before hours of decoding, not after
+        where = paths.resolve(folder)
+        if not ((where.is_dir() and (where / "wav.scp").is_file()) or (where.is_file() and where.suffix == ".jsonl")):
+            raise FileNotFoundError(f"{'data_dir' if name == 'data' and data_dir else f'test_sets[{name}]'}: {where} "
+                                    "is not a data folder (wav.scp [+ text]) nor a .jsonl file")
     required = list(REQUIRED_FILES if required_files is None else required_files)
     base_name = _base_model_name(ft_dir, modelscope_model_name)
     base = modelhub.open_model(base_name, cache_dir=cache_dir) if base_name else None
@@ -245,6 +250,9 @@ def run(
     for ckpt in compare_checkpoints or []:  # all found before hours of decoding, not after
         export.checkpoint_path(train_dir, ckpt)
     warnings = _provenance_warnings(ft_dir, decoding_model_name, base_name, modelscope_model_name, base)
+    if data_dir and test_sets:
+        warnings.append(f"data_dir and test_sets are both given: {len(sets)} sets are decoded ({', '.join(sets)}); "
+                        "test_sets: {} decodes data_dir alone")
     model_dir = export.assemble_model(ft_dir, decoding_model_name, base, required, out / "models" / decoding_model_name)
     common = dict(batch_size=batch_size, ctc_weight=ctc_weight, beam_size=beam_size, device=device,
                   decoding_overrides=decoding_overrides, on_bad_input=on_bad_input, cache_dir=cache_dir,

@@ -215,7 +215,7 @@ def run(
         precision: ``fp32``, or ``bf16`` / ``fp16`` autocast when decoding on a GPU (ignored on CPU).
     """
     mf = modelhub.open_model(model, cache_dir=cache_dir)
-    out = runs.prepare_output_dir(output_dir, "infer", protect=[mf.path])
+    out = runs.check_output_dir(output_dir, "infer", protect=[mf.path])  # made once the data is read
     vad_dir = str(modelhub.resolve_helper_model(vad_model, cache_dir)) if vad_model else None
     settings = resolve_decoding(mf.decoding, {"batch_size": batch_size, "ctc_weight": ctc_weight,
                                               "beam_size": beam_size}, decoding_overrides, str(mf.path / "decoding.yaml"))
@@ -231,6 +231,7 @@ def run(
     )
     data_path = paths.resolve(data_dir)
     ds = datadir.load_dataset(data_path, vocab=mf.tokens, on_bad_input=on_bad_input, vad_model=vad_model)
+    runs.prepare_output_dir(out, "infer", protect=[mf.path])
     # a folder holding a finished run keeps its files (metrics, results, config, data report) until this run has
     # its own: a run that fails leaves them as they were, with its data report beside them as *.failed.jsonl
     finished = (out / "metrics.json").is_file()
