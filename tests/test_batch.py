@@ -313,3 +313,21 @@ def test_a_failed_rerun_keeps_the_finished_runs_notebook_and_report(tmp_path):
     assert "batch_size=0" not in (tmp_path / "run" / "command.txt").read_text()
     assert "batch_size=0" in (tmp_path / "run" / "command.failed.txt").read_text()
     assert sorted(p.name for p in (tmp_path / "run").glob("infer*.ipynb")) == ["infer.failed.ipynb", "infer.ipynb"]
+
+
+def test_a_run_that_reads_another_runs_folder_follows_it():
+    """A folder of params files holds a fine-tune and the evaluation that reads its output_dir: the evaluation joins
+    the fine-tune's group, after it (with --jobs it started before there was a model to read); a pipeline that
+    reads it follows from that step on, its steps in order."""
+    spec = lambda name, group, **params: batch.RunSpec(name, Path("notebooks/x.ipynb"), params, "src", group)  # noqa: E731
+    ev = spec("s/eval", "eval.yaml", output_dir="/tmp/o/eval", finetune_dir="/tmp/o/ft")
+    p1 = spec("p/infer", "p", output_dir="/tmp/o/p1")
+    p2 = spec("p/eval", "p", output_dir="/tmp/o/p2", model="/tmp/o/ft/model")
+    p3 = spec("p/board", "p", output_dir="/tmp/o/p3")
+    ft = spec("s/ft", "ft.yaml", output_dir="/tmp/o/ft")
+    other = spec("s/infer", "infer.yaml", output_dir="/tmp/o/infer", model="demo/model")
+    got = [s.name for s in batch._with_dependencies([ev, p1, p2, p3, ft, other])]
+    assert got == ["p/infer", "s/ft", "p/eval", "p/board", "s/eval", "s/infer"]
+    assert ev.group == ft.group == p2.group == p3.group == p1.group and other.group == "infer.yaml"
+    demo = {s.name: s for s in batch.expand(["params/demo"])}  # the shipped folder: evaluation after its fine-tune
+    assert demo["demo/infer_after_finetune"].group == demo["demo/finetune"].group

@@ -369,7 +369,39 @@ def _expand(targets: Sequence[str | Path], overrides: dict[str, Any], ex: _Expan
             raise ValueError(f"runs {seen[real]} and {s.name} would both write to {real}; give them different "
                              "output_dir values")
         seen[real] = s.name
-    return specs
+    return _with_dependencies(specs)
+
+
+# parameters that read what another run may write: a fine-tune's folder, a model, data
+_INPUT_KEYS = ("finetune_dir", "model", "modelscope_model_name", "data_dir", "data_path")
+
+
+def _with_dependencies(specs: list[RunSpec]) -> list[RunSpec]:
+    """A run that reads another's ``output_dir`` (an evaluation of a fine-tune listed beside it in a folder of params
+    files) joins that run's group, after it: with ``--jobs`` it would otherwise start before there is anything to read
+    (or read an older run's model)."""
+    outs = [(Path(os.path.realpath(s.params["output_dir"])), s) for s in specs]
+    ordered = list(specs)
+    for s in specs:
+        for key in _INPUT_KEYS:
+            value = s.params.get(key)
+            if not isinstance(value, str) or not value:
+                continue
+            real = Path(os.path.realpath(paths.resolve(value)))
+            producer = next((p for out, p in outs if p is not s and p.group != s.group
+                             and (real == out or out in real.parents)), None)
+            if producer is None:
+                continue
+            members = [t for t in ordered if t.group == s.group]  # s's group (a pipeline) joins the producer's,
+            tail = members[members.index(s):]  # s and the steps after it running after the producer, in order
+            for t in members:
+                t.group = producer.group
+            for t in tail:
+                ordered.remove(t)
+            at = ordered.index(producer) + 1
+            ordered[at:at] = tail
+            break
+    return ordered
 
 
 def _metrics(out: Path) -> dict[str, Any]:
@@ -532,12 +564,14 @@ def run_all(specs: Sequence[RunSpec], jobs: int = 1, devices: Sequence[str] = ()
     groups: dict[str, list[RunSpec]] = {}
     for s in specs:
         groups.setdefault(s.group, []).append(s)
-    ordered = list(groups.values())
+    # leaderboards (compare_runs alone) read the run index: they run once every other group has finished
+    boards = [g for g in groups.values() if all(s.notebook.stem == "compare_runs" for s in g)]
+    ordered = [g for g in groups.values() if g not in boards]
     if jobs <= 1:
         env = {"CUDA_VISIBLE_DEVICES": devices[0]} if devices else {}
         saved = {k: os.environ.get(k) for k in env}
         try:
-            return [r for g in ordered for r in _run_group(g, hide_code, progress, env, index)]
+            return [r for g in ordered + boards for r in _run_group(g, hide_code, progress, env, index)]
         finally:
             for k, v in saved.items():
                 os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
@@ -552,9 +586,10 @@ def run_all(specs: Sequence[RunSpec], jobs: int = 1, devices: Sequence[str] = ()
             for d in devices:
                 free.put(d)
         env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        futures = [pool.submit(_run_group, g, hide_code, False, env, index, free) for g in ordered]
-        for f in futures:
-            results += f.result()
+        for wave in (ordered, boards):
+            futures = [pool.submit(_run_group, g, hide_code, False, env, index, free) for g in wave]
+            for f in futures:
+                results += f.result()
     return results
 
 
