@@ -294,6 +294,12 @@ def test_a_folder_the_notebook_would_refuse_gets_nothing_written(tmp_path):
     assert rec.status == "failed" and "holds a finetune run" in rec.error
     assert sorted(p.name for p in ft.iterdir()) == [".asr_workbench_run", "report.html"]
     assert (ft / "report.html").read_text() == "the fine-tune's report"
+    # the leaderboard notebook writes nothing itself, but its report would replace the run's (and the index line
+    # would carry that run's CER): refused the same way
+    (tmp_path / "p" / "compare_runs.yaml").write_text(f"output_dir: {ft}\n")
+    rec = batch.execute(batch.expand([tmp_path / "p" / "compare_runs.yaml"])[0], progress=False)
+    assert rec.status == "failed" and "holds a finetune run: a leaderboard run" in rec.error
+    assert (ft / "report.html").read_text() == "the fine-tune's report"
 
 
 def test_a_failed_rerun_keeps_the_finished_runs_notebook_and_report(tmp_path):

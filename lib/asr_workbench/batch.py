@@ -413,7 +413,7 @@ def _metrics(out: Path) -> dict[str, Any]:
 
 
 # the kind of run each notebook's library call marks its folder with (runs.prepare_output_dir)
-_RUN_KINDS = {"infer": "infer", "finetune": "finetune", "infer_after_finetune": "evaluate"}
+_RUN_KINDS = {"infer": "infer", "finetune": "finetune", "infer_after_finetune": "evaluate", "compare_runs": "leaderboard"}
 
 
 def execute(spec: RunSpec, hide_code: bool = False, progress: bool = True) -> RunRecord:
@@ -438,7 +438,8 @@ def execute(spec: RunSpec, hide_code: bool = False, progress: bool = True) -> Ru
     tag = ".attempt" if (out / "metrics.json").is_file() else ""
     attempt, command = out / f"{spec.notebook.stem}{tag}.ipynb", out / f"command{tag}.txt"
     try:  # a run folder that cannot be made (a file of that name, no permission) fails this run, not the batch
-        out.mkdir(parents=True, exist_ok=True)
+        # marked here too: the leaderboard notebook writes nothing itself, and another kind of run must not take it
+        runs.prepare_output_dir(out, _RUN_KINDS.get(spec.notebook.stem))
         # each value as papermill -y reads it, mappings in their order (evaluate's first test set is the headline)
         atomic_write_text(command, f"{spec.command}{' --hide-code' if hide_code else ''}\n"
                           f"# same notebook with papermill (from {paths.repo_root()}):\n"

@@ -53,7 +53,9 @@ class Leaderboard:
 
 def load(index: str | None = None, notebook: str | None = None, data: str | None = None) -> Leaderboard:
     """The runs of ``index`` (default ``outputs/runs.jsonl``), filtered by notebook and data set name."""
-    entries = [e for e in read_index(index) if not notebook or e.get("notebook") == notebook]
+    # a leaderboard's own runs score nothing: listed only when asked for
+    entries = [e for e in read_index(index) if e.get("notebook") == notebook
+               or (not notebook and e.get("notebook") != "compare_runs")]
     rows = []
     for e in entries:
         sets = e.get("per_set_cer") or {"-": None}
