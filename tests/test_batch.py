@@ -169,6 +169,23 @@ def test_numbers_written_the_yaml_1_1_way_reach_notebooks_as_numbers(tmp_path):
     assert spec.params["batch_bins"] == 2000 and isinstance(spec.params["batch_bins"], int)
 
 
+def test_command_line_values_take_their_parameters_types():
+    """-p values are text until the notebook's parameter types read them: 1e3 is 1000 for an int, 0755 stays a
+    name for a str (YAML 1.1 made it 493), null is None; a value that is not of its type is refused before any
+    run, naming the key (lr=abc failed inside the notebook, not naming lr)."""
+    from asr_workbench import cli
+
+    args = dict(cli._parse_override(a) for a in ("n_bootstrap=1e3", "modelscope_model_name=null",
+                                                 "compare_with_base=no", "test_sets={a: x}", "seed=7"))
+    p = batch.expand(["params/demo/infer_after_finetune.yaml"], args)[0].params
+    assert (p["n_bootstrap"], p["modelscope_model_name"], p["compare_with_base"], p["test_sets"], p["seed"]) == (
+        1000, None, False, {"a": "x"}, 7) and isinstance(p["n_bootstrap"], int)
+    assert batch.expand(["params/demo/infer.yaml"], {"model": "0755"})[0].params["model"] == "0755"
+    for key, value in (("max_epoch", "2.5"), ("lr", "abc"), ("specaug_conf", "3")):
+        with pytest.raises(ValueError, match=rf"{key} is an? \w+ parameter of finetune.ipynb, got '{value}'"):
+            batch.expand(["params/demo/finetune.yaml"], {key: value})
+
+
 def test_params_paths_resolve_from_the_working_directory_first(tmp_path, monkeypatch):
     """`asr-workbench run p/infer.yaml` in the folder that holds p/: the user's path, not the repository's."""
     (tmp_path / "p").mkdir()

@@ -209,25 +209,54 @@ def _resolve_refs(value: Any, done: dict[str, dict[str, Any]], where: str) -> An
     return value
 
 
-def _numbers(notebook: Path, params: dict[str, Any]) -> dict[str, Any]:
-    """YAML 1.1 reads ``1e-4`` as a string: give numeric parameters their number. A list parameter given one
-    string (``-p required_files=am.mvn``) is a list of it, not the string's characters."""
+_NULLS = ("null", "~", "None", "")
+
+
+def _typed(notebook: Path, params: dict[str, Any], source: str) -> dict[str, Any]:
+    """Each value as its parameter's annotated type reads it. Text (every scalar ``-p`` value, and YAML 1.1's
+    ``1e-4``) is read per type: a number for int and float (``1e3`` is 1000 for an int), YAML for bool, dict and
+    untyped parameters, itself for str (YAML would read ``0755`` as 493 and ``yes`` as true), a list of one for a
+    list (``-p required_files=am.mvn``); ``null`` is None. A value that is not of its type fails, naming the key."""
+    import yaml
+
     known = notebook_parameters(notebook)
     out = dict(params)
+
+    def bad(k: str, kind: str, v: Any) -> ValueError:
+        return ValueError(f"{source}: {k} is a{'n' if kind == 'int' else ''} {kind} parameter of {notebook.name}, "
+                          f"got {v!r}")
+
     for k, v in params.items():
-        kind = (known.get(k) or {}).get("inferred_type_name", "")
-        number = yaml_number(v)
-        if isinstance(v, str) and number is not v and kind in ("float", "int"):
+        kind = str((known.get(k) or {}).get("inferred_type_name") or "")
+        if isinstance(v, str) and v.strip() in _NULLS and kind != "str":
+            out[k] = None
+        elif kind in ("int", "float") and (isinstance(v, (str, float)) and not isinstance(v, bool)):
+            number = yaml_number(v.strip()) if isinstance(v, str) else v
+            if not isinstance(number, (int, float)):
+                raise bad(k, kind, v)
+            if kind == "int" and isinstance(number, float):
+                if not number.is_integer():
+                    raise bad(k, kind, v)
+                number = int(number)
             out[k] = float(number) if kind == "float" else number
-        elif isinstance(v, str) and kind == "list":
+        elif not isinstance(v, str):
+            continue
+        elif kind == "list":
             out[k] = [v]
+        elif kind == "str":
+            out[k] = None if v.strip() in ("null", "~") else v
+        else:  # bool, dict, untyped: as YAML reads it
+            value = yaml.safe_load(v)
+            if (kind == "bool" and not isinstance(value, bool)) or (kind == "dict" and not isinstance(value, dict)):
+                raise bad(k, kind, v)
+            out[k] = value
     return out
 
 
 def _finish(spec_name: str, notebook: Path, params: dict[str, Any], source: str, group: str, ex: _Expansion,
             cmd: str) -> RunSpec:
     check_params(notebook, params, source)
-    params = _numbers(notebook, params)
+    params = _typed(notebook, params, source)
     out = params.get("output_dir")
     params["output_dir"] = str(paths.resolve(out) if out else _fresh_dir(spec_name.replace("/", "-"), ex))
     return RunSpec(spec_name, notebook, params, source, group, cmd)

@@ -17,7 +17,12 @@ def _parse_override(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, yaml.safe_load(value)
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise argparse.ArgumentTypeError(f"-p {key}: not a YAML value ({str(e).splitlines()[0]}): {value!r}") from e
+    # a scalar stays text: the notebook parameter's type reads it (YAML 1.1 would make 0755 493 and yes true)
+    return key, parsed if isinstance(parsed, (list, dict)) else value
 
 
 def _cer(value: Any) -> str:
