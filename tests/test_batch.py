@@ -354,3 +354,27 @@ def test_a_run_that_reads_another_runs_folder_follows_it():
     assert ev.group == ft.group == p2.group == p3.group == p1.group and other.group == "infer.yaml"
     demo = {s.name: s for s in batch.expand(["params/demo"])}  # the shipped folder: evaluation after its fine-tune
     assert demo["demo/infer_after_finetune"].group == demo["demo/finetune"].group
+
+
+def test_broken_files_and_index_lines_are_named_not_tracebacks(tmp_path):
+    """A params file that is not YAML names its line; a sweep's missing base is named as such; index lines that
+    are JSON but not run records (a list, no name, a CER as text) are skipped and said, like cut-off ones."""
+    bad = tmp_path / "broken.pipeline.yaml"
+    bad.write_text("steps:\n  - name: a\n    params: [unclosed\n")
+    with pytest.raises(ValueError, match=r"broken.pipeline.yaml: not valid YAML: .*line \d+"):
+        batch.expand([bad])
+    sweep = tmp_path / "x.sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"base": str(tmp_path / "nosuch.yaml"), "grid": {"lr": [0.1]}}))
+    with pytest.raises(FileNotFoundError, match="base .*nosuch.yaml: no such params file"):
+        batch.expand([sweep])
+    index = tmp_path / "runs.jsonl"
+    good = {"name": "a", "status": "ok", "notebook": "infer", "primary_cer": 0.1, "per_set_cer": {"t": 0.1}}
+    index.write_text("\n".join(json.dumps(x) for x in (good, [1, 2], {"status": "ok"},
+                                                        {**good, "name": "b", "per_set_cer": {"t": "0.2"}})) + "\n")
+    with pytest.warns(UserWarning, match=r"2 line\(s\) are not run records.*line 2"):
+        entries = batch.read_index(index)
+    assert [e["name"] for e in entries] == ["a", "b"] and entries[1]["per_set_cer"] == {"t": None}
+    from asr_workbench import leaderboard
+
+    with pytest.warns(UserWarning):
+        assert [r["name"] for r in leaderboard.load(str(index)).rows] == ["a", "b"]

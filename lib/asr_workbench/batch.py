@@ -97,7 +97,10 @@ def notebook_parameters(notebook: Path) -> dict[str, dict[str, Any]]:
 def load_params(params_file: Path) -> dict[str, Any]:
     """A params YAML (safe_load); an empty file is no parameters."""
     with open(params_file, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:  # its message carries the line and column
+            raise ValueError(f"{params_file}: not valid YAML: {' '.join(str(e).split())}") from e
     if not isinstance(data, dict):
         raise ValueError(f"{params_file}: expected a mapping of parameter: value, got {type(data).__name__}")
     return data
@@ -283,6 +286,8 @@ def load_pipeline(path: Path, overrides: dict[str, Any], ex: _Expansion) -> list
         base: dict[str, Any] = {}
         if step.get("params"):
             pfile = paths.resolve(step["params"])
+            if not pfile.is_file():
+                raise FileNotFoundError(f"{where}: step {name!r}: params {step['params']}: no such file ({pfile})")
             base = load_params(pfile)
             nb = paths.resolve(f"notebooks/{step['notebook']}.ipynb") if step.get("notebook") else notebook_for(pfile)
         elif step.get("notebook"):
@@ -313,6 +318,8 @@ def load_sweep(path: Path, overrides: dict[str, Any], ex: _Expansion) -> list[Ru
         raise ValueError(f"{path}: a sweep has 'base' (a params file) and 'grid' (key: non-empty list), optional "
                          "'notebook' and 'with'" + (f"; unknown key(s) {', '.join(sorted(bad))}" if bad else ""))
     pfile = paths.resolve(data["base"])
+    if not pfile.is_file():
+        raise FileNotFoundError(f"{path}: base {data['base']}: no such params file ({pfile})")
     nb = paths.resolve(f"notebooks/{data['notebook']}.ipynb") if data.get("notebook") else notebook_for(pfile)
     base = {**load_params(pfile), **(data.get("with") or {})}
     label = path.name.removesuffix(".yaml")
@@ -547,12 +554,23 @@ def read_index(index: str | Path | None = None) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
+            entry = json.loads(line)
         except json.JSONDecodeError:
             bad.append(n)
+            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):  # edited by hand, another tool's
+            bad.append(n)
+            continue
+        for key in ("primary_cer", "rtf"):
+            if not isinstance(entry.get(key), (int, float, type(None))) or isinstance(entry.get(key), bool):
+                entry[key] = None
+        sets = entry.get("per_set_cer")
+        entry["per_set_cer"] = {str(k): v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+                                for k, v in sets.items()} if isinstance(sets, dict) else {}
+        out.append(entry)
     if bad:
-        warnings.warn(f"{path}: {len(bad)} line(s) could not be read (cut off by a crash?), e.g. line {bad[0]}; "
-                      "those runs are not shown", stacklevel=2)
+        warnings.warn(f"{path}: {len(bad)} line(s) are not run records (cut off by a crash? edited?), e.g. line "
+                      f"{bad[0]}; those runs are not shown", stacklevel=2)
     return out
 
 
