@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -378,3 +379,27 @@ def test_broken_files_and_index_lines_are_named_not_tracebacks(tmp_path):
 
     with pytest.warns(UserWarning):
         assert [r["name"] for r in leaderboard.load(str(index)).rows] == ["a", "b"]
+
+
+def test_an_interrupted_batch_says_how_to_go_on_and_leaves_no_empty_folders(tmp_path, tiny_data):
+    """Ctrl-C during a pipeline: exit 130 with one line on how to go on, not a traceback; the folders reserved
+    for the steps that never started are gone."""
+    import signal
+
+    pipe = tmp_path / "slow.pipeline.yaml"
+    pipe.write_text(yaml.safe_dump({"steps": [
+        {"name": "ft", "params": "params/demo/finetune.yaml",
+         "with": {"data_path": str(tiny_data), "output_dir": None, "max_epoch": 20}},
+        {"name": "after", "params": "params/demo/infer.yaml", "with": {"output_dir": None}}]}))
+    outputs = tmp_path / "outputs"
+    proc = subprocess.Popen([sys.executable, "-m", "asr_workbench", "run", str(pipe), "-q"], cwd=str(REPO),
+                            env={**os.environ, "ASR_WORKBENCH_OUTPUTS": str(outputs)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(outputs.glob("slow.pipeline-ft-*/train")):
+        time.sleep(0.5)  # the fine-tune is training
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: finished runs are in the index" in err and "Traceback" not in err.split("interrupted:")[-1]
+    assert not list(outputs.glob("slow.pipeline-after-*"))  # reserved, never started: removed

@@ -35,7 +35,7 @@ import yaml
 from asr_workbench import paths, runs
 from asr_workbench.fileio import atomic_write_text, jsonl_line, yaml_number
 
-__all__ = ["RunSpec", "RunRecord", "notebook_for", "notebook_parameters", "load_params", "check_params",
+__all__ = ["RunSpec", "RunRecord", "notebook_for", "notebook_parameters", "load_params", "check_params", "remove_if_empty",
            "export_html", "expand", "load_pipeline", "load_sweep", "execute", "run_all", "run_notebook",
            "append_index", "read_index", "INDEX"]
 
@@ -350,7 +350,7 @@ def expand(targets: Sequence[str | Path], overrides: dict[str, Any] | None = Non
         return _expand(targets, overrides, ex)
     except BaseException:  # a typo in -p, a bad reference: no empty run folders left behind
         for folder in ex.created:
-            _remove_if_empty(folder)
+            remove_if_empty(folder)
         raise
 
 
@@ -358,7 +358,7 @@ def _override_args(overrides: dict[str, Any]) -> list[str]:
     return [x for k, v in overrides.items() for x in ("-p", f"{k}={json.dumps(v) if not isinstance(v, str) else v}")]
 
 
-def _remove_if_empty(folder: Path) -> None:
+def remove_if_empty(folder: Path) -> None:
     """Remove a reserved run folder that no run wrote into."""
     try:
         folder.rmdir()
@@ -592,7 +592,7 @@ def _run_specs(specs: list[RunSpec], hide_code: bool, progress: bool, index: Pat
     for spec in specs:
         if records and records[-1].status != "ok":
             out = Path(spec.params["output_dir"])
-            _remove_if_empty(out)  # reserved for it, never written
+            remove_if_empty(out)  # reserved for it, never written
             rec = RunRecord(spec.name, spec.notebook, out, out / spec.notebook.name, None, "skipped",
                             f"skipped: {records[-1].name} {records[-1].status}", 0.0, time.time(), spec.params)
         else:
@@ -649,7 +649,7 @@ def run_notebook(params_file: str | Path, overrides: dict[str, Any] | None = Non
         specs = expand([params_file], overrides, reserve=True)
         spec = specs[0]
         for other in specs[1:]:  # a pipeline or sweep: only its first run runs here
-            _remove_if_empty(Path(other.params["output_dir"]))
+            remove_if_empty(Path(other.params["output_dir"]))
     else:
         nb = paths.resolve(notebook)
         params = {**load_params(params_file), **(overrides or {})}

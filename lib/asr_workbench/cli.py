@@ -56,7 +56,15 @@ def _cmd_run(a: argparse.Namespace) -> int:
             print("  " + yaml.safe_dump(s.params, allow_unicode=True, sort_keys=False).strip().replace("\n", "\n  "))
         return 0
     devices = [d for d in (a.devices or "").split(",") if d]
-    records = batch.run_all(specs, jobs=a.jobs, devices=devices, hide_code=a.hide_code, progress=not a.quiet)
+    try:
+        records = batch.run_all(specs, jobs=a.jobs, devices=devices, hide_code=a.hide_code, progress=not a.quiet)
+    except KeyboardInterrupt:
+        for s in specs:  # folders reserved for runs that never started
+            batch.remove_if_empty(Path(s.params["output_dir"]))
+        print(f"\ninterrupted: finished runs are in the index ({batch.paths.outputs_root() / batch.INDEX}); the same "
+              "command runs them all again (an interrupted inference resumes from its partial file, a fine-tune with "
+              "-p resume=true from its last checkpoint)", file=sys.stderr)
+        return 130
     print(f"\n{'run':<40} {'status':<8} {'CER':>9} {'time':>7}  report")
     for r in records:
         print(f"{r.name:<40} {r.status:<8} {_cer(r.metrics.get('cer')):>9} {r.seconds:>6.0f}s  {r.html or '-'}")
