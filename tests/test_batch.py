@@ -223,7 +223,7 @@ def test_index_line_after_a_cut_off_one_is_kept(tmp_path):
     rec = batch.RunRecord("new", Path("notebooks/infer.ipynb"), tmp_path / "new", tmp_path / "new" / "x.ipynb", None,
                           "ok", None, 1.0, 0.0, {}, {"cer": 0.1, "data_dir": "d/test"})
     batch.append_index(rec, index)
-    with pytest.warns(UserWarning, match=r"1 line\(s\) could not be read .* line 2"):
+    with pytest.warns(UserWarning, match=r"1 line\(s\) are not run records .* line 2"):
         names = [e["name"] for e in batch.read_index(index)]
     assert names == ["old", "new"]
     with pytest.raises(FileNotFoundError, match="no such run index"):
@@ -285,6 +285,30 @@ def test_cer_against_a_swept_setting_of_mappings_and_data_filter(tmp_path):
     board = leaderboard.load(str(index))
     report.cer_vs_parameter(board, "scheduler_conf")
     assert [r["data"] for r in leaderboard.load(str(index), data="test").rows] == ["target/test", "base/test"]
+
+
+def test_cer_figures_name_their_normaliser_and_sweeps_plot_in_value_order(tmp_path):
+    """Every CER axis names the text normaliser; a swept value's position follows its value, not the order runs
+    were listed in (batch_size 4 plotted before 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from asr_workbench import report, scoring
+
+    index = tmp_path / "runs.jsonl"
+    for i, (bs, data) in enumerate(((4, "d/a"), (1, "d/a"), (2, "d/b"))):
+        rec = batch.RunRecord(f"r{i}", Path("notebooks/infer.ipynb"), tmp_path / f"r{i}", tmp_path / "x.ipynb", None,
+                              "ok", None, 1.0, 0.0, {"batch_size": bs},
+                              {"cer": 0.1, "data_dir": data, "normaliser": scoring.NORMALISER})
+        batch.append_index(rec, index)
+    board = leaderboard.load(str(index))
+    ax = report.cer_vs_parameter(board, "batch_size").axes[0]
+    name = scoring.NORMALISER.split(":")[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4"] and name in ax.get_ylabel()
+    assert list(ax.lines[0].get_xdata()) == [0, 2]  # d/a: batch 1 at position 0, batch 4 at position 2
+    assert f"CER({name})" in board.text().splitlines()[0]
+    row = {"scored": True, "duration_s": 2.0, "cer": 0.5, "ref_tokens": 4, "errors": 2}
+    assert name in report.cer_vs_duration([row]).axes[0].get_ylabel()
 
 
 def test_reserved_folders_go_again_when_nothing_runs_in_them(tmp_path, monkeypatch):

@@ -91,6 +91,37 @@ def test_checkpoint_comparison_and_notebook_output(evaluation):
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2
 
 
+def test_figures_name_the_normaliser_and_a_set_without_text_has_no_bar():
+    """A set with nothing scored is no 0 % bar (and costs the other sets no whiskers); the axes name the
+    normaliser; the table says why a set has no counts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from asr_workbench import report
+
+    def res(errors: list[int], scored: bool = True) -> infer.InferResult:
+        rows = [{"key": f"u{i}", "scored": scored, "errors": e, "ref_tokens": 10, "cer": e / 10, "audio": "",
+                 "ref_norm": "", "hyp_norm": ""} for i, e in enumerate(errors)]
+        return infer.InferResult(Path("."), {"cer": sum(errors) / (10 * len(errors)) if scored else None}, rows,
+                                 None, {})  # type: ignore[arg-type]
+
+    sets = [evaluate.compare_results("target", "x", res([1, 2] * 15), res([3, 2, 4] * 10), n_bootstrap=200),
+            evaluate.compare_results("notext", "y", res([0] * 5, False), res([0] * 5, False), n_bootstrap=200)]
+    ax = report.cer_bars(sets).axes[0]
+    name = scoring.NORMALISER.split(":")[0]
+    assert name in ax.get_ylabel() and "nothing scored" in [t.get_text() for t in ax.texts]
+    heights = [p.get_height() for p in ax.patches]
+    assert heights[0] == pytest.approx(30) and heights[1] != heights[1]  # base bars: 30 %, then NaN (no bar)
+    from matplotlib.container import ErrorbarContainer
+
+    bars = next(c for c in ax.containers if isinstance(c, ErrorbarContainer))  # the target set keeps its interval
+    low, high = bars.lines[2][0].get_segments()[0][:, 1]
+    assert high - low > 0
+    assert name in report.utterance_scatter(sets).axes[0].get_xlabel()
+    table = str(report.comparison_table(sets))
+    assert f"fine-tuned CER ({name})" in table and "- (nothing scored)" in table
+
+
 def test_forgetting_is_flagged():
     def res(errors: list[int]) -> infer.InferResult:
         rows = [{"key": f"u{i}", "scored": True, "errors": e, "ref_tokens": 10, "cer": e / 10, "audio": "",

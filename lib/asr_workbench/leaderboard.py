@@ -40,7 +40,8 @@ class Leaderboard:
 
     def text(self) -> str:
         mixed = len(self.normalisers) > 1
-        head = ["run", "notebook", "data", "CER", *(["normaliser"] if mixed else []), "RTF", "status", *self.params]
+        cer = "CER" if mixed or not self.normalisers else f"CER({self.normalisers[0]})"
+        head = ["run", "notebook", "data", cer, *(["normaliser"] if mixed else []), "RTF", "status", *self.params]
         lines = [f"note: {n}" for n in self.notes] + ["  ".join(head)]
         for r in self.rows:
             cer = f"{r['cer'] * 100:.2f}%" if r.get("cer") is not None else "-"

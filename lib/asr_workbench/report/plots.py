@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
 from matplotlib import font_manager
+
+from asr_workbench.scoring import NORMALISER
 
 __all__ = ["CJK_FONTS", "setup_cjk_font", "error_types_bar", "cer_vs_duration", "lr_schedule_plot", "cer_bars",
            "utterance_scatter", "cer_vs_parameter"]
@@ -38,11 +41,15 @@ def setup_cjk_font() -> str | None:
 def _order(value: Any) -> tuple[str, Any]:
     """A sort key for a swept parameter's values: numbers and strings by value, others (a dict of settings) by
     their JSON text, so they never meet ``<``."""
-    import json
-
     if isinstance(value, (int, float, str)) and not isinstance(value, bool):
         return (type(value).__name__ if isinstance(value, str) else "number", value)
     return ("json", json.dumps(value, sort_keys=True, default=str))
+
+
+def _cer_label(normalisers: Sequence[str] = (NORMALISER,), what: str = "CER") -> str:
+    """An axis label that names the text normaliser behind the CER figures ("mixed" when they differ)."""
+    names = sorted({str(n).split(":")[0] for n in normalisers if n})
+    return f"{what} (%), normaliser {names[0] if len(names) == 1 else 'mixed: ' + ', '.join(names)}"
 
 
 def _literal(text: Any) -> str:
@@ -67,7 +74,7 @@ def error_types_bar(metrics: dict[str, Any], title: str = "") -> plt.Figure:
     return fig
 
 
-def cer_vs_duration(results: Sequence[dict[str, Any]], bins: int = 8) -> plt.Figure:
+def cer_vs_duration(results: Sequence[dict[str, Any]], bins: int = 8, normaliser: str = NORMALISER) -> plt.Figure:
     """Per-utterance CER against duration, with the corpus CER of each duration bin."""
     setup_cjk_font()
     rows = [r for r in results if r.get("scored")]
@@ -88,7 +95,7 @@ def cer_vs_duration(results: Sequence[dict[str, Any]], bins: int = 8) -> plt.Fig
             ys.append(100 * sum(r["errors"] for r in sel) / n)
     ax.plot(xs, ys, "o-", color="#d62728", label="corpus CER per bin")
     ax.set_xlabel("duration (s)")
-    ax.set_ylabel("CER (%)")
+    ax.set_ylabel(_cer_label([normaliser]))
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -110,22 +117,27 @@ def lr_schedule_plot(lr: Sequence[float], steps_per_epoch: int, warnings: Sequen
 
 
 def cer_bars(sets: Sequence[Any]) -> plt.Figure:
-    """Per test set: base vs fine-tuned CER; the fine-tuned bar carries the change's 95% interval."""
+    """Per test set: base vs fine-tuned CER; the fine-tuned bar carries the change's 95% interval. A set with
+    nothing scored (no transcripts) has no bars, and says so."""
     import numpy as np
 
     setup_cjk_font()
     fig, ax = plt.subplots(figsize=(max(4, 1.8 * len(sets) + 2), 3.4))
     x = np.arange(len(sets))
-    base = [(s.base or {}).get("cer") or 0 for s in sets]
-    ft = [s.finetuned.get("cer") or 0 for s in sets]
-    ax.bar(x - 0.2, [b * 100 for b in base], 0.4, label="base", color="#999")
-    yerr = None
-    if all(s.delta for s in sets):  # interval of the fine-tuned CER implied by the paired interval of the change
-        yerr = np.array([[(s.delta.delta - s.delta.low) * 100 for s in sets], [(s.delta.high - s.delta.delta) * 100 for s in sets]])
-    ax.bar(x + 0.2, [f * 100 for f in ft], 0.4, yerr=yerr, capsize=4, label="fine-tuned (95% interval of the change)",
+    pct = lambda v: np.nan if v is None else v * 100  # noqa: E731
+    base = [pct((s.base or {}).get("cer")) for s in sets]
+    ft = [pct(s.finetuned.get("cer")) for s in sets]
+    ax.bar(x - 0.2, base, 0.4, label="base", color="#999")
+    # interval of the fine-tuned CER implied by the paired interval of the change (none where nothing was paired)
+    yerr = np.array([[(s.delta.delta - s.delta.low) * 100 if s.delta else 0 for s in sets],
+                     [(s.delta.high - s.delta.delta) * 100 if s.delta else 0 for s in sets]])
+    ax.bar(x + 0.2, ft, 0.4, yerr=yerr, capsize=4, label="fine-tuned (95% interval of the change)",
            color=["#d62728" if s.worse else "#1f77b4" for s in sets])
+    for i, v in enumerate(ft):
+        if np.isnan(v):
+            ax.text(i, 0, "nothing scored", ha="center", va="bottom", fontsize=7, color="#555")
     ax.set_xticks(x, [_literal(s.name) for s in sets])
-    ax.set_ylabel("CER (%)")
+    ax.set_ylabel(_cer_label())
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -141,7 +153,7 @@ def utterance_scatter(sets: Sequence[Any]) -> plt.Figure:
         ax.scatter(xs, ys, s=12, alpha=0.6, label=_literal(s.name))
         top = max([top, *xs, *ys])
     ax.plot([0, top or 1], [0, top or 1], color="#888", lw=0.8)
-    ax.set(xlabel="base CER (%)", ylabel="fine-tuned CER (%)", title="per utterance")
+    ax.set(xlabel=_cer_label(what="base CER"), ylabel=_cer_label(what="fine-tuned CER"), title="per utterance")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -156,11 +168,16 @@ def cer_vs_parameter(board: Any, parameter: str | None) -> plt.Figure:
         ax.text(0.5, 0.5, _literal(f"no run varies {parameter!r}") if parameter else "set sweep_param to plot CER against it",
                 ha="center", va="center", transform=ax.transAxes)
         return fig
+    # one x position per value, in value order across every line (a categorical axis would order by first sight)
+    values = sorted({json.dumps(r["parameters"][parameter], sort_keys=True, default=str): r["parameters"][parameter]
+                     for r in rows}.values(), key=_order)
+    where = {json.dumps(v, sort_keys=True, default=str): i for i, v in enumerate(values)}
     for data in sorted({r["data"] for r in rows}):
-        pts = sorted(((r["parameters"][parameter], r["cer"] * 100) for r in rows if r["data"] == data),
-                     key=lambda t: _order(t[0]))
-        ax.plot([_literal(x) for x, _ in pts], [y for _, y in pts], "o-", label=_literal(data))
-    ax.set(xlabel=_literal(parameter), ylabel="CER (%)")
+        pts = sorted((where[json.dumps(r["parameters"][parameter], sort_keys=True, default=str)], r["cer"] * 100)
+                     for r in rows if r["data"] == data)
+        ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", label=_literal(data))
+    ax.set_xticks(range(len(values)), [_literal(v) for v in values])
+    ax.set(xlabel=_literal(parameter), ylabel=_cer_label([r.get("normaliser") or "" for r in rows]))
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

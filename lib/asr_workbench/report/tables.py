@@ -8,7 +8,7 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-from asr_workbench.scoring import UttScore, aligned_pairs
+from asr_workbench.scoring import NORMALISER, UttScore, aligned_pairs
 
 __all__ = ["Html", "config_html", "table_html", "summary_table", "data_report_table", "diff_html", "audio_html", "worst_table", "warnings_html", "finetune_data_table",
            "dev_cer_table", "finetune_summary", "comparison_table", "changed_utterances",
@@ -172,11 +172,14 @@ def comparison_table(sets: Sequence[Any]) -> Html:
         sdi = lambda m: f"{m.get('sub')}/{m.get('del')}/{m.get('ins')}" if m else "-"  # noqa: E731
         change = (f"<b style='color:{'#c00' if s.worse else ('#070' if d.high < 0 else '#000')}'>{d.delta * 100:+.2f}</b> "
                   f"[{d.low * 100:+.2f}, {d.high * 100:+.2f}]") if d else "-"
-        rows.append((s.name, pct(b.get("cer")), pct(f.get("cer")), change, sdi(b), sdi(f),
-                     f"{s.improved} / {s.regressed} / {s.unchanged}", f"{b.get('rtf', '-')} / {f.get('rtf')}"))
-    return table_html(["test set", "base CER", "fine-tuned CER", "change, points [95% interval]", "base S/D/I",
-                       "fine-tuned S/D/I", "improved / regressed / unchanged", "RTF base / fine-tuned"], rows,
-                      raw_cols=(3,))
+        counts = f"{s.improved} / {s.regressed} / {s.unchanged}" if s.pairs else (
+            "- (no base)" if not s.base else "- (nothing scored)")
+        rows.append((s.name, pct(b.get("cer")), pct(f.get("cer")), change, sdi(b), sdi(f), counts,
+                     f"{b.get('rtf', '-')} / {f.get('rtf')}"))
+    norm = NORMALISER.split(":")[0]
+    return table_html(["test set", f"base CER ({norm})", f"fine-tuned CER ({norm})", "change, points [95% interval]",
+                       "base S/D/I", "fine-tuned S/D/I", "improved / regressed / unchanged", "RTF base / fine-tuned"],
+                      rows, raw_cols=(3,))
 
 
 def changed_utterances(sets: Sequence[Any], n: int = 5, audio: bool = True) -> Html:
@@ -220,7 +223,8 @@ def leaderboard_table(board: Any) -> Html:
                      *[html.escape(str(r["parameters"].get(p))) for p in board.params],
                      r.get("rtf") or "-", html.escape(r["status"]), link))
     cols = list(range(len(rows[0])))
-    table = table_html(["run", "notebook", "data", "CER", *(["normaliser"] if mixed else []), *board.params, "RTF",
+    cer = "CER" if mixed or not board.normalisers else f"CER ({board.normalisers[0]})"
+    table = table_html(["run", "notebook", "data", cer, *(["normaliser"] if mixed else []), *board.params, "RTF",
                         "status", "report"], rows, raw_cols=cols)
     notes = "".join(f"<p style='color:#c00'>Note: {html.escape(n)}</p>" for n in board.notes)
     return Html(notes + str(table))
