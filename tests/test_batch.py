@@ -427,3 +427,20 @@ def test_an_interrupted_batch_says_how_to_go_on_and_leaves_no_empty_folders(tmp_
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted: finished runs are in the index" in err and "Traceback" not in err.split("interrupted:")[-1]
     assert not list(outputs.glob("slow.pipeline-after-*"))  # reserved, never started: removed
+
+
+def test_pipeline_references_to_defaults_resolve_and_malformed_ones_are_refused(tmp_path):
+    """${infer.precision} names a parameter the step left at its notebook default: resolved to it; ${ infer.x }
+    and ${infer.data-dir} are no references and would have run as literal text: refused."""
+    ok = tmp_path / "ok.pipeline.yaml"
+    ok.write_text(yaml.safe_dump({"steps": [
+        {"name": "infer", "params": "params/demo/infer.yaml"},
+        {"name": "again", "params": "params/demo/infer.yaml", "with": {"precision": "${infer.precision}"}}]}))
+    assert batch.expand([ok])[1].params["precision"] == "fp32"
+    for ref in ("${ infer.output_dir }/x", "${infer.data-dir}"):
+        bad = tmp_path / "bad.pipeline.yaml"
+        bad.write_text(yaml.safe_dump({"steps": [
+            {"name": "infer", "params": "params/demo/infer.yaml"},
+            {"name": "again", "params": "params/demo/infer.yaml", "with": {"output_dir": ref}}]}))
+        with pytest.raises(ValueError, match=r"is not a reference; write \$\{step.parameter\}"):
+            batch.expand([bad])

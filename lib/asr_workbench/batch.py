@@ -204,7 +204,12 @@ def _resolve_refs(value: Any, done: dict[str, dict[str, Any]], where: str) -> An
         whole = _REF.fullmatch(value)
         if whole and whole.group(1) in done and whole.group(2) in done[whole.group(1)]:
             return done[whole.group(1)][whole.group(2)]  # keep the type (a dict, a number)
-        return _REF.sub(sub, value)
+        text = _REF.sub(sub, value)
+        left = re.search(r"\$\{[^}]*\}", text)
+        if left:  # ${ step.key } with spaces, a key with a dash: run as literal text, it would name a wrong folder
+            raise ValueError(f"{where}: {left.group(0)} is not a reference; write ${{step.parameter}} (no spaces; "
+                             "a parameter name as the notebook has it)")
+        return text
     if isinstance(value, dict):
         return {k: _resolve_refs(v, done, where) for k, v in value.items()}
     if isinstance(value, list):
@@ -299,9 +304,22 @@ def load_pipeline(path: Path, overrides: dict[str, Any], ex: _Expansion) -> list
         params = {**base, **_resolve_refs(step.get("with") or {}, done, where)}
         params = _with_overrides(nb, params, overrides, where)
         spec = _finish(f"{label}/{name}", nb, params, where, str(path), ex, ex.command(path))
-        done[name] = spec.params
+        done[name] = {**_defaults(nb), **spec.params}  # a later step may name a parameter left at its default
         specs.append(spec)
     return specs
+
+
+def _defaults(notebook: Path) -> dict[str, Any]:
+    """The notebook's parameters at their defaults (literals: the parameters cell holds nothing else)."""
+    import ast
+
+    out = {}
+    for name, p in notebook_parameters(notebook).items():
+        try:
+            out[name] = ast.literal_eval(p["default"])
+        except (ValueError, SyntaxError):
+            pass
+    return out
 
 
 def _point_name(point: dict[str, Any]) -> str:
@@ -489,6 +507,9 @@ def execute(spec: RunSpec, hide_code: bool = False, progress: bool = True) -> Ru
     except Exception as e:  # the kernel died, a parameter could not be injected...
         status, error = "failed", f"{type(e).__name__}: {e}"
     final = "" if status == "ok" or not tag else ".failed"
+    if status == "ok":  # an earlier failed attempt's files no longer describe this folder
+        for stale in (f"{spec.notebook.stem}.failed.ipynb", "report.failed.html", "command.failed.txt"):
+            (out / stale).unlink(missing_ok=True)
     if tag:
         executed = out / f"{spec.notebook.stem}{final}.ipynb"
         for src, dst in ((attempt, executed), (command, out / f"command{final}.txt")):

@@ -277,7 +277,9 @@ def run(
                 f"[{s.delta.low * 100:+.2f}, {s.delta.high * 100:+.2f}] points): it forgot this domain"
                 for s in results if s.worse and s.base and s.delta and len(s.pairs) >= MIN_PAIRS_FOR_WARNING]
     warnings += [f"{s.name}: only {len(s.pairs)} utterances scored by both models: too few to tell whether "
-                 "fine-tuning made it worse" for s in results if s.base and len(s.pairs) < MIN_PAIRS_FOR_WARNING]
+                 "fine-tuning made it worse" for s in results if s.base and 0 < len(s.pairs) < MIN_PAIRS_FOR_WARNING]
+    warnings += [f"{s.name}: nothing was scored (no transcripts in its text file, or none for these utterances): "
+                 "decoded, not compared" for s in results if not s.pairs and s.finetuned.get("cer") is None]
     comparison = {
         "normaliser": scoring.NORMALISER, "finetune_dir": str(ft_dir), "decoding_model_name": decoding_model_name,
         "model_dir": str(model_dir), "base_model": base_name, "base_dir": str(base.path) if base else None,
