@@ -86,10 +86,13 @@ def test_export_copies_a_cmvn_file_the_base_keeps_elsewhere(notebook_finetune, t
         (base / "configuration.json").write_text(json.dumps(conf))
     else:
         (base / "configuration.json").unlink()
+    for f in base.iterdir():  # a read-only base (a shared cache) gives no read-only copy
+        f.chmod(0o444)
     ckpt = json.loads((out / "metrics.json").read_text())["checkpoint"]
     folder = export.export_model_folder(modelhub.open_model(str(base)), out / "train", ckpt, tmp_path / "exp",
                                         yaml.safe_load((out / "config.yaml").read_text()), "card\n")
     assert (folder / "am.mvn").read_bytes() == (elsewhere / "am.mvn").read_bytes()
+    assert all(f.stat().st_mode & 0o200 for f in folder.iterdir())
     metas = json.loads((folder / "configuration.json").read_text())["file_path_metas"]
     assert metas["frontend_conf"] == {"cmvn_file": "am.mvn"} and "token_list" in metas["tokenizer_conf"]
     shutil.rmtree(elsewhere)  # the copy stands alone, and decodes as the export from the intact base

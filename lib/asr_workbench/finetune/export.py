@@ -83,7 +83,7 @@ def export_model_folder(base: ModelFolder, train_dir: Path, checkpoint: str, out
     copied = {"model.pt", "config.yaml", "README.md", "configuration.json"}
     for src in base.path.iterdir():  # tokens, am.mvn, seg_dict, decoding.yaml, ... (never the base weights)
         if src.is_file() and src.name not in copied and not src.name.startswith("model.pt") and src.suffix not in (".pt", ".pb", ".bin", ".onnx"):
-            shutil.copy2(src, tmp / src.name)
+            shutil.copyfile(src, tmp / src.name)  # contents only: a read-only base must not make a read-only copy
     config = dict(base.config)
     for key in TRAINING_KEYS:
         if key in training_config:
@@ -128,7 +128,7 @@ def _copy_named_files(base: ModelFolder, metas: dict[str, Any], out: Path) -> di
         if isinstance(metas.get(section), Mapping) and metas[section].get(key):
             continue
         target = name or Path(value).name
-        shutil.copy2(value, out / target)  # the file training used, over a same-named one of the base folder
+        shutil.copyfile(value, out / target)  # the file training used, over a same-named one of the base folder
         metas.setdefault(section, {})[key] = target
     return metas
 
@@ -202,7 +202,7 @@ def assemble_model(finetune_dir: Path, name: str, base: ModelFolder | None, requ
         if _has(folder, f):
             continue
         if base is not None and (base.path / f).is_file():
-            shutil.copy2(base.path / f, folder / f)
+            shutil.copyfile(base.path / f, folder / f)
         elif f not in OPTIONAL_FILES:  # decoding.yaml / finetune.yaml only carry defaults
             still.append(f)
     if still:
