@@ -170,7 +170,7 @@ def test_numbers_written_the_yaml_1_1_way_reach_notebooks_as_numbers(tmp_path):
     assert spec.params["batch_bins"] == 2000 and isinstance(spec.params["batch_bins"], int)
 
 
-def test_command_line_values_take_their_parameters_types():
+def test_command_line_values_take_their_parameters_types(tmp_path):
     """-p values are text until the notebook's parameter types read them: 1e3 is 1000 for an int, 0755 stays a
     name for a str (YAML 1.1 made it 493), null is None; a value that is not of its type is refused before any
     run, naming the key (lr=abc failed inside the notebook, not naming lr)."""
@@ -182,6 +182,19 @@ def test_command_line_values_take_their_parameters_types():
     assert (p["n_bootstrap"], p["modelscope_model_name"], p["compare_with_base"], p["test_sets"], p["seed"]) == (
         1000, None, False, {"a": "x"}, 7) and isinstance(p["n_bootstrap"], int)
     assert batch.expand(["params/demo/infer.yaml"], {"model": "0755"})[0].params["model"] == "0755"
+    # quoted, a value is the string inside the quotes; None is null for a str too; a number in a params file
+    # for a str parameter is its text; a bool for an int is refused
+    for arg, want in (('model="my model"', "my model"), ("model='0755'", "0755"), ("model=None", None)):
+        key, value = cli._parse_override(arg)
+        assert batch.expand(["params/demo/infer.yaml"], {key: value})[0].params["model"] == want
+    f = tmp_path / "infer.yaml"
+    f.write_text("model: 123\nbatch_size: 8.0\n")
+    assert (batch.expand([f])[0].params["model"], batch.expand([f])[0].params["batch_size"]) == ("123", 8)
+    f.write_text("batch_size: true\n")
+    with pytest.raises(ValueError, match="batch_size is an int parameter of infer.ipynb, got True"):
+        batch.expand([f])
+    sweep = batch.expand(["params/demo/lr.sweep.yaml"], {"output_dir": "null"})  # -p output_dir=null: fresh folders
+    assert all("/null/" not in s.params["output_dir"] for s in sweep)
     for key, value in (("max_epoch", "2.5"), ("lr", "abc"), ("specaug_conf", "3")):
         with pytest.raises(ValueError, match=rf"{key} is an? \w+ parameter of finetune.ipynb, got '{value}'"):
             batch.expand(["params/demo/finetune.yaml"], {key: value})
@@ -363,22 +376,46 @@ def test_a_failed_rerun_keeps_the_finished_runs_notebook_and_report(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run").glob("infer*.ipynb")) == ["infer.failed.ipynb", "infer.ipynb"]
 
 
-def test_a_run_that_reads_another_runs_folder_follows_it():
-    """A folder of params files holds a fine-tune and the evaluation that reads its output_dir: the evaluation joins
-    the fine-tune's group, after it (with --jobs it started before there was a model to read); a pipeline that
-    reads it follows from that step on, its steps in order."""
-    spec = lambda name, group, **params: batch.RunSpec(name, Path("notebooks/x.ipynb"), params, "src", group)  # noqa: E731
-    ev = spec("s/eval", "eval.yaml", output_dir="/tmp/o/eval", finetune_dir="/tmp/o/ft")
-    p1 = spec("p/infer", "p", output_dir="/tmp/o/p1")
-    p2 = spec("p/eval", "p", output_dir="/tmp/o/p2", model="/tmp/o/ft/model")
-    p3 = spec("p/board", "p", output_dir="/tmp/o/p3")
-    ft = spec("s/ft", "ft.yaml", output_dir="/tmp/o/ft")
-    other = spec("s/infer", "infer.yaml", output_dir="/tmp/o/infer", model="demo/model")
-    got = [s.name for s in batch._with_dependencies([ev, p1, p2, p3, ft, other])]
-    assert got == ["p/infer", "s/ft", "p/eval", "p/board", "s/eval", "s/infer"]
-    assert ev.group == ft.group == p2.group == p3.group == p1.group and other.group == "infer.yaml"
+def test_a_run_that_reads_another_runs_folder_waits_for_it(monkeypatch, tmp_path):
+    """A folder of params files holds a fine-tune and the evaluation that reads its output_dir: the evaluation's
+    group starts after the fine-tune's (with --jobs it started before there was a model to read) and is skipped
+    when the fine-tune fails; an unrelated failure (a pipeline's first step) skips nothing of other groups, and
+    leaderboards run last."""
+    spec = lambda name, group, **params: batch.RunSpec(  # noqa: E731
+        name, Path("notebooks/compare_runs.ipynb" if "board" in name else "notebooks/x.ipynb"), params, "src", group)
+    o = tmp_path
+    ev = spec("s/eval", "eval.yaml", output_dir=str(o / "eval"), finetune_dir=str(o / "ft"))
+    p1 = spec("p/infer", "p", output_dir=str(o / "p1"))
+    p2 = spec("p/eval", "p", output_dir=str(o / "p2"), model=str(o / "ft" / "model"))
+    board = spec("s/board", "board.yaml", output_dir=str(o / "b"))
+    ft = spec("s/ft", "ft.yaml", output_dir=str(o / "ft"))
+    other = spec("s/infer", "infer.yaml", output_dir=str(o / "infer"), model="demo/model")
+    specs = batch._with_dependencies([ev, p1, p2, board, ft, other])
+    assert [s.after for s in specs] == [["s/ft"], [], ["s/ft"], [], [], []]
+    assert [s.group for s in specs] == ["eval.yaml", "p", "p", "board.yaml", "ft.yaml", "infer.yaml"]
+
+    def run(fail: set[str]) -> list[tuple[str, str]]:
+        order = []
+
+        def execute(spec, hide_code=False, progress=True):
+            order.append(spec.name)
+            return batch.RunRecord(spec.name, spec.notebook, Path(spec.params["output_dir"]), o / "x.ipynb", None,
+                                   "failed" if spec.name in fail else "ok", None, 0.0, 0.0, spec.params)
+
+        monkeypatch.setattr(batch, "execute", execute)
+        records = batch.run_all(specs, index=o / "runs.jsonl", progress=False)
+        return order, {r.name: r.status for r in records}
+
+    order, status = run(set())
+    assert order.index("s/ft") < order.index("s/eval") and order.index("s/ft") < order.index("p/eval")
+    assert order[-1] == "s/board" and set(status.values()) == {"ok"}
+    order, status = run({"p/infer"})  # the pipeline's own later step is skipped; the fine-tune is not
+    assert status["s/ft"] == "ok" and status["s/eval"] == "ok" and status["p/eval"] == "skipped"
+    order, status = run({"s/ft"})  # what reads the failed fine-tune is skipped, the rest runs
+    assert status["s/eval"] == "skipped" and status["p/eval"] == "skipped" and status["s/infer"] == "ok"
+    assert status["p/infer"] == "ok"
     demo = {s.name: s for s in batch.expand(["params/demo"])}  # the shipped folder: evaluation after its fine-tune
-    assert demo["demo/infer_after_finetune"].group == demo["demo/finetune"].group
+    assert demo["demo/infer_after_finetune"].after == ["demo/finetune"]
 
 
 def test_broken_files_and_index_lines_are_named_not_tracebacks(tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from asr_workbench import evaluate, infer, scoring
+from asr_workbench import datadir, evaluate, infer, scoring
 from asr_workbench.finetune import export
 from asr_workbench.modelhub import check_folder
 from conftest import DEMO_DATA, DEMO_MODEL, REPO, subset
@@ -188,7 +188,7 @@ def test_settings_that_would_fail_late_fail_before_decoding(tmp_path, notebook_f
     with pytest.raises(ValueError, match="n_bootstrap must be an integer >= 100"):
         run("c", n_bootstrap=1)
     # a set whose folder is missing is named by its key before any set is decoded
-    with pytest.raises(FileNotFoundError, match=rf"test_sets\[gone\]: {tmp_path / 'nosuch'} is not a data folder"):
+    with pytest.raises(datadir.DataError, match=rf"test_sets\[gone\]: {tmp_path / 'nosuch'}: no such data folder"):
         run("c2", test_sets={"t": data, "gone": str(tmp_path / "nosuch")})
     assert not (tmp_path / "c2" / "t").exists()
     other = tmp_path / "other-base"

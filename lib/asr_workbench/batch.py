@@ -60,6 +60,7 @@ class RunSpec:
     source: str  # the file it came from
     group: str  # runs of one group (a pipeline) execute in order; groups are independent
     command: str = ""
+    after: list[str] = field(default_factory=list)  # runs of other groups whose output_dir this one reads
 
 
 @dataclass
@@ -236,23 +237,27 @@ def _typed(notebook: Path, params: dict[str, Any], source: str) -> dict[str, Any
 
     for k, v in params.items():
         kind = str((known.get(k) or {}).get("inferred_type_name") or "")
-        if isinstance(v, str) and v.strip() in _NULLS and kind != "str":
+        if v is None or (isinstance(v, str) and v.strip() in (_NULLS[:3] if kind == "str" else _NULLS)):
             out[k] = None
-        elif kind in ("int", "float") and (isinstance(v, (str, float)) and not isinstance(v, bool)):
+        elif kind in ("int", "float"):
             number = yaml_number(v.strip()) if isinstance(v, str) else v
-            if not isinstance(number, (int, float)):
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
                 raise bad(k, kind, v)
             if kind == "int" and isinstance(number, float):
                 if not number.is_integer():
                     raise bad(k, kind, v)
                 number = int(number)
             out[k] = float(number) if kind == "float" else number
+        elif kind == "str" and isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = str(v)  # a name that YAML read as a number (model: 123)
+        elif kind == "bool" and not isinstance(v, (bool, str)):
+            raise bad(k, kind, v)
         elif not isinstance(v, str):
             continue
         elif kind == "list":
             out[k] = [v]
         elif kind == "str":
-            out[k] = None if v.strip() in ("null", "~") else v
+            out[k] = v
         else:  # bool, dict, untyped: as YAML reads it
             value = yaml.safe_load(v)
             if (kind == "bool" and not isinstance(value, bool)) or (kind == "dict" and not isinstance(value, dict)):
@@ -351,6 +356,8 @@ def load_sweep(path: Path, overrides: dict[str, Any], ex: _Expansion) -> list[Ru
         params = _with_overrides(nb, {**base, **point}, overrides, str(path))
         name = _point_name(point)
         root = params.get("output_dir")  # the params file's, or -p output_dir
+        if isinstance(root, str) and root.strip() in _NULLS:  # -p output_dir=null: fresh folders, as in a file
+            root = params["output_dir"] = None
         if root:  # a fixed folder: one sub-folder per point, named safely
             params["output_dir"] = str(Path(str(root)) / _safe_name(name))
         specs.append(_finish(f"{label}/{name}", nb, params, str(path), f"{path}#{name}", ex, ex.command(path)))
@@ -431,31 +438,20 @@ _INPUT_KEYS = ("finetune_dir", "model", "modelscope_model_name", "data_dir", "da
 
 
 def _with_dependencies(specs: list[RunSpec]) -> list[RunSpec]:
-    """A run that reads another's ``output_dir`` (an evaluation of a fine-tune listed beside it in a folder of params
-    files) joins that run's group, after it: with ``--jobs`` it would otherwise start before there is anything to read
-    (or read an older run's model)."""
+    """Note in ``after`` which runs of other groups each run reads the ``output_dir`` of (an evaluation of a
+    fine-tune listed beside it in a folder of params files): :func:`run_all` starts its group once theirs have
+    finished, and skips the run when one of them failed. Groups stay as they are (a failure elsewhere in the
+    producer's pipeline does not skip an unrelated run)."""
     outs = [(Path(os.path.realpath(s.params["output_dir"])), s) for s in specs]
-    ordered = list(specs)
     for s in specs:
         for key in _INPUT_KEYS:
             value = s.params.get(key)
             if not isinstance(value, str) or not value:
                 continue
             real = Path(os.path.realpath(paths.resolve(value)))
-            producer = next((p for out, p in outs if p is not s and p.group != s.group
-                             and (real == out or out in real.parents)), None)
-            if producer is None:
-                continue
-            members = [t for t in ordered if t.group == s.group]  # s's group (a pipeline) joins the producer's,
-            tail = members[members.index(s):]  # s and the steps after it running after the producer, in order
-            for t in members:
-                t.group = producer.group
-            for t in tail:
-                ordered.remove(t)
-            at = ordered.index(producer) + 1
-            ordered[at:at] = tail
-            break
-    return ordered
+            s.after += [p.name for out, p in outs if p.group != s.group and p.name not in s.after
+                        and (real == out or out in real.parents)]
+    return specs
 
 
 def _metrics(out: Path) -> dict[str, Any]:
@@ -480,9 +476,11 @@ def execute(spec: RunSpec, hide_code: bool = False, progress: bool = True) -> Ru
     t0 = time.time()
     status, error = "ok", None
     try:  # a folder the notebook would refuse (a model, another kind of run's) gets nothing written, not even here
-        model = spec.params.get("model")
-        local = paths.resolve(model) if isinstance(model, str) and model else None
-        runs.check_output_dir(out, _RUN_KINDS.get(spec.notebook.stem), [local] if local and local.is_dir() else [])
+        # the folders the notebook itself protects: its model, a fine-tune's model/ and train/
+        model, ft = (spec.params.get(k) for k in ("model", "finetune_dir"))
+        protect = [paths.resolve(model)] if isinstance(model, str) and model else []
+        protect += [paths.resolve(ft) / sub for sub in ("model", "train")] if isinstance(ft, str) and ft else []
+        runs.check_output_dir(out, _RUN_KINDS.get(spec.notebook.stem), [p for p in protect if p.is_dir()])
     except ValueError as e:
         return RunRecord(spec.name, spec.notebook, out, executed, None, "failed", f"ValueError: {e}", 0.0, t0,
                          spec.params)
@@ -585,6 +583,9 @@ def read_index(index: str | Path | None = None) -> list[dict[str, Any]]:
         for key in ("primary_cer", "rtf"):
             if not isinstance(entry.get(key), (int, float, type(None))) or isinstance(entry.get(key), bool):
                 entry[key] = None
+        entry["parameters"] = entry["parameters"] if isinstance(entry.get("parameters"), dict) else {}
+        for key in ("status", "notebook"):
+            entry[key] = str(entry.get(key) or "")
         sets = entry.get("per_set_cer")
         entry["per_set_cer"] = {str(k): v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
                                 for k, v in sets.items()} if isinstance(sets, dict) else {}
@@ -596,26 +597,32 @@ def read_index(index: str | Path | None = None) -> list[dict[str, Any]]:
 
 
 def _run_group(specs: list[RunSpec], hide_code: bool, progress: bool, env: dict[str, str],
-               index: Path | None, devices: Any = None) -> list[RunRecord]:
+               index: Path | None, devices: Any = None, failed: dict[str, str] | None = None) -> list[RunRecord]:
     os.environ.update(env)
     device = devices.get() if devices is not None else None  # a free GPU, given back when the group ends
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device
     try:
-        return _run_specs(specs, hide_code, progress, index)
+        return _run_specs(specs, hide_code, progress, index, failed)
     finally:
         if device is not None:
             devices.put(device)
 
 
-def _run_specs(specs: list[RunSpec], hide_code: bool, progress: bool, index: Path | None) -> list[RunRecord]:
+def _run_specs(specs: list[RunSpec], hide_code: bool, progress: bool, index: Path | None,
+               failed: dict[str, str] | None = None) -> list[RunRecord]:
+    """Run a group's specs in order; one is skipped after a failed step of its group, or when a run it reads
+    (``after``) did not succeed (``failed``: name -> status of runs of other groups)."""
     records: list[RunRecord] = []
     for spec in specs:
+        cause = next(((n, st) for n, st in (failed or {}).items() if n in spec.after), None)
         if records and records[-1].status != "ok":
+            cause = (records[-1].name, records[-1].status)
+        if cause:
             out = Path(spec.params["output_dir"])
             remove_if_empty(out)  # reserved for it, never written
             rec = RunRecord(spec.name, spec.notebook, out, out / spec.notebook.name, None, "skipped",
-                            f"skipped: {records[-1].name} {records[-1].status}", 0.0, time.time(), spec.params)
+                            f"skipped: {cause[0]} {cause[1]}", 0.0, time.time(), spec.params)
         else:
             rec = execute(spec, hide_code, progress)
         append_index(rec, index)
@@ -633,20 +640,40 @@ def run_all(specs: Sequence[RunSpec], jobs: int = 1, devices: Sequence[str] = ()
     groups: dict[str, list[RunSpec]] = {}
     for s in specs:
         groups.setdefault(s.group, []).append(s)
-    # leaderboards (compare_runs alone) read the run index: they run once every other group has finished
-    boards = [g for g in groups.values() if all(s.notebook.stem == "compare_runs" for s in g)]
-    ordered = [g for g in groups.values() if g not in boards]
+    group_of = {s.name: s.group for s in specs}
+    # a group starts once the groups it reads from have finished; leaderboards (compare_runs alone) read the run
+    # index, so they wait for every other group
+    boards = {g for g, members in groups.items() if all(s.notebook.stem == "compare_runs" for s in members)}
+    needs = {g: ({group_of[a] for s in members for a in s.after if a in group_of} - {g})
+             | (set(groups) - boards if g in boards else set()) for g, members in groups.items()}
+    statuses: dict[str, str] = {}
+
+    def failed() -> dict[str, str]:
+        return {n: st for n, st in statuses.items() if st != "ok"}
+
+    def next_ready(done: set[str], pending: list[str]) -> str | None:
+        return next((g for g in pending if needs[g] <= done), None)
+
+    results: list[RunRecord] = []
+    pending, done = list(groups), set()
     if jobs <= 1:
         env = {"CUDA_VISIBLE_DEVICES": devices[0]} if devices else {}
         saved = {k: os.environ.get(k) for k in env}
         try:
-            return [r for g in ordered + boards for r in _run_group(g, hide_code, progress, env, index)]
+            while pending:
+                g = next_ready(done, pending) or pending[0]  # a cycle (two runs reading each other): listing order
+                pending.remove(g)
+                records = _run_group(groups[g], hide_code, progress, env, index, failed=failed())
+                statuses.update((r.name, r.status) for r in records)
+                results += records
+                done.add(g)
+            return results
         finally:
             for k, v in saved.items():
                 os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, wait
 
-    results: list[RunRecord] = []
     ctx = mp.get_context("spawn")
     with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
         free = None
@@ -655,10 +682,23 @@ def run_all(specs: Sequence[RunSpec], jobs: int = 1, devices: Sequence[str] = ()
             for d in devices:
                 free.put(d)
         env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        for wave in (ordered, boards):
-            futures = [pool.submit(_run_group, g, hide_code, False, env, index, free) for g in wave]
-            for f in futures:
-                results += f.result()
+        running: dict[Any, str] = {}
+        try:
+            while pending or running:
+                # at most `jobs` groups handed to the pool: nothing waits in its queue, so Ctrl-C starts nothing new
+                while len(running) < jobs and (g := next_ready(done, pending) or (
+                        pending[0] if pending and not running else None)):
+                    pending.remove(g)
+                    running[pool.submit(_run_group, groups[g], hide_code, False, env, index, free, failed())] = g
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    records = f.result()
+                    statuses.update((r.name, r.status) for r in records)
+                    results += records
+                    done.add(running.pop(f))
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     return results
 
 

@@ -21,8 +21,11 @@ def _parse_override(text: str) -> tuple[str, Any]:
         parsed = yaml.safe_load(value)
     except yaml.YAMLError as e:
         raise argparse.ArgumentTypeError(f"-p {key}: not a YAML value ({str(e).splitlines()[0]}): {value!r}") from e
-    # a scalar stays text: the notebook parameter's type reads it (YAML 1.1 would make 0755 493 and yes true)
-    return key, parsed if isinstance(parsed, (list, dict)) else value
+    # a scalar stays text: the notebook parameter's type reads it (YAML 1.1 would make 0755 493 and yes true);
+    # quoted, it is the string inside the quotes
+    if isinstance(parsed, (list, dict)) or (isinstance(parsed, str) and value.strip()[:1] in ("'", '"')):
+        return key, parsed
+    return key, value
 
 
 def _cer(value: Any) -> str:
@@ -61,9 +64,10 @@ def _cmd_run(a: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         for s in specs:  # folders reserved for runs that never started
             batch.remove_if_empty(Path(s.params["output_dir"]))
-        print(f"\ninterrupted: finished runs are in the index ({batch.paths.outputs_root() / batch.INDEX}); the same "
-              "command runs them all again (an interrupted inference resumes from its partial file, a fine-tune with "
-              "-p resume=true from its last checkpoint)", file=sys.stderr)
+        print(f"\ninterrupted: finished runs are in the index ({batch.paths.outputs_root() / batch.INDEX}). The same "
+              "command starts the others again; a run in a fixed output_dir resumes there (an inference from its "
+              "partial file, a fine-tune with -p resume=true), one in a fresh folder gets a new folder: to resume it, "
+              "rerun it with -p output_dir=<its folder>", file=sys.stderr)
         return 130
     print(f"\n{'run':<40} {'status':<8} {'CER':>9} {'time':>7}  report")
     for r in records:

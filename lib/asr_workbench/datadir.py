@@ -30,7 +30,7 @@ from asr_workbench.scoring import tokens as score_tokens
 
 __all__ = [
     "Issue", "DataReport", "Utterance", "DataSet", "DataError",
-    "read_lines", "read_table", "load_dataset", "training_target", "training_record", "untrainable_marks", "read_through", "write_jsonl",
+    "read_lines", "read_table", "load_dataset", "training_target", "training_record", "untrainable_marks", "read_through", "check_source", "write_jsonl",
     "write_jsonl_from_dir",
 ]
 
@@ -409,6 +409,21 @@ def _read_jsonl(path: Path, report: DataReport) -> tuple[dict[str, tuple[str, in
     return wavs, texts
 
 
+def check_source(data: Path) -> None:
+    """Raise :class:`DataError` unless ``data`` is a data folder with a ``wav.scp`` or a FunASR ``.jsonl`` (what
+    :func:`load_dataset` reads), saying what it is instead."""
+    if data.is_file() and data.suffix == ".jsonl":
+        return
+    if data.is_dir():
+        if not (data / "wav.scp").is_file():
+            raise DataError(f"{data / 'wav.scp'}: no wav.scp in the data folder {data}")
+        return
+    if data.is_file():  # the list itself: wav.scp, text
+        raise DataError(f"{data}: a file, not a data folder: give the folder that holds wav.scp (+ text): {data.parent}"
+                        if data.name in ("wav.scp", "text") else f"{data}: not a data folder (wav.scp [+ text]) nor a .jsonl file")
+    raise DataError(f"{data}: no such data folder (a folder with wav.scp [+ text], or a .jsonl file)")
+
+
 def load_dataset(
     data: str | Path,
     vocab: Iterable[str] | None = None,
@@ -429,6 +444,7 @@ def load_dataset(
     if on_bad_input not in ("skip", "fail"):
         raise ValueError(f"on_bad_input must be 'skip' or 'fail', got {on_bad_input!r}")
     data = Path(data)
+    check_source(data)
     report = DataReport()
     if data.is_file() and data.suffix == ".jsonl":
         wav_path = text_path = data
@@ -436,8 +452,6 @@ def load_dataset(
         has_text = bool(texts)
     elif data.is_dir():
         wav_path, text_path = data / "wav.scp", data / "text"
-        if not wav_path.is_file():
-            raise DataError(f"{wav_path}: no wav.scp in the data folder {data}")
         wavs = _parse_table(wav_path, report, "wav.scp")
         has_text = text_path.is_file()
         near = sorted(p.name for p in data.glob("text.*") if p.is_file()) if not has_text else []
@@ -453,11 +467,6 @@ def load_dataset(
                                 "START =END) and list those in wav.scp")
             report.add(None, str(data / "segments"), "info", "segments_ignored",
                        "segments file ignored: text's ids are wav.scp's, so each entry is decoded whole")
-    elif data.is_file():  # the list itself: wav.scp, text
-        raise DataError(f"{data}: a file, not a data folder: give the folder that holds wav.scp (+ text): {data.parent}"
-                        if data.name in ("wav.scp", "text") else f"{data}: not a data folder (wav.scp [+ text]) nor a .jsonl file")
-    else:
-        raise DataError(f"{data}: no such data folder (a folder with wav.scp [+ text], or a .jsonl file)")
     report.n_input = len(wavs) + sum(1 for i in report.issues if i.code in ("duplicate_id", "malformed_line")
                                      and i.where.rsplit(":", 1)[0] == str(wav_path))
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from asr_workbench import decode, infer, modelhub, paths, runs, scoring
+from asr_workbench import datadir, decode, infer, modelhub, paths, runs, scoring
 from asr_workbench.finetune import export
 from asr_workbench.fileio import atomic_write_json, atomic_write_text
 
@@ -236,10 +236,10 @@ def run(
     if bad:
         raise ValueError(f"test set name(s) {bad}: use letters, digits and _.=+- (they name folders)")
     for name, folder in sets.items():  # all found before hours of decoding, not after
-        where = paths.resolve(folder)
-        if not ((where.is_dir() and (where / "wav.scp").is_file()) or (where.is_file() and where.suffix == ".jsonl")):
-            raise FileNotFoundError(f"{'data_dir' if name == 'data' and data_dir else f'test_sets[{name}]'}: {where} "
-                                    "is not a data folder (wav.scp [+ text]) nor a .jsonl file")
+        try:
+            datadir.check_source(paths.resolve(folder))
+        except datadir.DataError as e:
+            raise datadir.DataError(f"{'data_dir' if name == 'data' and data_dir else f'test_sets[{name}]'}: {e}") from e
     required = list(REQUIRED_FILES if required_files is None else required_files)
     base_name = _base_model_name(ft_dir, modelscope_model_name)
     base = modelhub.open_model(base_name, cache_dir=cache_dir) if base_name else None

@@ -49,6 +49,8 @@ def _order(value: Any) -> tuple[str, Any]:
 def _cer_label(normalisers: Sequence[str] = (NORMALISER,), what: str = "CER") -> str:
     """An axis label that names the text normaliser behind the CER figures ("mixed" when they differ)."""
     names = sorted({str(n).split(":")[0] for n in normalisers if n})
+    if not names:  # runs recorded before the normaliser was
+        return f"{what} (%)"
     return f"{what} (%), normaliser {names[0] if len(names) == 1 else 'mixed: ' + ', '.join(names)}"
 
 
