@@ -46,7 +46,7 @@ def pipeline_run(tmp_path_factory, tiny_sets):
     return work / "outputs", proc.stdout
 
 
-def test_pipeline_steps_feed_each_other_and_leave_run_folders(pipeline_run):
+def test_pipeline_steps_feed_each_other_and_leave_run_folders(pipeline_run, tiny_sets):
     outputs, stdout = pipeline_run
     index = batch.read_index(outputs / "runs.jsonl")
     assert [e["name"] for e in index] == ["tiny.pipeline/infer", "tiny.pipeline/finetune", "tiny.pipeline/evaluate"]
@@ -59,7 +59,11 @@ def test_pipeline_steps_feed_each_other_and_leave_run_folders(pipeline_run):
         nb = json.loads((out / f"{e['notebook']}.ipynb").read_text(encoding="utf-8"))
         assert nb["metadata"]["papermill"]["parameters"]["output_dir"] == e["output_dir"]
         assert (out / "report.html").is_file() and (out / "command.txt").is_file()
-    assert set(ev["per_set_cer"]) == {"target", "base"} and ev["primary_cer"] is not None
+    # one data set, one name on the leaderboard: the evaluation's sets are keyed by their folders, as infer's are
+    inf = index[0]
+    assert set(ev["per_set_cer"]) == {"/".join(Path(tiny_sets[k]).parts[-2:]) for k in ("target", "base")}
+    assert set(inf["per_set_cer"]) <= set(ev["per_set_cer"]) and ev["primary_cer"] is not None
+    assert list(ft["per_set_cer"]) == ["/".join(Path(tiny_sets["finetune"]).parts[-1:]) + "/validation"]
     assert "target: base" in stdout and "fine-tuned" in stdout  # the closing summary
 
 

@@ -525,8 +525,14 @@ def execute(spec: RunSpec, hide_code: bool = False, progress: bool = True) -> Ru
 
 def _index_entry(rec: RunRecord) -> dict[str, Any]:
     m = rec.metrics
-    data = "/".join(Path(str(m["data_dir"])).parts[-2:]) if m.get("data_dir") else "dev"
+    # each CER under its data folder's last two parts (target/test), whichever notebook measured it, so one data
+    # set has one name on the leaderboard (an evaluation's set names are its own choice)
+    short = lambda d: "/".join(Path(str(d)).parts[-2:])  # noqa: E731
+    data = short(m["data_dir"]) if m.get("data_dir") else "dev"
     per_set = m.get("per_set_cer") or ({data: m["cer"]} if m.get("cer") is not None else {})
+    folders = m.get("per_set_data_dir") or {}
+    if folders and len({short(folders.get(k, k)) for k in per_set}) == len(per_set):
+        per_set = {short(folders.get(k, k)): v for k, v in per_set.items()}
     return {"name": rec.name, "status": rec.status, "notebook": rec.notebook.stem, "output_dir": str(rec.output_dir),
             "html": str(rec.html) if rec.html else None, "started": datetime.fromtimestamp(rec.started).isoformat(timespec="seconds"),
             "seconds": rec.seconds, "error": rec.error, "primary_cer": m.get("cer"), "per_set_cer": per_set,

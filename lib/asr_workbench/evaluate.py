@@ -299,6 +299,7 @@ def run(
                             "n_bootstrap": n_bootstrap, "seed": seed, **{k: v for k, v in common.items() if k != "progress"}})
     runs.write_metrics(out, {"cer": results[0].finetuned["cer"], "normaliser": scoring.NORMALISER,
                              "per_set_cer": {s.name: s.finetuned["cer"] for s in results},
+                             "per_set_data_dir": {s.name: s.data_dir for s in results},
                              "per_set_base_cer": {s.name: (s.base or {}).get("cer") for s in results},
                              "warnings": warnings, "model_dir": str(model_dir),
                              "provenance": runs.provenance(model_dir / "model.pt")})

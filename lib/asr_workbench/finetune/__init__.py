@@ -400,6 +400,7 @@ def run(p: FinetunePlan, live: bool = True) -> FinetuneResult:
                "nproc": p.nproc, "device": p.device, "steps_per_epoch": p.steps_per_epoch, "total_steps": p.total_steps,
                "warnings": warnings, "stripped_optimizer_state": stripped, "normaliser": scoring.NORMALISER,
                "cer": round(cer[chosen], 6), "model_dir": str(model_dir),
+               "data_dir": str(p.dev.folder),  # what "cer" was measured on: the dev split
                "provenance": runs.provenance(model_dir / "model.pt", [p.train.jsonl, p.dev.jsonl])}
     runs.write_metrics(p.output_dir, metrics)
     return FinetuneResult(p.output_dir, model_dir, chosen, all_cer, progress, seconds, metrics)
