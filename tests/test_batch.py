@@ -323,7 +323,7 @@ def test_cer_figures_name_their_normaliser_and_sweeps_plot_in_value_order(tmp_pa
     name = scoring.NORMALISER.split(":")[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4"] and name in ax.get_ylabel()
     assert list(ax.lines[0].get_xdata()) == [0, 2]  # d/a: batch 1 at position 0, batch 4 at position 2
-    assert f"CER({name})" in board.text().splitlines()[0]
+    assert f"CER({name})" in board.text().splitlines()[0] and "started" in board.text().splitlines()[0]
     row = {"scored": True, "duration_s": 2.0, "cer": 0.5, "ref_tokens": 4, "errors": 2}
     assert name in report.cer_vs_duration([row]).axes[0].get_ylabel()
 

@@ -41,13 +41,14 @@ class Leaderboard:
     def text(self) -> str:
         mixed = len(self.normalisers) > 1
         cer = "CER" if mixed or not self.normalisers else f"CER({self.normalisers[0]})"
-        head = ["run", "notebook", "data", cer, *(["normaliser"] if mixed else []), "RTF", "status", *self.params]
+        head = ["run", "notebook", "data", cer, *(["normaliser"] if mixed else []), "RTF", "status", "started",
+                *self.params]
         lines = [f"note: {n}" for n in self.notes] + ["  ".join(head)]
         for r in self.rows:
             cer = f"{r['cer'] * 100:.2f}%" if r.get("cer") is not None else "-"
             lines.append("  ".join([r["name"], r["notebook"], r["data"], cer,
                                     *([r.get("normaliser") or "-"] if mixed else []), str(r.get("rtf") or "-"),
-                                    r["status"],
+                                    r["status"], str(r.get("started") or "-"),
                                     *[json.dumps(r["parameters"].get(p), ensure_ascii=False, default=str) for p in self.params]]))
         return "\n".join(lines)
 

@@ -221,10 +221,10 @@ def leaderboard_table(board: Any) -> Html:
                      f"{r['cer'] * 100:.2f} %" if r.get("cer") is not None else "-",
                      *([html.escape(r.get("normaliser") or "-")] if mixed else []),
                      *[html.escape(str(r["parameters"].get(p))) for p in board.params],
-                     r.get("rtf") or "-", html.escape(r["status"]), link))
+                     r.get("rtf") or "-", html.escape(r["status"]), html.escape(str(r.get("started") or "-")), link))
     cols = list(range(len(rows[0])))
     cer = "CER" if mixed or not board.normalisers else f"CER ({board.normalisers[0]})"
     table = table_html(["run", "notebook", "data", cer, *(["normaliser"] if mixed else []), *board.params, "RTF",
-                        "status", "report"], rows, raw_cols=cols)
+                        "status", "started", "report"], rows, raw_cols=cols)
     notes = "".join(f"<p style='color:#c00'>Note: {html.escape(n)}</p>" for n in board.notes)
     return Html(notes + str(table))
