@@ -55,7 +55,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
     specs = batch.expand(a.params, dict(a.param or []), reserve=not a.dry_run)
     if a.dry_run:
         for s in specs:
-            print(f"{s.name}  [{s.notebook.name}]  group {s.group}")
+            print(f"{s.name}  [{s.notebook.name}]  group {s.group}" + (f"  after {', '.join(s.after)}" if s.after else ""))
             print("  " + yaml.safe_dump(s.params, allow_unicode=True, sort_keys=False).strip().replace("\n", "\n  "))
         return 0
     devices = [d for d in (a.devices or "").split(",") if d]

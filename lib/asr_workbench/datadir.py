@@ -28,11 +28,9 @@ from asr_workbench import audio as audio_mod
 from asr_workbench.fileio import atomic_write_text, jsonl_line
 from asr_workbench.scoring import tokens as score_tokens
 
-__all__ = [
-    "Issue", "DataReport", "Utterance", "DataSet", "DataError",
-    "read_lines", "read_table", "load_dataset", "training_target", "training_record", "untrainable_marks", "read_through", "check_source", "write_jsonl",
-    "write_jsonl_from_dir",
-]
+__all__ = ["Issue", "DataReport", "Utterance", "DataSet", "DataError", "read_lines", "read_table", "load_dataset",
+           "training_target", "training_record", "untrainable_marks", "read_through", "check_source",
+           "write_jsonl", "write_jsonl_from_dir"]
 
 _SPLIT = re.compile(r"\s+")
 MIN_DURATION_S = 0.1
@@ -282,7 +280,8 @@ _WAV_FRAME_BLOCKS = (0x0001, 0x0003, 0x0006, 0x0007, 0xFFFE)
 def _wav_declared_frames(path: Path) -> int | None:
     """Frames a RIFF/WAVE header declares: the ``data`` chunk's size over the ``fmt `` chunk's block size, for
     any sample format (integer, float, WAVE_FORMAT_EXTENSIBLE; the stdlib ``wave`` module reads integer PCM
-    only); for compressed codecs (GSM, ADPCM), whose blocks hold many frames, the ``fact`` chunk's count. None when there is no such header, or when the size is a streaming placeholder (0, or near 2 or 4 GiB:
+    only); for compressed codecs (GSM, ADPCM), whose blocks hold many frames, the ``fact`` chunk's count. None
+    when there is no such header, or when the size is a streaming placeholder (0, or near 2 or 4 GiB:
     sox writing to a pipe puts 0x7FFFF000 there)."""
     try:
         with open(path, "rb") as f:
@@ -420,7 +419,8 @@ def check_source(data: Path) -> None:
         return
     if data.is_file():  # the list itself: wav.scp, text
         raise DataError(f"{data}: a file, not a data folder: give the folder that holds wav.scp (+ text): {data.parent}"
-                        if data.name in ("wav.scp", "text") else f"{data}: not a data folder (wav.scp [+ text]) nor a .jsonl file")
+                        if data.name in ("wav.scp", "text")
+                        else f"{data}: not a data folder (wav.scp [+ text]) nor a .jsonl file")
     raise DataError(f"{data}: no such data folder (a folder with wav.scp [+ text], or a .jsonl file)")
 
 

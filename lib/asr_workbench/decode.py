@@ -158,7 +158,8 @@ def _load_error(e: Exception) -> str:
         from importlib import metadata
 
         return (f"config.yaml names model {unregistered.group(1)!r}, a class funasr {metadata.version('funasr')} does "
-                "not have (a FunASR 0.x class? a model for another toolkit?); its model classes include Paraformer, BiCifParaformer, SeacoParaformer, ContextualParaformer, SenseVoiceSmall")
+                "not have (a FunASR 0.x class? a model for another toolkit?); its model classes include "
+                "Paraformer, BiCifParaformer, SeacoParaformer, ContextualParaformer, SenseVoiceSmall")
     if "PytorchStreamReader" in text or "failed finding central directory" in text or "unpickling" in text.lower():
         return f"the weights file is damaged or incomplete ({text.splitlines()[0][:200]}); download or copy it again"
     first = text.splitlines()[0] if text else ""
