@@ -130,8 +130,13 @@ def _decode_lines(raw: bytes, path: Path, report: DataReport) -> list[str]:
         return re.split(r"\r\n|\r|\n", raw.decode("utf-16", errors="replace"))
     # a byte-order mark starts the file, or a line of one (files joined with cat): never part of an id
     lines = [line.removeprefix(b"\xef\xbb\xbf") for line in re.split(rb"\r\n|\r|\n", raw)]
-    out = [line.decode("utf-8", errors="replace") for line in lines]
-    bad = [n for n, line in enumerate(lines, 1) if not line.isascii() and not _is_utf8(line)]
+    out, bad = [], []
+    for n, line in enumerate(lines, 1):
+        try:
+            out.append(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            out.append(line.decode("utf-8", errors="replace"))
+            bad.append(n)
     if not bad:
         return out
     # valid UTF-8 lines: Chinese (a real UTF-8 line: GBK Chinese reads as U+0080-U+07FF letters when it happens
@@ -158,14 +163,6 @@ def _decode_lines(raw: bytes, path: Path, report: DataReport) -> list[str]:
     for n in sorted(set(bad) - set(gbk_lines)):
         report.add(None, f"{path}:{n}", "warning", "not_utf8", f"line {n} is not UTF-8; undecodable bytes replaced")
     return out
-
-
-def _is_utf8(line: bytes) -> bool:
-    try:
-        line.decode("utf-8")
-        return True
-    except UnicodeDecodeError:
-        return False
 
 
 def _latin_text(line: str) -> bool:
@@ -602,6 +599,7 @@ def read_through(ds: DataSet, on_bad_input: str = "skip", workers: int = 4, prog
 
 
 _CJK = "\u3007\u3400-\u4dbf\u4e00-\u9fff"
+_CJK_CHAR = re.compile(f"[{_CJK}]")
 # a space between two Chinese characters (Kaldi-style 今 天); one beside a Latin word stays: with a seg_dict
 # (Paraformer-large) funasr's tokenizer looks words up between spaces, and 用iphone would be spelled letter by letter
 _CJK_GAP = re.compile(f"(?<=[{_CJK}])\\s+(?=[{_CJK}])")
@@ -611,8 +609,7 @@ def _untrainable_at(text: str, vocab: Collection[str]) -> list[int]:
     """Positions of punctuation and symbols ``vocab`` lacks, outside words (a mark between two letters or digits of
     a non-Chinese word, as in don't, e-mail or 3.5, is part of that word)."""
     def in_word(i: int) -> bool:
-        return 0 < i < len(text) - 1 and all(c.isalnum() and not re.match(f"[{_CJK}]", c)
-                                             for c in (text[i - 1], text[i + 1]))
+        return 0 < i < len(text) - 1 and all(c.isalnum() and not _CJK_CHAR.match(c) for c in (text[i - 1], text[i + 1]))
 
     return [i for i, c in enumerate(text) if unicodedata.category(c)[0] in "PS" and c not in vocab and not in_word(i)]
 
