@@ -488,6 +488,16 @@ def test_audio_damaged_inside_is_skipped_with_its_line_and_the_rest_decodes(tmp_
     assert issues["flac"]["where"] == f"{data / 'wav.scp'}:4" and issues["flac"]["code"] == "undecodable_audio"
     assert "NaN or infinite" in issues["nan"]["reason"] and issues["nan"]["where"].endswith("wav.scp:5")
     assert issues["loud"]["severity"] == "warning" and "far beyond full scale" in issues["loud"]["reason"]
+    # its player in the report is scaled to full scale, not a clipped square wave
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    from asr_workbench import audio
+
+    played, _ = sf.read(io.BytesIO(audio.playable_wav(loud)))
+    assert np.mean(np.abs(played) > 0.999) < 0.01 and np.abs(played).max() > 0.9
 
 
 def test_bad_audio_found_while_decoding_fails_a_strict_run_and_keeps_the_earlier_results(tmp_path):

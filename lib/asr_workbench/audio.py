@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-__all__ = ["SAMPLE_RATE", "AudioError", "AudioInfo", "probe", "load", "load_checked", "level_warning"]
+__all__ = ["SAMPLE_RATE", "AudioError", "AudioInfo", "probe", "load", "load_checked", "level_warning", "playable_wav"]
 
 SAMPLE_RATE = 16000
 
@@ -89,3 +89,15 @@ def level_warning(samples: np.ndarray) -> str | None:
     if clipped > _CLIPPED_SHARE:
         return f"clipped: {clipped:.1%} of the samples sit at full scale; expect more errors on it"
     return None
+
+
+def playable_wav(path: str | Path) -> bytes:
+    """The file as a 16 kHz 16-bit WAV for a player in a report; samples beyond full scale (an over-scaled float
+    file) scaled down to it, or they would play as a clipped full-volume square wave."""
+    import io
+
+    x = load(path)
+    peak = max(float(x.max()), -float(x.min())) if x.size else 0.0
+    buf = io.BytesIO()
+    sf.write(buf, x / peak if peak > 1.0 else x, SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    return buf.getvalue()

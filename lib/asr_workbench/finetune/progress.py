@@ -130,8 +130,8 @@ class Progress:
         plt.close(fig)
 
     def load_checkpoint_metrics(self, checkpoint: Any) -> None:
-        """Complete the dev curves from funasr's last checkpoint (its per-epoch val_loss / val_acc records);
-        the log prints the dev loss only when it improves."""
+        """Complete the dev curves from funasr's last checkpoint (its per-epoch val_loss / val_acc records) and
+        show the final figure (live: in place of the running one)."""
         import torch
 
         if not Path(checkpoint).is_file():
@@ -145,6 +145,7 @@ class Progress:
                 points.append(ValPoint(int(m.group(1)), _num(losses.get(name)), _num(accs.get(name))))
         if points:
             self.val = points
+        self._redraw()  # the live figure becomes the final one (the log prints dev loss only when it improves)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -71,7 +71,7 @@ def error_types_bar(metrics: dict[str, Any], title: str = "") -> plt.Figure:
     ax.set_title((_literal(title) + "\n" if title else "") + (f"CER {cer * 100:.2f}%  ({metrics.get('ref_tokens')} tokens)"
                                                     if cer is not None else "not scored"), fontsize=10)
     ax.set_ylabel("count")
-    fig.text(0.01, 0.01, f"normaliser: {str(metrics.get('normaliser', ''))[:60]}", fontsize=6, color="#555")
+    fig.text(0.01, 0.01, f"normaliser: {str(metrics.get('normaliser', '')).split(':')[0]}", fontsize=6, color="#555")
     fig.tight_layout()
     return fig
 
@@ -85,15 +85,18 @@ def cer_vs_duration(results: Sequence[dict[str, Any]], bins: int = 8, normaliser
         ax.text(0.5, 0.5, "no scored utterances", ha="center", va="center", transform=ax.transAxes)
         return fig
     d = [r["duration_s"] for r in rows]
-    ax.scatter(d, [r["cer"] * 100 for r in rows], s=12, alpha=0.5, label="utterance")
+    # exact errors/tokens, as the bins use (the stored cer is rounded)
+    ax.scatter(d, [100 * r["errors"] / r["ref_tokens"] for r in rows], s=12, alpha=0.5, label="utterance")
     lo, hi = min(d), max(d)
+    bins = bins if hi > lo else 1  # one duration: one bin, where the utterances are
     width = (hi - lo) / bins or 1.0
     xs, ys = [], []
     for b in range(bins):
-        sel = [r for r in rows if lo + b * width <= r["duration_s"] < lo + (b + 1) * width or (b == bins - 1 and r["duration_s"] == hi)]
+        last = b == bins - 1  # the last bin holds its upper edge (the longest utterance), once
+        sel = [r for r in rows if lo + b * width <= r["duration_s"] < lo + (b + 1) * width or (last and r["duration_s"] == hi)]
         n = sum(r["ref_tokens"] for r in sel)
         if n:
-            xs.append(lo + (b + 0.5) * width)
+            xs.append(lo + (b + 0.5) * width if hi > lo else lo)
             ys.append(100 * sum(r["errors"] for r in sel) / n)
     ax.plot(xs, ys, "o-", color="#d62728", label="corpus CER per bin")
     ax.set_xlabel("duration (s)")

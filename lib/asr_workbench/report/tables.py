@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,8 +49,9 @@ def summary_table(metrics: dict[str, Any]) -> Html:
         ("CER", f"{cer * 100:.2f} %" if cer is not None else
          "not scored: no transcript matches a decoded id (see the data report)" if metrics.get("has_text") else
          "not scored (no text)"),
-        ("substitutions / deletions / insertions", f"{metrics.get('sub')} / {metrics.get('del')} / {metrics.get('ins')}"),
-        ("reference tokens", metrics.get("ref_tokens")),
+        ("substitutions / deletions / insertions", f"{metrics.get('sub')} / {metrics.get('del')} / {metrics.get('ins')}"
+         if cer is not None else "-"),
+        ("reference tokens", metrics.get("ref_tokens") if cer is not None else "-"),
         ("utterances: input / decoded / scored / skipped",
          f"{metrics['n_input']} / {metrics['n_decoded']} / {metrics['n_scored']} / {metrics['n_skipped']}"),
         ("audio", f"{metrics['audio_seconds']:.1f} s"),
@@ -96,13 +96,9 @@ def diff_html(ref_norm: str, hyp_norm: str) -> str:
 
 def audio_html(path: str) -> str:
     """An inline audio player (16 kHz WAV, base64) for a file of any supported format."""
-    import soundfile as sf
+    from asr_workbench.audio import playable_wav
 
-    from asr_workbench.audio import load
-
-    buf = io.BytesIO()
-    sf.write(buf, load(path), 16000, format="WAV", subtype="PCM_16")
-    return f"<audio controls preload='none' src='data:audio/wav;base64,{base64.b64encode(buf.getvalue()).decode()}'></audio>"
+    return f"<audio controls preload='none' src='data:audio/wav;base64,{base64.b64encode(playable_wav(path)).decode()}'></audio>"
 
 
 def worst_table(results: Sequence[dict[str, Any]], n: int = 10, audio: bool = True) -> Html:
@@ -114,7 +110,8 @@ def worst_table(results: Sequence[dict[str, Any]], n: int = 10, audio: bool = Tr
              diff_html(r["ref_norm"], r["hyp_norm"]), audio_html(r["audio"]) if audio else "") for r in rows]
     legend = ("<p style='font-size:smaller'>red: substitution (reference below), "
               "<s>struck</s>: deletion, green: insertion</p>")
-    return Html(legend + table_html(["key", "CER", "errors", "hypothesis vs reference", "audio"], body, raw_cols=(3, 4)))
+    return Html(legend + table_html(["key", f"CER ({NORMALISER.split(':')[0]})", "errors", "hypothesis vs reference",
+                                     "audio"], body, raw_cols=(3, 4)))
 
 
 def warnings_html(warnings: Sequence[str]) -> Html:
@@ -149,7 +146,7 @@ def dev_cer_table(dev_cer: dict[str, float], chosen: str) -> Html:
     base = dev_cer.get("base")
     rows = [(name + ("  <- exported" if name == chosen else ""), f"{v * 100:.2f} %",
              f"{(v - base) * 100:+.2f}" if base is not None and name != "base" else "") for name, v in dev_cer.items()]
-    return table_html(["model", "dev CER", "vs base (points)"], rows)
+    return table_html(["model", f"dev CER ({NORMALISER.split(':')[0]})", "vs base (points)"], rows)
 
 
 def finetune_summary(metrics: dict[str, Any]) -> Html:

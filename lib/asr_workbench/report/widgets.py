@@ -8,11 +8,11 @@ fallback, which the workbench's HTML export shows instead.
 from __future__ import annotations
 
 import html
-import io
 from collections.abc import Sequence
 from typing import Any
 
 from asr_workbench.report.tables import diff_html, table_html
+from asr_workbench.scoring import NORMALISER
 
 __all__ = ["Browser", "browser"]
 
@@ -30,13 +30,13 @@ class Browser:
                 for r in self.results[: self.static_rows]]
         more = len(self.results) - len(rows)
         tail = f"<p>... {more} more utterances in results.jsonl</p>" if more > 0 else ""
-        return table_html(["key", "CER", "duration", "hypothesis vs reference"], rows, raw_cols=(3,)) + tail
+        return table_html(["key", f"CER ({NORMALISER.split(':')[0]})", "duration", "hypothesis vs reference"], rows,
+                          raw_cols=(3,)) + tail
 
     def widget(self) -> Any:
         import ipywidgets as w
-        import soundfile as sf
 
-        from asr_workbench.audio import load
+        from asr_workbench.audio import playable_wav
 
         labels = [(f"{r['key']}  ({r['cer'] * 100:.0f}%)" if r.get("scored") else r["key"], i)
                   for i, r in enumerate(self.results)]
@@ -46,10 +46,8 @@ class Browser:
 
         def show(_: Any = None) -> None:
             r = self.results[pick.value]
-            buf = io.BytesIO()
-            sf.write(buf, load(r["audio"]), 16000, format="WAV", subtype="PCM_16")
-            player.value = buf.getvalue()
-            ref = html.escape(r.get("ref", "(no reference)"))
+            player.value = playable_wav(r["audio"])
+            ref = html.escape(r.get("ref") or "(no reference)")
             diff = diff_html(r["ref_norm"], r["hyp_norm"]) if r.get("scored") else ""
             text.value = (f"<b>ref</b>: {ref}<br><b>hyp</b>: {html.escape(r['hyp'])}<br>{diff}"
                           + (f"<br>CER {r['cer'] * 100:.1f} % ({r['errors']}/{r['ref_tokens']})" if r.get("scored") else ""))
