@@ -127,6 +127,7 @@ def export_html(executed: Path, html_path: Path, hide_code: bool = False) -> Pat
     exporter = HTMLExporter(config=cfg, exclude_input=hide_code, exclude_input_prompt=hide_code,
                             exclude_output_prompt=hide_code)
     nb = nbformat.read(str(executed), as_version=4)
+    nb.metadata.pop("widgets", None)  # the state of widgets a static page cannot show (their views are dropped below)
     for cell in nb.cells:  # a widget with no static fallback (a progress bar) means nothing in a static page
         if cell.cell_type == "code":
             cell.outputs = [o for o in cell.outputs if not (
