@@ -26,13 +26,14 @@ import jiwer
 
 from asr_workbench.fileio import atomic_write_text
 
-__all__ = ["NORMALISER", "normalise", "tokens", "UttScore", "CerResult", "score_utterance", "corpus_cer",
+__all__ = ["NORMALISER", "NORMALISER_NAME", "normalise", "tokens", "UttScore", "CerResult", "score_utterance", "corpus_cer",
            "aggregate", "aligned_pairs", "alignment_text", "text_cer_chunks", "write_funasr_text_cer", "Bootstrap",
            "paired_bootstrap"]
 
 NORMALISER = ("zh-char-v2: NFKC (full->half width), drop <unk>/punctuation/spaces, lower-case, curly apostrophes "
               "straightened; one token per CJK ideograph (every extension), kana or hangul syllable, per word of other "
               "scripts or digit run (MER for mixed text)")
+NORMALISER_NAME = NORMALISER.split(":")[0]  # what a table column or an axis says
 
 # scored one per character: CJK ideographs (BMP, extensions A-H, compatibility), kana letters (not the katakana
 # middle dot U+30FB or the double hyphen U+30A0: punctuation), hangul syllables

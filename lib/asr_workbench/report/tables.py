@@ -7,7 +7,7 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from asr_workbench.scoring import NORMALISER, UttScore, aligned_pairs
+from asr_workbench.scoring import NORMALISER_NAME, UttScore, aligned_pairs
 
 __all__ = ["Html", "config_html", "table_html", "summary_table", "data_report_table", "diff_html", "audio_html", "worst_table", "warnings_html", "finetune_data_table",
            "dev_cer_table", "finetune_summary", "comparison_table", "changed_utterances",
@@ -110,7 +110,7 @@ def worst_table(results: Sequence[dict[str, Any]], n: int = 10, audio: bool = Tr
              diff_html(r["ref_norm"], r["hyp_norm"]), audio_html(r["audio"]) if audio else "") for r in rows]
     legend = ("<p style='font-size:smaller'>red: substitution (reference below), "
               "<s>struck</s>: deletion, green: insertion</p>")
-    return Html(legend + table_html(["key", f"CER ({NORMALISER.split(':')[0]})", "errors", "hypothesis vs reference",
+    return Html(legend + table_html(["key", f"CER ({NORMALISER_NAME})", "errors", "hypothesis vs reference",
                                      "audio"], body, raw_cols=(3, 4)))
 
 
@@ -146,7 +146,7 @@ def dev_cer_table(dev_cer: dict[str, float], chosen: str) -> Html:
     base = dev_cer.get("base")
     rows = [(name + ("  <- exported" if name == chosen else ""), f"{v * 100:.2f} %",
              f"{(v - base) * 100:+.2f}" if base is not None and name != "base" else "") for name, v in dev_cer.items()]
-    return table_html(["model", f"dev CER ({NORMALISER.split(':')[0]})", "vs base (points)"], rows)
+    return table_html(["model", f"dev CER ({NORMALISER_NAME})", "vs base (points)"], rows)
 
 
 def finetune_summary(metrics: dict[str, Any]) -> Html:
@@ -173,8 +173,7 @@ def comparison_table(sets: Sequence[Any]) -> Html:
             "- (no base)" if not s.base else "- (nothing scored)")
         rows.append((s.name, pct(b.get("cer")), pct(f.get("cer")), change, sdi(b), sdi(f), counts,
                      f"{b.get('rtf', '-')} / {f.get('rtf')}"))
-    norm = NORMALISER.split(":")[0]
-    return table_html(["test set", f"base CER ({norm})", f"fine-tuned CER ({norm})", "change, points [95% interval]",
+    return table_html(["test set", f"base CER ({NORMALISER_NAME})", f"fine-tuned CER ({NORMALISER_NAME})", "change, points [95% interval]",
                        "base S/D/I", "fine-tuned S/D/I", "improved / regressed / unchanged", "RTF base / fine-tuned"],
                       rows, raw_cols=(3,))
 

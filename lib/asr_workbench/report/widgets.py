@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from asr_workbench.report.tables import diff_html, table_html
-from asr_workbench.scoring import NORMALISER
+from asr_workbench.scoring import NORMALISER_NAME
 
 __all__ = ["Browser", "browser"]
 
@@ -30,7 +30,7 @@ class Browser:
                 for r in self.results[: self.static_rows]]
         more = len(self.results) - len(rows)
         tail = f"<p>... {more} more utterances in results.jsonl</p>" if more > 0 else ""
-        return table_html(["key", f"CER ({NORMALISER.split(':')[0]})", "duration", "hypothesis vs reference"], rows,
+        return table_html(["key", f"CER ({NORMALISER_NAME})", "duration", "hypothesis vs reference"], rows,
                           raw_cols=(3,)) + tail
 
     def widget(self) -> Any:
