@@ -221,57 +221,36 @@ def build_config(model: ModelFolder, base_kwargs: Mapping[str, Any], params: Fin
     if cfg.get("scheduler") in _UNSTEPPABLE:
         raise ValueError(f"scheduler {cfg['scheduler']!r} cannot run under funasr's trainer as the workbench calls it "
                          f"({_UNSTEPPABLE[cfg['scheduler']]}); use warmuplr, noamlr or CosineAnnealingLR")
-    _check_constructible(cfg, model)
+    optimizer_and_scheduler(cfg, f"the notebook parameter, {model.path / 'finetune.yaml'} or finetune_overrides")
     return cfg
-
-
-def _check_constructible(cfg: Mapping[str, Any], model: ModelFolder) -> None:
-    """Build the optimizer and scheduler as funasr's trainer will (:func:`optimizer_and_scheduler`): a mistyped key
-    of ``optim_conf`` / ``scheduler_conf`` (``warmup_step``) or a missing one (CosineAnnealingLR's ``T_max``) fails
-    here, naming the keys the class takes, not as a TypeError after the trainer started."""
-    import inspect
-
-    from funasr.optimizers import optim_classes
-    from funasr.schedulers import scheduler_classes
-
-    try:
-        optimizer_and_scheduler(cfg)
-    except _BuildError as e:
-        cls = (optim_classes if e.what == "optim" else scheduler_classes)[cfg.get(e.what, _DEFAULTS[e.what])]
-        takes = [n for n in inspect.signature(cls).parameters if n not in ("self", "params", "optimizer")]
-        raise ValueError(f"{e.what}_conf {dict(cfg.get(e.what + '_conf') or {})} does not fit {e.what} "
-                         f"{cfg.get(e.what, _DEFAULTS[e.what])!r} ({cls.__name__}: {e.__cause__}); it takes "
-                         f"{', '.join(takes)}. Set it in {e.what}_conf (the notebook parameter, "
-                         f"{model.path / 'finetune.yaml'} or finetune_overrides)") from e.__cause__
 
 
 _DEFAULTS = {"optim": "adam", "scheduler": "warmuplr"}  # funasr's trainer's when the config names none
 
 
-class _BuildError(Exception):
-    def __init__(self, what: str) -> None:
-        super().__init__(what)
-        self.what = what
+def optimizer_and_scheduler(config: Mapping[str, Any], where: str = "the config") -> tuple[Any, Any]:
+    """funasr's optimizer and scheduler for ``config``, on one dummy weight, built as its trainer builds them (for
+    the plan's check and the schedule plot). A mistyped key of ``optim_conf`` / ``scheduler_conf``
+    (``warmup_step``) or a missing one (CosineAnnealingLR's ``T_max``) is a ValueError naming the keys the class
+    takes and ``where`` to set them, not a TypeError after the trainer started."""
+    import inspect
 
-
-def optimizer_and_scheduler(config: Mapping[str, Any]) -> tuple[Any, Any]:
-    """funasr's optimizer and scheduler for ``config``, on one dummy weight (for plan-time checks and the
-    schedule plot)."""
     import torch
     from funasr.optimizers import optim_classes
     from funasr.schedulers import scheduler_classes
 
-    try:
-        optim = optim_classes[config.get("optim", _DEFAULTS["optim"])](
-            [torch.nn.Parameter(torch.zeros(1))], **(config.get("optim_conf") or {}))
-    except (TypeError, ValueError) as e:
-        raise _BuildError("optim") from e
-    try:
-        sched = scheduler_classes[config.get("scheduler", _DEFAULTS["scheduler"])](
-            optim, **(config.get("scheduler_conf") or {}))
-    except (TypeError, ValueError) as e:
-        raise _BuildError("scheduler") from e
-    return optim, sched
+    def built(what: str, cls: Any, *args: Any) -> Any:
+        conf = dict(config.get(f"{what}_conf") or {})
+        try:
+            return cls(*args, **conf)
+        except (TypeError, ValueError) as e:
+            takes = [n for n in inspect.signature(cls).parameters if n not in ("self", "params", "optimizer")]
+            raise ValueError(f"{what}_conf {conf} does not fit {what} {config.get(what, _DEFAULTS[what])!r} "
+                             f"({cls.__name__}: {e}); it takes {', '.join(takes)}. Set it in {what}_conf "
+                             f"({where})") from e
+
+    optim = built("optim", optim_classes[config.get("optim", _DEFAULTS["optim"])], [torch.nn.Parameter(torch.zeros(1))])
+    return optim, built("scheduler", scheduler_classes[config.get("scheduler", _DEFAULTS["scheduler"])], optim)
 
 
 # nested settings whose values are numbers or names: a YAML 1.1 "1e-4" is a string there, and funasr would get it
