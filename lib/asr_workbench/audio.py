@@ -76,11 +76,14 @@ _FULL_SCALE_FACTOR = 2.0
 _CLIPPED_SHARE = 0.01  # clipping in more than 1 % of the samples is heard as distortion
 
 
+def _peak(samples: np.ndarray) -> float:
+    """The largest absolute sample (0 for none), without an |x| copy: this runs on every decoded file."""
+    return max(float(samples.max()), -float(samples.min())) if samples.size else 0.0
+
+
 def level_warning(samples: np.ndarray) -> str | None:
     """What is wrong with a recording's level for an ASR model, or None (``samples``: float, full scale 1.0)."""
-    if not samples.size:
-        return None
-    peak = max(float(samples.max()), -float(samples.min()))  # no |x| copy: this runs on every decoded file
+    peak = _peak(samples)
     if peak > _FULL_SCALE_FACTOR:
         return (f"samples reach {peak:.4g}, far beyond full scale (1.0): float audio stored at another scale "
                 f"(int16 values as floats?); the model hears it {peak:.3g} times too loud; rescale it to [-1, 1]")
@@ -97,7 +100,7 @@ def playable_wav(path: str | Path) -> bytes:
     import io
 
     x = load(path)
-    peak = max(float(x.max()), -float(x.min())) if x.size else 0.0
+    peak = _peak(x)
     buf = io.BytesIO()
     sf.write(buf, x / peak if peak > 1.0 else x, SAMPLE_RATE, format="WAV", subtype="PCM_16")
     return buf.getvalue()

@@ -283,22 +283,19 @@ def _decode_loop(model: Any, items: Sequence[tuple[str, str, float]], opts: Deco
 def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: DecodeOptions, kw: dict[str, Any],
                     durations: list[float], sink: Callable[[list[Hypothesis]], None],
                     note: Callable[[str], None] | None = None) -> None:
-    from asr_workbench import audio
-
     if opts.vad_model:  # long audio: funasr segments each file itself
         kw = {k: v for k, v in kw.items() if k != "batch_size_s"}
         with _autocast(model, opts.precision):
             for key, path, dur in items:
-                try:
-                    wave, warning = audio.load_checked(path)
-                except audio.AudioError as e:
-                    sink([Hypothesis(key, "", dur, error=str(e))])
+                wave, problem = _read(path)
+                if wave is None:
+                    sink([Hypothesis(key, "", dur, error=problem)])
                     continue
                 try:
                     res = model.generate(input=wave, batch_size_s=opts.batch_seconds or 300, **kw)
                 except Exception as e:
                     raise RuntimeError(f"funasr could not decode {key} ({path}) with its vad_model: {e!r}") from e
-                sink([Hypothesis(key, " ".join(r.get("text", "") for r in res).strip(), dur, warning=warning or "")])
+                sink([Hypothesis(key, " ".join(r.get("text", "") for r in res).strip(), dur, warning=problem)])
         return
     from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
@@ -313,15 +310,7 @@ def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: D
     local = threading.local()
 
     def load(batch: list[int]) -> list[tuple[Any, str]]:
-        """Each utterance's samples and level warning, or (None, why it cannot be decoded)."""
-        out: list[tuple[Any, str]] = []
-        for i in batch:
-            try:
-                wave, warning = audio.load_checked(items[i][1])
-                out.append((wave, warning or ""))
-            except audio.AudioError as e:  # found only now, reading the whole file: this one is skipped, not the run
-                out.append((None, str(e)))
-        return out
+        return [_read(items[i][1]) for i in batch]
 
     def work(batch: list[int], loaded: Future[list[tuple[Any, str]]]) -> list[Hypothesis]:
         # each worker thread takes its batch's audio (read ahead on the loader thread while earlier batches
@@ -368,6 +357,18 @@ def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: D
         finally:
             loader.shutdown(wait=True)
             torch.set_num_threads(previous)
+
+
+def _read(path: str) -> tuple[Any, str]:
+    """An utterance's samples and level warning ("" for none), or (None, why it cannot be decoded): found only
+    now, reading the whole file, so that one utterance is skipped, not the run."""
+    from asr_workbench import audio
+
+    try:
+        wave, warning = audio.load_checked(path)
+        return wave, warning or ""
+    except audio.AudioError as e:
+        return None, str(e)
 
 
 def usable_cores() -> int:
