@@ -554,8 +554,12 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
     _rewrite_partial(partial_file, fingerprint, done)
     todo = [it for it in items if it[0] not in done]
     audio_total = sum(d for _, _, d in items)
-    bar = tqdm(total=round(audio_total, 1), unit="s audio", desc="decoding", disable=not progress)
-    bar.update(round(sum(h.duration_s for h in done.values()), 1))
+    resumed_s = round(sum(h.duration_s for h in done.values()), 1)
+
+    def progress_bar() -> Any:  # made once decoding starts: its rate counts neither model loading nor resumed audio
+        return tqdm(total=round(audio_total, 1), initial=resumed_s, unit="s audio", desc="decoding", disable=not progress,
+                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}, {rate_fmt}]")
+
     t0 = time.perf_counter()
     load_s = 0.0
     notes: list[str] = []
@@ -569,6 +573,7 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
             log.warning(note)
         load_s = time.perf_counter() - t0
         t0 += load_s
+        bar = progress_bar()
         with open(partial_file, "a", encoding="utf-8") as f:
             def sink(hs: list[Hypothesis]) -> None:
                 f.writelines(jsonl_line(asdict(h)) for h in hs)
@@ -588,6 +593,7 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
                 part.unlink()
         for items_file, shard in zip(lists, shards):
             items_file.write_text(json.dumps(shard, ensure_ascii=False), encoding="utf-8")
+        bar = progress_bar()  # the shards load their models inside it
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
         procs = [ctx.Process(target=_shard_worker, args=(model_dir, devices[i % len(devices)], str(lists[i]), opts,
@@ -640,6 +646,7 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
                                "Their error is printed above; from a script, njob > 1 needs the call under "
                                "if __name__ == '__main__': (each shard process imports the script)")
     wall = time.perf_counter() - t0
+    bar.update(bar.total - bar.n)  # per-batch rounding must not end the bar at 99 %
     bar.close()
     if one_by_one:
         notes.append(f"{len(one_by_one)} batch(es) could not be decoded whole by funasr and were decoded one utterance "
