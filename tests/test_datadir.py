@@ -66,6 +66,28 @@ def test_whole_files_in_codecs_without_seeking_are_not_truncated(tmp_path):
     assert {c for k, c in _codes(ds) if k == "b"} == {"truncated"}
 
 
+def test_cut_ogg_streams_are_truncated_not_shorter(tmp_path):
+    """Ogg declares no length: libsndfile decodes a cut Vorbis or Opus file to its last whole page, silently shorter.
+    A whole stream ends with an end-of-stream page (trailing tag bytes after it do not matter)."""
+    x = 0.1 * np.random.default_rng(0).standard_normal(16000 * 5)  # noise: many pages
+    lines = []
+    for codec in ("VORBIS", "OPUS"):
+        whole = tmp_path / f"{codec}.ogg"
+        sf.write(str(whole), x, 16000, format="OGG", subtype=codec)
+        data = whole.read_bytes()
+        page = data.rfind(b"OggS", 0, len(data) // 2)
+        for name, cut in (("mid", data[:len(data) // 2]), ("page", data[:page]), ("tag", data + b"TAG" + b"x" * 125)):
+            (tmp_path / f"{codec}_{name}.ogg").write_bytes(cut)
+            lines.append(f"{codec}_{name} {codec}_{name}.ogg")
+        lines.append(f"{codec} {codec}.ogg")
+        assert 0 < sf.info(str(tmp_path / f"{codec}_mid.ogg")).frames < len(x)  # what libsndfile alone says
+    _write(tmp_path, "\n".join(lines) + "\n")
+    ds = datadir.load_dataset(tmp_path)
+    assert sorted(u.key for u in ds.utterances) == ["OPUS", "OPUS_tag", "VORBIS", "VORBIS_tag"]
+    assert {(k, c) for k, c in _codes(ds) if c == "truncated"} == {
+        (f"{c}_{n}", "truncated") for c in ("VORBIS", "OPUS") for n in ("mid", "page")}
+
+
 def test_whole_aiff_files_with_odd_metadata_are_not_truncated(tmp_path):
     """libsndfile marks "(should be N)" on a 22-byte INST chunk or a FORM size that counts a missing trailing
     metadata chunk: the audio is whole, only data sizes and frame counts tell truncation."""

@@ -255,6 +255,8 @@ def _truncation(path: Path, fmt: str, frames: int) -> str | None:
     if fmt == "NIST":
         declared = _nist_sample_count(path)
         return f"header declares {declared} samples, file holds {frames}" if declared and declared > frames else None
+    if fmt == "OGG":
+        return _ogg_unended(path)
     try:
         log = sf.info(str(path)).extra_info
     except Exception:
@@ -268,6 +270,35 @@ def _truncation(path: Path, fmt: str, frames: int) -> str | None:
         if name.strip().lower() in sizes and int(actual) < int(declared) < _PLACEHOLDER:
             return f"header declares {name.strip()} of {declared} bytes, the file has room for {actual}"
     return None
+
+
+_OGG_MAX_PAGE = 27 + 255 + 255 * 255  # header, segment table, 255 segments of 255 bytes
+
+
+def _ogg_unended(path: Path) -> str | None:
+    """Why an Ogg stream (Vorbis, Opus, FLAC in Ogg) stops before its end, or None. Ogg declares no length: a cut
+    file decodes without an error up to its last whole page. A whole stream's last page carries the end-of-stream
+    flag; read back from the file's end, the first whole page must have it."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            f.seek(max(0, size - _OGG_MAX_PAGE))
+            tail = f.read()
+    except OSError:
+        return None
+    at = tail.rfind(b"OggS")
+    while at >= 0:
+        head = tail[at:at + 27]
+        if len(head) == 27 and head[4] == 0:  # stream structure version 0
+            table = tail[at + 27:at + 27 + head[26]]
+            end = at + 27 + len(table) + sum(table)
+            if len(table) == head[26] and end <= len(tail):
+                if head[5] & 0x04:
+                    return None
+                return ("the last page has no end-of-stream mark" if end == len(tail) else
+                        f"ends inside an Ogg page ({len(tail) - end} bytes after the last whole page)")
+        at = tail.rfind(b"OggS", 0, at)
+    return "no whole Ogg page in its last 64 KiB"
 
 
 # WAVE format tags whose block is one frame: PCM, IEEE float, A-law, mu-law, WAVE_FORMAT_EXTENSIBLE
