@@ -122,6 +122,7 @@ def test_run_command_adds_executed_notebook_and_html(tmp_path):
         assert (out / name).is_file(), name
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "hypothesis vs reference" in html  # the browser's static fallback, not an empty widget
+    assert "<script" not in html and "cdnjs" not in html  # opens offline; a "$" in a transcript is not maths
 
 
 def test_sharded_decoding_matches_single_process(tmp_path):

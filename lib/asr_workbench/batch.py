@@ -117,7 +117,8 @@ def check_params(notebook: Path, params: dict[str, Any], source: str) -> None:
 
 
 def export_html(executed: Path, html_path: Path, hide_code: bool = False) -> Path:
-    """An HTML copy of an executed notebook (``hide_code``: outputs only, for sharing)."""
+    """An HTML copy of an executed notebook (``hide_code``: outputs only, for sharing) that loads nothing from the
+    network (JupyterLab's page without its CDN scripts: nothing in a report needs them)."""
     import nbformat
     from nbconvert import HTMLExporter
     from traitlets.config import Config
@@ -125,7 +126,8 @@ def export_html(executed: Path, html_path: Path, hide_code: bool = False) -> Pat
     cfg = Config()
     cfg.NbConvertBase.display_data_priority = HTML_PRIORITY
     exporter = HTMLExporter(config=cfg, exclude_input=hide_code, exclude_input_prompt=hide_code,
-                            exclude_output_prompt=hide_code)
+                            exclude_output_prompt=hide_code, template_name="lab", template_file="offline.html.j2",
+                            extra_template_paths=[str(Path(__file__).parent / "report" / "templates")])
     nb = nbformat.read(str(executed), as_version=4)
     nb.metadata.pop("widgets", None)  # the state of widgets a static page cannot show (their views are dropped below)
     for cell in nb.cells:  # a widget with no static fallback (a progress bar) means nothing in a static page
