@@ -105,6 +105,8 @@ def test_executed_notebook_shows_report_without_errors(papermill_run):
     assert not [o for o in outputs if o["output_type"] == "error"]
     html = "".join("".join(o.get("data", {}).get("text/html", "")) for o in outputs)
     assert "CER" in html and "Resolved settings" in html and "<audio" in html
+    html_outputs = ["".join(o["data"]["text/html"]) for o in outputs if "text/html" in o.get("data", {})]
+    assert html_outputs and all("tex2jax_ignore" in h for h in html_outputs)  # transcripts are never typeset as maths
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2
     assert nb["metadata"]["papermill"]["parameters"]["output_dir"] == str(papermill_run)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from asr_workbench.scoring import NORMALISER_NAME, UttScore, aligned_pairs
 
-__all__ = ["Html", "config_html", "table_html", "summary_table", "data_report_table", "diff_html", "audio_html", "worst_table", "warnings_html", "finetune_data_table",
+__all__ = ["Html", "no_maths", "config_html", "table_html", "summary_table", "data_report_table", "diff_html", "audio_html", "worst_table", "warnings_html", "finetune_data_table",
            "dev_cer_table", "finetune_summary", "comparison_table", "changed_utterances",
            "checkpoint_table", "leaderboard_table"]
 
@@ -17,11 +17,16 @@ _STYLE = {"S": "background:#fdd;color:#a00", "D": "background:#eee;color:#a00;te
           "I": "background:#dfd;color:#070"}
 
 
+def no_maths(markup: str) -> str:
+    """``markup`` in a block JupyterLab's MathJax leaves alone: a transcript saying "$5 or $10" is text, not maths."""
+    return f"<div class='tex2jax_ignore mathjax_ignore'>{markup}</div>"
+
+
 class Html(str):
-    """An HTML string that Jupyter displays as HTML (and tests read as text)."""
+    """An HTML string that Jupyter displays as HTML, never typeset as maths (and tests read as text)."""
 
     def _repr_html_(self) -> str:
-        return str(self)
+        return no_maths(self)
 
 
 def config_html(config: dict[str, Any]) -> Html:

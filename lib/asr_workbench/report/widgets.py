@@ -11,7 +11,7 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from asr_workbench.report.tables import diff_html, table_html
+from asr_workbench.report.tables import diff_html, no_maths, table_html
 from asr_workbench.scoring import NORMALISER_NAME
 
 __all__ = ["Browser", "browser"]
@@ -30,8 +30,8 @@ class Browser:
                 for r in self.results[: self.static_rows]]
         more = len(self.results) - len(rows)
         tail = f"<p>... {more} more utterances in results.jsonl</p>" if more > 0 else ""
-        return table_html(["key", f"CER ({NORMALISER_NAME})", "duration", "hypothesis vs reference"], rows,
-                          raw_cols=(3,)) + tail
+        return no_maths(table_html(["key", f"CER ({NORMALISER_NAME})", "duration", "hypothesis vs reference"], rows,
+                                   raw_cols=(3,)) + tail)
 
     def widget(self) -> Any:
         import ipywidgets as w
@@ -49,8 +49,9 @@ class Browser:
             player.value = playable_wav(r["audio"])
             ref = html.escape(r.get("ref") or "(no reference)")
             diff = diff_html(r["ref_norm"], r["hyp_norm"]) if r.get("scored") else ""
-            text.value = (f"<b>ref</b>: {ref}<br><b>hyp</b>: {html.escape(r['hyp'])}<br>{diff}"
-                          + (f"<br>CER {r['cer'] * 100:.1f} % ({r['errors']}/{r['ref_tokens']})" if r.get("scored") else ""))
+            text.value = no_maths(f"<b>ref</b>: {ref}<br><b>hyp</b>: {html.escape(r['hyp'])}<br>{diff}"
+                                  + (f"<br>CER {r['cer'] * 100:.1f} % ({r['errors']}/{r['ref_tokens']})"
+                                     if r.get("scored") else ""))
 
         pick.observe(show, names="value")
         if self.results:
