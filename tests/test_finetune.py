@@ -241,6 +241,9 @@ def test_punctuation_the_vocabulary_lacks_is_left_out_of_training_targets(tmp_pa
     assert datadir.training_target("ok,go 今天，好", {"今", "天", "好", ","}) == "ok,go 今天好"
     assert datadir.training_target("don't stop，今 天。ok", {"今", "天"}) == "don't stop 今天 ok"
     assert datadir.training_target("我 用 iphone", {"我", "用"}) == "我用 iphone"
+    # corpus annotations are not speech: no <, N, O, I, S, E trained as <unk>
+    assert datadir.training_target("<NOISE> 今天 [笑]好", {"今", "天", "好"}) == "今天好"
+    assert datadir.untrainable_marks("<NOISE> 今天，[LAUGHTER]", {"今", "天"}) == ["<NOISE>", "，", "[LAUGHTER]"]
 
 
 def test_audio_the_trainer_would_stop_at_is_found_at_plan_time(tmp_path):

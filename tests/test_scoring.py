@@ -22,6 +22,11 @@ from asr_workbench import scoring
     ("迈克尔・杰克逊", "迈 克 尔 杰 克 逊"),  # the katakana middle dot in names is punctuation
     ("我❤️你", "我 你"),  # a variation selector after a symbol is no token
     ("ラーメン", "ラ ー メ ン"),
+    # corpus annotations and model tags are not words: <NOISE>, [LAUGHTER], full-width ［笑］, SenseVoice's <|zh|>
+    ("<NOISE> 明天是星期五 [LAUGHTER]", "明 天 是 星 期 五"),
+    ("<sil>你好<spk/>［笑］", "你 好"),
+    ("<|zh|><|NEUTRAL|><|Speech|>今天", "今 天"),
+    ("3 < 5 and 7 > 2 [vocalized noise]", "3 5 and 7 2 vocalized noise"),  # brackets around spaces are text
 ])
 def test_normaliser(raw, norm):
     assert scoring.normalise(raw) == norm

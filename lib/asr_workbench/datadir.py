@@ -26,7 +26,7 @@ import soundfile as sf
 
 from asr_workbench import audio as audio_mod
 from asr_workbench.fileio import atomic_write_text, jsonl_line
-from asr_workbench.scoring import tokens as score_tokens
+from asr_workbench.scoring import TAG, tokens as score_tokens
 
 __all__ = ["Issue", "DataReport", "Utterance", "DataSet", "DataError", "read_lines", "read_table", "load_dataset",
            "training_target", "training_record", "untrainable_marks", "read_through", "check_source",
@@ -636,20 +636,25 @@ _CJK_CHAR = re.compile(f"[{_CJK}]")
 _CJK_GAP = re.compile(f"(?<=[{_CJK}])\\s+(?=[{_CJK}])")
 
 
-def _untrainable_at(text: str, vocab: Collection[str]) -> list[int]:
-    """Positions of punctuation and symbols ``vocab`` lacks, outside words (a mark between two letters or digits of
-    a non-Chinese word, as in don't, e-mail or 3.5, is part of that word)."""
+def _untrainable_spans(text: str, vocab: Collection[str]) -> list[tuple[int, int]]:
+    """``(start, end)`` of the tags (``<NOISE>``, ``[LAUGHTER]``: :data:`scoring.TAG`) and of the punctuation and
+    symbols ``vocab`` lacks, outside words (a mark between two letters or digits of a non-Chinese word, as in don't,
+    e-mail or 3.5, is part of that word)."""
     def in_word(i: int) -> bool:
         return 0 < i < len(text) - 1 and all(c.isalnum() and not _CJK_CHAR.match(c) for c in (text[i - 1], text[i + 1]))
 
-    return [i for i, c in enumerate(text) if unicodedata.category(c)[0] in "PS" and c not in vocab and not in_word(i)]
+    tags = [m.span() for m in TAG.finditer(text) if m.group() not in vocab]
+    tagged = {i for a, b in tags for i in range(a, b)}
+    marks = [(i, i + 1) for i, c in enumerate(text)
+             if i not in tagged and unicodedata.category(c)[0] in "PS" and c not in vocab and not in_word(i)]
+    return sorted(tags + marks)
 
 
 def untrainable_marks(text: str, vocab: Collection[str]) -> list[str]:
-    """Punctuation and symbols of ``text`` that ``vocab`` lacks, where funasr's tokenizer would train them as
+    """Tags, punctuation and symbols of ``text`` that ``vocab`` lacks, where funasr's tokenizer would train them as
     ``<unk>`` (the scoring normaliser drops them, so they only teach the model to emit ``<unk>``); a mark inside a
     word stays part of it."""
-    return [text[i] for i in _untrainable_at(text, vocab)]
+    return [text[a:b] for a, b in _untrainable_spans(text, vocab)]
 
 
 def training_target(text: str, vocab: Collection[str] | None = None) -> str:
@@ -657,8 +662,8 @@ def training_target(text: str, vocab: Collection[str] | None = None) -> str:
     ``今 天``), single spaces kept between words; with ``vocab``, without the :func:`untrainable_marks` (a space
     where one stood between words)."""
     if vocab is not None:
-        drop = set(_untrainable_at(text, vocab))
-        text = "".join(" " if i in drop else c for i, c in enumerate(text)) if drop else text
+        for a, b in reversed(_untrainable_spans(text, vocab)):
+            text = text[:a] + " " + text[b:]
     return _CJK_GAP.sub("", " ".join(text.split()))
 
 

@@ -1,7 +1,8 @@
 """Character error rate with a named text normaliser, on top of jiwer (and funasr's own scorer).
 
 The normaliser is named in every figure (:data:`NORMALISER`): NFKC (full-width
-to half-width), ``<unk>``, punctuation and spaces removed, lower-cased; each
+to half-width), tags (``<unk>``, ``<NOISE>``, ``[LAUGHTER]``, ``<|zh|>``), punctuation
+and spaces removed, lower-cased; each
 CJK ideograph, kana or hangul syllable is one token and each word of any other
 script (or digit run) is one token, so mixed Chinese/English is scored as MER.
 
@@ -26,11 +27,12 @@ import jiwer
 
 from asr_workbench.fileio import atomic_write_text
 
-__all__ = ["NORMALISER", "NORMALISER_NAME", "normalise", "tokens", "UttScore", "CerResult", "score_utterance", "corpus_cer",
+__all__ = ["NORMALISER", "NORMALISER_NAME", "TAG", "normalise", "tokens", "UttScore", "CerResult", "score_utterance", "corpus_cer",
            "aggregate", "aligned_pairs", "alignment_text", "text_cer_chunks", "write_funasr_text_cer", "Bootstrap",
            "paired_bootstrap"]
 
-NORMALISER = ("zh-char-v2: NFKC (full->half width), drop <unk>/punctuation/spaces, lower-case, curly apostrophes "
+NORMALISER = ("zh-char-v3: NFKC (full->half width), drop <tags>/[tags] (<unk>, <NOISE>, [LAUGHTER], <|zh|>), "
+              "punctuation and spaces, lower-case, curly apostrophes "
               "straightened; one token per CJK ideograph (every extension), kana or hangul syllable, per word of other "
               "scripts or digit run (MER for mixed text)")
 NORMALISER_NAME = NORMALISER.split(":")[0]  # what a table column or an axis says
@@ -39,7 +41,9 @@ NORMALISER_NAME = NORMALISER.split(":")[0]  # what a table column or an axis say
 # middle dot U+30FB or the double hyphen U+30A0: punctuation), hangul syllables
 _CHAR = ("\u3007\u3041-\u3096\u309d-\u309f\u30a1-\u30fa\u30fc-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
          "\uac00-\ud7af\uf900-\ufaff\U00020000-\U0002fa1f\U00030000-\U000323af")
-_UNK = re.compile(r"<unk>", re.IGNORECASE)
+# non-speech and markup tags without spaces inside: <unk>, <NOISE>, <sil>, <spk/>, [LAUGHTER], [+], [笑] (corpus
+# annotations, scored as words by zh-char-v2), <|zh|><|NEUTRAL|> (SenseVoice's rich-transcription tags)
+TAG = re.compile(r"<[^<>\s]{1,40}>|\[[^\[\]\s]{1,40}\]")
 _APOSTROPHES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'", "\uff07": "'"})
 
 
@@ -74,8 +78,8 @@ _TOKEN = re.compile(rf"[{_CHAR}]|{_WORD}(?:'{_WORD})*")
 
 def tokens(text: str) -> list[str]:
     """Normalised scoring tokens: one per CJK ideograph, kana or hangul syllable, one per word of other scripts
-    (letters with their combining marks) or digit run; punctuation and symbols are dropped."""
-    text = unicodedata.normalize("NFKC", _UNK.sub(" ", text)).lower().translate(_APOSTROPHES)
+    (letters with their combining marks) or digit run; tags, punctuation and symbols are dropped."""
+    text = TAG.sub(" ", unicodedata.normalize("NFKC", text)).lower().translate(_APOSTROPHES)
     return _TOKEN.findall(text)
 
 
