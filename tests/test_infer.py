@@ -11,10 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import yaml
 
-from asr_workbench import batch, datadir, decode, infer, modelhub, runs
+from asr_workbench import batch, datadir, decode, infer, modelhub, runs, scoring
 from conftest import DEMO_DATA, DEMO_MODEL, REPO, damaged_copies, decode_items, subset
 
 RUN_FILES = ["config.yaml", "data_report.jsonl", "1best_recog/text", "1best_recog/text.cer", "results.jsonl",
@@ -90,7 +92,7 @@ def test_metrics_json_has_counts_timing_and_provenance(papermill_run):
                 "wall_seconds", "rtf", "normaliser", "model", "device", "parameters"):
         assert key in m, key
     assert m["n_input"] == m["n_decoded"] == m["n_scored"] and m["n_skipped"] == 0
-    assert m["normaliser"].startswith("zh-char-v2")
+    assert m["normaliser"].startswith("zh-char-v3")
     prov = m["provenance"]
     assert prov["model_sha256"] == runs.file_sha256(DEMO_MODEL / "model.pt")  # hashed beside the decoding
     assert len(prov["inputs_sha256"]) == 64
@@ -492,15 +494,30 @@ def test_audio_damaged_inside_is_skipped_with_its_line_and_the_rest_decodes(tmp_
     assert "NaN or infinite" in issues["nan"]["reason"] and issues["nan"]["where"].endswith("wav.scp:5")
     assert issues["loud"]["severity"] == "warning" and "far beyond full scale" in issues["loud"]["reason"]
     # its player in the report is scaled to full scale, not a clipped square wave
-    import io
-
-    import numpy as np
-    import soundfile as sf
-
     from asr_workbench import audio
 
     played, _ = sf.read(io.BytesIO(audio.playable_wav(loud)))
     assert np.mean(np.abs(played) > 0.999) < 0.01 and np.abs(played).max() > 0.9
+
+
+def test_silent_clipped_and_cancelling_audio_is_warned(tmp_path):
+    """Levels the model cannot hear well, in any sample format: digital silence, clipping in telephone A-law and
+    mu-law (whose largest value is 0.98, not 1.0), stereo channels that cancel when averaged to mono."""
+    from asr_workbench import audio
+
+    speech, sr = sf.read(str(sorted((DEMO_DATA / "base/test/audio").iterdir())[0]), dtype="float32")
+    loud = np.clip(speech * 20, -1, 1)
+    files = {"zero": (np.zeros(sr), "PCM_16"), "alaw_clip": (loud, "ALAW"), "ulaw_clip": (loud, "ULAW"),
+             "alaw": (speech, "ALAW"), "ulaw": (speech, "ULAW"), "inverted": (np.stack([speech, -speech], 1), "PCM_16"),
+             "one_side": (np.stack([speech, 0 * speech], 1), "PCM_16")}
+    warned = {}
+    for name, (x, subtype) in files.items():
+        sf.write(str(tmp_path / f"{name}.wav"), x, sr, subtype=subtype)
+        warned[name] = audio.load_checked(tmp_path / f"{name}.wav")[1] or ""
+    assert "digital silence" in warned["zero"]
+    assert warned["alaw_clip"].startswith("clipped") and warned["ulaw_clip"].startswith("clipped")
+    assert "cancel out" in warned["inverted"]
+    assert warned["alaw"] == warned["ulaw"] == warned["one_side"] == ""
 
 
 def test_bad_audio_found_while_decoding_fails_a_strict_run_and_keeps_the_earlier_results(tmp_path):

@@ -62,6 +62,9 @@ def load_checked(path: str | Path, target_sr: int | None = SAMPLE_RATE) -> tuple
                          f"(the first at {int(np.argmin(finite)) / sr:.2f} s)")
     warning = level_warning(x)
     mono = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
+    if warning is None and x.shape[1] > 1 and _peak(mono) < _CANCELLED * _peak(x):
+        warning = (f"the {x.shape[1]} channels cancel out when averaged to mono (one is phase-inverted?): the model "
+                   "hears near silence; keep one channel, e.g. sox in.wav out.wav remix 1")
     if target_sr and sr != target_sr:
         import torch
         import torchaudio.functional as F
@@ -74,6 +77,8 @@ def load_checked(path: str | Path, target_sr: int | None = SAMPLE_RATE) -> tuple
 # stored as floats: the model, which scales by 2**15 itself, hears them 32768 times too loud)
 _FULL_SCALE_FACTOR = 2.0
 _CLIPPED_SHARE = 0.01  # clipping in more than 1 % of the samples is heard as distortion
+_CODEC_FULL_SCALE = 0.97  # the largest value of the file's sample format: 1.0 for PCM, 0.98 for A-law and mu-law
+_CANCELLED = 0.01  # a down-mix 40 dB below its loudest channel: the channels cancel (one is phase-inverted)
 
 
 def _peak(samples: np.ndarray) -> float:
@@ -87,8 +92,11 @@ def level_warning(samples: np.ndarray) -> str | None:
     if peak > _FULL_SCALE_FACTOR:
         return (f"samples reach {peak:.4g}, far beyond full scale (1.0): float audio stored at another scale "
                 f"(int16 values as floats?); the model hears it {peak:.3g} times too loud; rescale it to [-1, 1]")
-    # clipping flattens the wave at full scale; a float file louder than that is over-scaled, not clipped
-    clipped = float(np.mean(np.abs(samples) >= peak * 0.999)) if 0.99 <= peak <= 1.0 else 0.0
+    if peak == 0.0 and samples.size:
+        return "every sample is zero (digital silence): there is nothing to hear"
+    # clipping flattens the wave at full scale (A-law's and mu-law's largest values are 0.984 and 0.980); a float
+    # file louder than that is over-scaled, not clipped
+    clipped = float(np.mean(np.abs(samples) >= peak * 0.999)) if _CODEC_FULL_SCALE <= peak <= 1.0 else 0.0
     if clipped > _CLIPPED_SHARE:
         return f"clipped: {clipped:.1%} of the samples sit at full scale; expect more errors on it"
     return None
