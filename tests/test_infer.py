@@ -357,6 +357,29 @@ def test_decoding_is_deterministic(tmp_path):
     assert model.kwargs["frontend"].dither == 0.0
 
 
+def test_digital_silence_is_heard_as_the_model_was_trained(tmp_path):
+    """The model trained with its frontend's dither; exact zeros (padding, a gated line, channels that cancel)
+    without it made the demo model answer with characters. The workbench adds the trained dither, seeded:
+    silence decodes to nothing, a padded utterance nearly like the unpadded one, the same in every run and batch."""
+    src = sorted((DEMO_DATA / "base/test/audio").iterdir())[:4]
+    sr = 16000
+    lines = [f"zero {tmp_path / 'zero.wav'}"]
+    sf.write(str(tmp_path / "zero.wav"), np.zeros(2 * sr, dtype=np.int16), sr, subtype="PCM_16")
+    for i, f in enumerate(src):
+        x, _ = sf.read(str(f), dtype="int16")
+        sf.write(str(tmp_path / f"pad{i}.wav"), np.concatenate([np.zeros(sr, np.int16), x, np.zeros(2 * sr, np.int16)]),
+                 sr, subtype="PCM_16")
+        lines += [f"pad{i} {tmp_path / f'pad{i}.wav'}", f"raw{i} {f}"]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "wav.scp").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    runs = [{r["key"]: r["hyp"] for r in infer.run(str(DEMO_MODEL), str(tmp_path / "data"), str(tmp_path / f"o{b}"),
+                                                   batch_size=b, progress=False).results} for b in (1, 4)]
+    assert runs[0] == runs[1]
+    assert runs[0]["zero"] == ""
+    # padded: at most a character more than unpadded (without the dither: up to 7, '明明六他们有五十三个朋友张零零零')
+    assert all(scoring.score_utterance(runs[0][f"raw{i}"], runs[0][f"pad{i}"]).errors <= 1 for i in range(len(src)))
+
+
 def test_precomputed_features_decode_like_funasr_on_waveforms(demo_model):
     """The workbench computes Paraformer's fbank itself (to overlap it with decoding); funasr fed the same
     batches of waveforms must give the same transcripts."""
@@ -368,7 +391,8 @@ def test_precomputed_features_decode_like_funasr_on_waveforms(demo_model):
     durations = [audio.probe(p).duration_s for _, p in items]
     theirs = {}
     for group in decode.length_sorted_batches(durations, 8):
-        res = demo_model.generate(input=[audio.load(items[i][1]) for i in group], batch_size=len(group))
+        waves = [decode.dither(audio.load(items[i][1]), decode.trained_dither(demo_model)) for i in group]
+        res = demo_model.generate(input=waves, batch_size=len(group))
         theirs.update({items[i][0]: r["text"] for i, r in zip(group, res)})
     assert ours == theirs
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import glob
 import json
 import logging
@@ -23,6 +24,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +35,7 @@ from asr_workbench.fileio import jsonl_line
 
 log = logging.getLogger(__name__)
 
-__all__ = ["check_device", "DecodeOptions", "Hypothesis", "DecodeResult", "resolve_device", "load_model", "option_notes",
+__all__ = ["check_device", "DecodeOptions", "Hypothesis", "DecodeResult", "resolve_device", "load_model", "trained_dither", "dither", "option_notes",
            "length_sorted_batches", "plan_workers", "usable_cores", "weight_notes", "transcribe", "decode"]
 
 
@@ -136,17 +138,57 @@ def load_model(model_dir: str, device: str = "cpu", ncpu: int | None = None, **k
         with contextlib.redirect_stdout(chatter):
             from funasr import AutoModel
 
-            # funasr's WavFrontend applies its training-time dither (random noise, default 1.0) at inference
-            # too, so the same audio could decode differently call to call; built with dither 0 (funasr restores
-            # its build-time frontend before every generate(), so setting it afterwards would not last)
-            conf = {**kwargs.pop("frontend_conf", {}), "dither": 0.0}
             try:
-                return AutoModel(model=model_dir, device=resolve_device(device), disable_update=True,
-                                 disable_pbar=True, log_level="ERROR", frontend_conf=conf, **extra, **kwargs)
+                model = AutoModel(model=model_dir, device=resolve_device(device), disable_update=True,
+                                  disable_pbar=True, log_level="ERROR", **extra, **kwargs)
             except Exception as e:  # e.g. a truncated model.pt: torch's message names no file
                 raise RuntimeError(f"funasr could not load the model in {model_dir}: {_load_error(e)}") from e
     finally:
         logging.disable(previous)
+    trained_dither(model)  # the frontend's random dither off, from now on (generate() keeps the frontend object)
+    return model
+
+
+_DITHER_NOISE_S = 30  # seconds of seeded noise, repeated over longer audio
+_trained_dithers: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+
+def trained_dither(model: Any) -> float:
+    """The dither ``model``'s frontend applies (``frontend_conf.dither``; funasr's WavFrontend default 1.0), in
+    sample units of a float waveform; the frontend's own dither is switched off on first call.
+
+    funasr's frontend adds fresh random noise of that size at inference too, so the same audio decodes
+    differently call to call; decoding without it feeds exact digital silence (zero padding, a gated telephone
+    line) to a model that never heard it, and it answers with characters (on the demo model: CER 60 % on
+    utterances padded with 1 s of zeros, against 5 % dithered). The workbench adds the same noise, seeded: see
+    :func:`dither`.
+    """
+    if model not in _trained_dithers:
+        frontend = model.kwargs.get("frontend")
+        amount = float(getattr(frontend, "dither", 0.0) or 0.0)
+        if amount:
+            frontend.dither = 0.0
+        # WavFrontend scales waveforms by 2**15 before its dither (upsacle_samples, sic) unless told not to
+        _trained_dithers[model] = amount / 32768 if getattr(frontend, "upsacle_samples", True) else amount
+    return _trained_dithers[model]
+
+
+@functools.lru_cache(maxsize=4)
+def _noise(scale: float) -> Any:
+    import numpy as np
+
+    return np.random.default_rng(0).standard_normal(16000 * _DITHER_NOISE_S, dtype=np.float32) * np.float32(scale)
+
+
+def dither(wave: Any, scale: float) -> Any:
+    """``wave`` (float32 samples, changed in place) plus Gaussian noise of standard deviation ``scale``: the same
+    noise for every file (seeded, repeated every 30 s), so the same audio decodes the same in any batch and run."""
+    if scale:
+        noise = _noise(scale)
+        for start in range(0, len(wave), len(noise)):
+            part = wave[start:start + len(noise)]
+            part += noise[:len(part)]
+    return wave
 
 
 def _load_error(e: Exception) -> str:
@@ -283,11 +325,12 @@ def _decode_loop(model: Any, items: Sequence[tuple[str, str, float]], opts: Deco
 def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: DecodeOptions, kw: dict[str, Any],
                     durations: list[float], sink: Callable[[list[Hypothesis]], None],
                     note: Callable[[str], None] | None = None) -> None:
+    scale = trained_dither(model)
     if opts.vad_model:  # long audio: funasr segments each file itself
         kw = {k: v for k, v in kw.items() if k != "batch_size_s"}
         with _autocast(model, opts.precision):
             for key, path, dur in items:
-                wave, problem = _read(path)
+                wave, problem = _read(path, scale)
                 if wave is None:
                     sink([Hypothesis(key, "", dur, error=problem)])
                     continue
@@ -310,7 +353,7 @@ def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: D
     local = threading.local()
 
     def load(batch: list[int]) -> list[tuple[Any, str]]:
-        return [_read(items[i][1]) for i in batch]
+        return [_read(items[i][1], scale) for i in batch]
 
     def work(batch: list[int], loaded: Future[list[tuple[Any, str]]]) -> list[Hypothesis]:
         # each worker thread takes its batch's audio (read ahead on the loader thread while earlier batches
@@ -359,14 +402,14 @@ def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: D
             torch.set_num_threads(previous)
 
 
-def _read(path: str) -> tuple[Any, str]:
-    """An utterance's samples and level warning ("" for none), or (None, why it cannot be decoded): found only
-    now, reading the whole file, so that one utterance is skipped, not the run."""
+def _read(path: str, dither_scale: float) -> tuple[Any, str]:
+    """An utterance's samples (:func:`dither`-ed) and level warning ("" for none), or (None, why it cannot be
+    decoded): found only now, reading the whole file, so that one utterance is skipped, not the run."""
     from asr_workbench import audio
 
     try:
         wave, warning = audio.load_checked(path)
-        return wave, warning or ""
+        return dither(wave, dither_scale), warning or ""
     except audio.AudioError as e:
         return None, str(e)
 

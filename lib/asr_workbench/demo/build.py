@@ -212,9 +212,9 @@ def export_model_folder(train_dir: Path, model_dir: Path, config: dict[str, Any]
     shipped = copy.deepcopy(config)
     shipped["tokenizer_conf"].pop("token_list", None)
     shipped["frontend_conf"].pop("cmvn_file", None)
-    # WavFrontend's default dither (1.0) adds random noise at inference as well as in training: without this
-    # the same audio decodes differently call to call with plain funasr (fine-tuning adds it back if wanted)
-    shipped["frontend_conf"]["dither"] = 0.0
+    # the dither it was trained with (WavFrontend's default), written out: the workbench adds it at inference as
+    # seeded noise (decode.trained_dither); without it the model hears digital silence it never heard in training
+    shipped["frontend_conf"].setdefault("dither", 1.0)
     for k in ("train_data_set_list", "valid_data_set_list", "output_dir", "init_param", "device", "ncpu"):
         shipped.pop(k, None)
     (model_dir / "config.yaml").write_text(yaml.safe_dump(shipped, allow_unicode=True, sort_keys=False), encoding="utf-8")
