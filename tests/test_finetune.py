@@ -449,6 +449,11 @@ def test_a_fine_tune_never_replaces_its_own_base(tmp_path, tiny_data):
     with pytest.raises(ValueError, match="which a fine-tune into .* replaces"):
         finetune.plan(str(out / "model"), str(tiny_data), str(out), max_epoch=1)
     assert (out / "model" / "model.pt").is_file()
+    # nor its data: output_dir = data_path would remove data_path/train (its audio and transcripts) before training
+    for output_dir in (tiny_data, tiny_data / "validation" / ".."):
+        with pytest.raises(ValueError, match="the train split .* which a fine-tune into .* replaces"):
+            finetune.plan(str(DEMO_MODEL), str(tiny_data), str(output_dir), max_epoch=1)
+    assert (tiny_data / "train" / "wav.scp").is_file() and not (tiny_data / ".asr_workbench_run").exists()
 
 
 def test_a_failed_rerun_leaves_no_earlier_model_beside_its_config(tmp_path, tiny_data):

@@ -135,13 +135,17 @@ def plan(
     decode.check_device(device)  # cuda on a machine without one: funasr's trainer would run on the CPU, unsaid
     base = modelhub.open_model(model, cache_dir=cache_dir)
     _check_trainable(base, finetune_overrides)
-    out = runs.prepare_output_dir(output_dir, "finetune", protect=[base.path])
+    data = paths.resolve(data_path)
+    out = runs.check_output_dir(output_dir, "finetune", protect=[base.path])
+    kept = {"the base model": base.path, "data_path": data,
+            **{f"the {name} split": data / name for name in ("train", "dev", "validation", "valid")}}
     for replaced in ("train", "model", ".eval"):  # what a fresh run removes before training
         folder = (out / replaced).resolve()
-        if base.path.resolve() == folder or folder in base.path.resolve().parents:
-            raise ValueError(f"the base model {base.path} is {out / replaced}, which a fine-tune into {out} replaces; "
-                             "fine-tune into another output_dir (a copy of the model also works)")
-    data = paths.resolve(data_path)
+        for what, path in kept.items():
+            if path.resolve() == folder or folder in path.resolve().parents:
+                raise ValueError(f"{what} {path} is {out / replaced} or inside it, which a fine-tune into {out} "
+                                 "replaces; fine-tune into another output_dir (e.g. outputs/<name>)")
+    out = runs.prepare_output_dir(output_dir, "finetune", protect=[base.path])
     dev_name, nproc = _device_and_nproc(device, num_gpus)
     rec = recommend(str(base.path), dev_name, cache_dir=cache_dir, nproc=nproc) if recommended else None
     if rec is not None:
