@@ -236,13 +236,16 @@ def test_leaderboard_says_when_cers_come_from_different_normalisers(tmp_path):
 def test_index_line_after_a_cut_off_one_is_kept(tmp_path):
     """A crash mid-write leaves a line without its end: the next run's line is not glued onto it (and lost)."""
     index = tmp_path / "runs.jsonl"
-    index.write_text('{"name": "old", "status": "ok", "notebook": "infer"}\n{"name": "crashed", "status": "o')
+    # the crash cut a CJK character in half (a notes field): one line lost, not the whole index unreadable
+    index.write_bytes('{"name": "old", "status": "ok", "notebook": "infer", "html": 7}\n{"name": "crashed", "n": "今'
+                      .encode()[:-1])
     rec = batch.RunRecord("new", Path("notebooks/infer.ipynb"), tmp_path / "new", tmp_path / "new" / "x.ipynb", None,
                           "ok", None, 1.0, 0.0, {}, {"cer": 0.1, "data_dir": "d/test"})
     batch.append_index(rec, index)
     with pytest.warns(UserWarning, match=r"1 line\(s\) are not run records .* line 2"):
-        names = [e["name"] for e in batch.read_index(index)]
-    assert names == ["old", "new"]
+        entries = batch.read_index(index)
+    assert [e["name"] for e in entries] == ["old", "new"]
+    assert entries[0]["html"] is None  # edited by hand to a number: not a link
     with pytest.raises(FileNotFoundError, match="no such run index"):
         batch.read_index(tmp_path / "mistyped.jsonl")
 

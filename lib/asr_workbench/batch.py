@@ -578,12 +578,12 @@ def read_index(index: str | Path | None = None) -> list[dict[str, Any]]:
         if not path.is_file():
             return []
     out, bad = [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
+    for n, raw in enumerate(path.read_bytes().split(b"\n"), 1):  # a line cut inside a character spoils only itself
+        if not raw.strip():
             continue
         try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
+            entry = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
             bad.append(n)
             continue
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):  # edited by hand, another tool's
@@ -595,6 +595,8 @@ def read_index(index: str | Path | None = None) -> list[dict[str, Any]]:
         entry["parameters"] = entry["parameters"] if isinstance(entry.get("parameters"), dict) else {}
         for key in ("status", "notebook"):
             entry[key] = str(entry.get(key) or "")
+        for key in ("html", "output_dir", "started", "normaliser"):  # shown and linked as text
+            entry[key] = entry[key] if isinstance(entry.get(key), str) else None
         sets = entry.get("per_set_cer")
         entry["per_set_cer"] = {str(k): v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
                                 for k, v in sets.items()} if isinstance(sets, dict) else {}
