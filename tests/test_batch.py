@@ -118,6 +118,17 @@ def test_sweep_schema_errors(tmp_path):
         batch.expand([f])
 
 
+def test_long_sweep_point_names_make_short_distinct_folders(tmp_path):
+    """A sweep over long values (paths) names each point after them: the folder name is cut with a hash of the
+    whole name, not refused by the file system (ENAMETOOLONG) after the first point ran."""
+    f = tmp_path / "long.sweep.yaml"
+    long = [f"demo/data/target{'/../target' * 30}/{s}" for s in ("test", "dev")]
+    f.write_text(yaml.safe_dump({"base": "params/demo/infer.yaml", "grid": {"data_dir": long},
+                                 "with": {"output_dir": str(tmp_path / "out")}}))
+    names = [Path(spec.params["output_dir"]).name for spec in batch.expand([f])]
+    assert len(set(names)) == 2 and all(len(n) <= 100 for n in names)
+
+
 def test_unknown_override_is_refused():
     with pytest.raises(ValueError, match="not a parameter of any notebook"):
         batch.expand(["params/demo/infer.yaml"], {"bacth_size": 2})

@@ -16,6 +16,7 @@ finished run is appended to ``outputs/runs.jsonl`` (under a file lock: runs may 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import itertools
 import json
 import os
@@ -143,9 +144,16 @@ def _stamp() -> str:
     return datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
+_MAX_NAME = 100  # characters of a run folder's name (file systems take 255 bytes; the time stamp follows)
+
+
 def _safe_name(name: str) -> str:
-    """A folder name from a run or sweep-point name: letters, digits and ``_.=+-`` only."""
-    return re.sub(r"[^A-Za-z0-9_.=+-]+", "-", name).strip("-.") or "run"
+    """A folder name from a run or sweep-point name: letters, digits and ``_.=+-`` only; a long one (a sweep over
+    many keys) cut, with a hash of the whole name so that two long names stay two folders."""
+    safe = re.sub(r"[^A-Za-z0-9_.=+-]+", "-", name).strip("-.") or "run"
+    if len(safe) <= _MAX_NAME:
+        return safe
+    return f"{safe[:_MAX_NAME - 9].rstrip('-.')}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 @dataclass

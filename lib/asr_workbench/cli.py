@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -110,9 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     lb.add_argument("--json", action="store_true", help="rows as JSON")
     lb.set_defaults(func=_cmd_leaderboard)
     a = p.parse_args(argv)
+    env = os.environ.get("ASR_WORKBENCH_OUTPUTS")
+    if env:  # relative to where the command was typed, for every kernel too (they start in the repository root)
+        os.environ["ASR_WORKBENCH_OUTPUTS"] = str(Path(env).expanduser().absolute())
     try:
         return a.func(a)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:  # a missing or unreadable file, a name too long, a read-only disk
         print(f"error: {e}", file=sys.stderr)
         return 2
 
