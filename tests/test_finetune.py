@@ -101,6 +101,38 @@ def test_export_copies_a_cmvn_file_the_base_keeps_elsewhere(notebook_finetune, t
             == decode.transcribe(decode.load_model(str(out / "model"), device="cpu"), wavs))
 
 
+def test_export_flattens_files_a_base_keeps_in_a_sub_folder(notebook_finetune, tmp_path):
+    """A base whose configuration.json names its vocabulary and am.mvn in a sub-folder (assets/tokens.json): the
+    export copied only the top level and funasr could not load it after training; a checkpoint assembled for
+    evaluation from that base lacked them too."""
+    from asr_workbench import modelhub
+
+    out, _ = notebook_finetune
+    base = tmp_path / "base"
+    shutil.copytree(DEMO_MODEL, base)
+    (base / "assets").mkdir()
+    for name in ("tokens.json", "am.mvn"):
+        (base / name).rename(base / "assets" / name)
+    conf = json.loads((base / "configuration.json").read_text())
+    conf["file_path_metas"].update(tokenizer_conf={"token_list": "assets/tokens.json"},
+                                   frontend_conf={"cmvn_file": "assets/am.mvn"})
+    (base / "configuration.json").write_text(json.dumps(conf))
+    ckpt = json.loads((out / "metrics.json").read_text())["checkpoint"]
+    folder = export.export_model_folder(modelhub.open_model(str(base)), out / "train", ckpt, tmp_path / "exp",
+                                        yaml.safe_load((out / "config.yaml").read_text()), "card\n")
+    metas = json.loads((folder / "configuration.json").read_text())["file_path_metas"]
+    assert metas["tokenizer_conf"] == {"token_list": "tokens.json"} and metas["frontend_conf"] == {"cmvn_file": "am.mvn"}
+    wavs = [("u", str(sorted((DEMO_DATA / "target/test/audio").iterdir())[0]))]
+    assert (decode.transcribe(decode.load_model(str(folder), device="cpu"), wavs)
+            == decode.transcribe(decode.load_model(str(out / "model"), device="cpu"), wavs))
+    bare = tmp_path / "bare"  # a fine-tune without its model/ (failed at export): the base is the template
+    bare.mkdir()
+    (bare / "train").symlink_to(out / "train")
+    assembled = export.assemble_model(bare, ckpt, modelhub.open_model(str(base)), ["am.mvn", "tokens.json"],
+                                      tmp_path / "assembled")
+    assert (assembled / "am.mvn").is_file() and (assembled / "tokens.json").is_file()
+
+
 def test_executed_notebook_shows_schedule_curves_and_cer(notebook_finetune):
     _, work = notebook_finetune
     nb = json.loads((work / "out.ipynb").read_text(encoding="utf-8"))

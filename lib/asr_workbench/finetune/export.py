@@ -99,7 +99,8 @@ def export_model_folder(base: ModelFolder, train_dir: Path, checkpoint: str, out
                                                  ("bpemodel", "bpe.model")) if name and (tmp / name).is_file()}
         metas = {**({"tokenizer_conf": tokenizer} if tokenizer else {}),
                  **({"frontend_conf": {"cmvn_file": "am.mvn"}} if (tmp / "am.mvn").is_file() else {})}
-    metas = {**_copy_named_files(base, metas, tmp), "init_param": "model.pt", "config": "config.yaml"}
+    metas = {**_copy_named_files(base, _flat_metas(base, metas, tmp), tmp), "init_param": "model.pt",
+             "config": "config.yaml"}
     configuration["file_path_metas"] = metas
     atomic_write_text(tmp / "configuration.json", json.dumps(configuration, ensure_ascii=False, indent=2))
     atomic_write_text(tmp / "README.md", card)
@@ -114,6 +115,26 @@ def export_model_folder(base: ModelFolder, train_dir: Path, checkpoint: str, out
 _NAMED_FILES = (("frontend_conf", "cmvn_file", "am.mvn"), ("tokenizer_conf", "token_list", None),
                 ("tokenizer_conf", "seg_dict", "seg_dict"), ("tokenizer_conf", "seg_dict_file", "seg_dict"),
                 ("tokenizer_conf", "bpemodel", None))
+
+
+def _flat_metas(base: ModelFolder, metas: Mapping[str, Any], out: Path) -> dict[str, Any]:
+    """Copy into ``out``, beside the weights, the files configuration.json names in a sub-folder of the base
+    (``assets/tokens.json``) or by absolute path; ``metas`` naming the copies. Only the base's top level is
+    copied otherwise: the export (and a checkpoint assembled for evaluation) lost its vocabulary and am.mvn, and
+    funasr failed to load it after the whole training had run."""
+    def flat(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: flat(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [flat(v) for v in value]
+        if isinstance(value, str) and Path(value).name != value:
+            src = Path(value) if os.path.isabs(value) else base.path / value
+            if src.is_file():
+                shutil.copyfile(src, out / src.name)  # the file funasr reads, over a same-named top-level one
+                return src.name
+        return value
+
+    return {k: v if k in ("init_param", "config") else flat(v) for k, v in metas.items()}
 
 
 def _copy_named_files(base: ModelFolder, metas: dict[str, Any], out: Path) -> dict[str, Any]:
