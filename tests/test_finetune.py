@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -160,12 +161,28 @@ def test_every_parameter_reaches_the_resolved_config(tmp_path, tiny_data):
     assert (c["optim"], c["optim_conf"]["lr"], c["scheduler"], c["scheduler_conf"]) == ("adamw", 3e-4, "warmuplr", {"warmup_steps": 11})
     assert c["specaug"] == "SpecAugLFR" and c["specaug_conf"] == ALL_PARAMS["specaug_conf"]
     assert c["train_conf"]["use_bf16"] is True and c["train_conf"]["use_fp16"] is False
+    assert any("precision bf16 has no effect on cpu" in w for w in p.warnings)
     assert c["train_conf"]["resume"] is True and c["train_conf"]["early_stopping_patience"] == 2
     assert (c["freeze_param"], c["seed"], c["dataset_conf"]["num_workers"]) == ("encoder", 7, 0)
     assert c["dataset_conf"]["max_source_length"] == 1250
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text(encoding="utf-8"))
     assert saved["train_conf"] == c["train_conf"] and saved["optim_conf"] == c["optim_conf"]
     assert p.config["init_param"] == str(DEMO_MODEL / "model.pt")
+
+
+def test_settings_funasr_would_ignore_or_crash_on_are_refused_at_plan_time(tmp_path, tiny_data):
+    """Each of these passed the plan and then froze nothing, or died in the trainer subprocess."""
+    plan = functools.partial(finetune.plan, str(DEMO_MODEL), str(tiny_data), max_epoch=1)
+    # funasr splits freeze_param on commas only: " predictor" matched no weight
+    assert plan(str(tmp_path / "a"), freeze_param="encoder, predictor").config["freeze_param"] == "encoder,predictor"
+    with pytest.raises(ValueError, match=r"freeze_param 'encoders': 'encoders' name\(s\) no weight .* encoder"):
+        plan(str(tmp_path / "b"), freeze_param="encoders")
+    with pytest.raises(ValueError, match="specaug 'FooAug' is not a funasr SpecAugment class"):
+        plan(str(tmp_path / "c"), specaug="FooAug")
+    with pytest.raises(ValueError, match="specaug_conf .* does not build SpecAugLFR .* replaces the model's whole one"):
+        plan(str(tmp_path / "d"), specaug_conf={"num_time_mask": 2})
+    with pytest.raises(ValueError, match="optim 'lbfgs' cannot run under funasr's trainer: its step.. needs a closure"):
+        plan(str(tmp_path / "e"), optim="lbfgs")
 
 
 def test_large_dataset_type_counts_milliseconds_and_shards(tmp_path, tiny_data):

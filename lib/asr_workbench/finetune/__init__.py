@@ -153,6 +153,10 @@ def plan(
         num_workers = rec.num_workers if num_workers is None else num_workers
         precision = rec.precision if precision is None else precision
     precision = precision or "fp32"
+    early: list[str] = []  # warnings known before the data is read
+    if precision != "fp32" and not dev_name.startswith("cuda"):
+        early.append(f"precision {precision} has no effect on {dev_name}: funasr's trainer autocasts on CUDA only "
+                     "(its config keeps the setting for a GPU run); this run trains in fp32")
     params = fconfig.FinetuneParams(
         dataset_type=dataset_type, batch_bins=batch_bins, max_epoch=max_epoch, accum_grad=accum_grad,
         keep_nbest_models=keep_nbest_models, optim=optim, lr=lr, scheduler=scheduler, scheduler_conf=scheduler_conf,
@@ -186,7 +190,8 @@ def plan(
         raise ValueError(f"accum_grad {accum} with about {batches} batch(es) per epoch{each}: funasr's trainer updates "
                          f"the weights after every {accum}th batch and clears the gradients at each epoch's start, so "
                          "this fine-tune would never change the model; lower accum_grad or batch_bins")
-    warnings = []
+    _check_freeze(cfg, base)
+    warnings = early
     if batches % accum:
         warnings.append(f"about {batches % accum} of {batches} batches per epoch{each} are computed but never applied: "
                         f"funasr's trainer updates after every {accum}th batch and drops the rest at the next epoch "
@@ -270,6 +275,22 @@ def _check_batch_fits(batch: int, batch_bins: int | None, dataset_type: str,
             raise ValueError(f"{given} makes batches of {batch} frames, shorter than the shortest {split.name} "
                              f"utterance ({shortest.key}, {shortest.where}: {frames} frames of 10 ms): funasr would "
                              "make an empty batch and fail; raise batch_bins")
+
+
+def _check_freeze(cfg: dict[str, Any], base: modelhub.ModelFolder) -> None:
+    """``freeze_param`` as funasr's trainer reads it (comma-separated prefixes of weight names), spaces removed in
+    ``cfg`` (funasr kept " predictor" and froze nothing by it); a prefix that names no weight of the base is a
+    ValueError (a typo froze nothing, unsaid)."""
+    frozen = cfg.get("freeze_param")
+    if not frozen:
+        return
+    prefixes = [t.strip() for t in (frozen.split(",") if isinstance(frozen, str) else frozen) if str(t).strip()]
+    names = list(modelhub.load_weights(base.weights, mmap=True)) if base.weights else []
+    unmatched = [t for t in prefixes if not any(k == t or k.startswith(t + ".") for k in names)]
+    if unmatched and names:
+        raise ValueError(f"freeze_param {frozen!r}: {', '.join(map(repr, unmatched))} name(s) no weight of "
+                         f"{base.weights}; its weights start with {', '.join(sorted({k.split('.')[0] for k in names}))}")
+    cfg["freeze_param"] = ",".join(prefixes)
 
 
 def _checkpoint_warnings(checkpoint: str, tc: dict[str, Any]) -> list[str]:

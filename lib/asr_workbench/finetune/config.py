@@ -221,8 +221,36 @@ def build_config(model: ModelFolder, base_kwargs: Mapping[str, Any], params: Fin
     if cfg.get("scheduler") in _UNSTEPPABLE:
         raise ValueError(f"scheduler {cfg['scheduler']!r} cannot run under funasr's trainer as the workbench calls it "
                          f"({_UNSTEPPABLE[cfg['scheduler']]}); use warmuplr, noamlr or CosineAnnealingLR")
-    optimizer_and_scheduler(cfg, f"the notebook parameter, {model.path / 'finetune.yaml'} or finetune_overrides")
+    where = f"the notebook parameter, {model.path / 'finetune.yaml'} or finetune_overrides"
+    optimizer_and_scheduler(cfg, where)
+    _check_specaug(cfg, model.config, where)
     return cfg
+
+
+def _check_specaug(cfg: Mapping[str, Any], base: Mapping[str, Any], where: str) -> None:
+    """Build the config's SpecAugment as funasr's model will: an unknown class or a ``specaug_conf`` it cannot
+    build from (a partial conf replaces the model's whole one; another class starts from an empty one) is a
+    ValueError now, not a trainer that dies building the model."""
+    import inspect
+
+    from funasr.register import tables
+
+    name = cfg.get("specaug")
+    if not name:
+        return
+    cls = tables.specaug_classes.get(name)
+    if cls is None:
+        raise ValueError(f"specaug {name!r} is not a funasr SpecAugment class ({', '.join(sorted(tables.specaug_classes))})"
+                         "; none switches it off")
+    conf = dict(cfg.get("specaug_conf") or {})
+    try:
+        cls(**conf)
+    except (TypeError, ValueError) as e:
+        takes = [n for n in inspect.signature(cls).parameters if n != "self"]
+        model_conf = base.get("specaug_conf") if base.get("specaug") == name else None
+        raise ValueError(f"specaug_conf {conf} does not build {name} ({e}); it takes {', '.join(takes)}. A specaug_conf "
+                         "replaces the model's whole one" + (f" ({model_conf})" if model_conf else "")
+                         + f": give it complete ({where})") from e
 
 
 _DEFAULTS = {"optim": "adam", "scheduler": "warmuplr"}  # funasr's trainer's when the config names none
@@ -250,6 +278,10 @@ def optimizer_and_scheduler(config: Mapping[str, Any], where: str = "the config"
                              f"({where})") from e
 
     optim = built("optim", optim_classes[config.get("optim", _DEFAULTS["optim"])], [torch.nn.Parameter(torch.zeros(1))])
+    closure = inspect.signature(optim.step).parameters.get("closure")
+    if closure is not None and closure.default is inspect.Parameter.empty:  # LBFGS
+        raise ValueError(f"optim {config.get('optim')!r} cannot run under funasr's trainer: its step() needs a closure "
+                         "that re-evaluates the loss, and the trainer calls step() without one; use adam or adamw")
     return optim, built("scheduler", scheduler_classes[config.get("scheduler", _DEFAULTS["scheduler"])], optim)
 
 
