@@ -185,6 +185,18 @@ def test_settings_funasr_would_ignore_or_crash_on_are_refused_at_plan_time(tmp_p
         plan(str(tmp_path / "e"), optim="lbfgs")
 
 
+def test_resume_says_which_changed_settings_it_cannot_apply(tmp_path, tiny_data):
+    """funasr restores the optimizer and scheduler state of train/model.pt on resume: a new lr was silently
+    ignored while the config and model card claimed it."""
+    first = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_epoch=1, lr=1e-3)
+    (tmp_path / "train").mkdir()  # what funasr's trainer saves beside its checkpoints: the config it ran with
+    (tmp_path / "train" / "config.yaml").write_text(yaml.safe_dump(first.config), encoding="utf-8")
+    same = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_epoch=2, lr=1e-3, resume=True)
+    assert not [w for w in same.warnings if "have no effect" in w]
+    changed = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_epoch=2, lr=1e-5, resume=True)
+    assert [w for w in changed.warnings if "no effect: optim_conf {'lr': 0.001} -> {'lr': 1e-05}" in w]
+
+
 def test_large_dataset_type_counts_milliseconds_and_shards(tmp_path, tiny_data):
     p = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), dataset_type="large", batch_bins=20000)
     assert p.config["dataset_conf"]["batch_size"] == 2000  # 20 000 ms = 2 000 frames of 10 ms

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from asr_workbench import decode, modelhub, paths, runs, scoring, training
 from asr_workbench.finetune import config as fconfig
 from asr_workbench.finetune import data as fdata
@@ -197,6 +199,7 @@ def plan(
                         f"funasr's trainer updates after every {accum}th batch and drops the rest at the next epoch "
                         f"(an accum_grad that divides {batches}, or a smaller one, wastes nothing)")
     warnings += _checkpoint_warnings(checkpoint, tc)
+    warnings += _resume_warnings(cfg, out / "train") if tc.get("resume") else []
     done = _epochs_done(out / "train") if tc.get("resume") else 0
     if done >= int(tc.get("max_epoch", 1)):
         warnings.append(f"resume: {out / 'train'} already holds {done} epoch(s) and max_epoch is {tc.get('max_epoch', 1)}: "
@@ -275,6 +278,23 @@ def _check_batch_fits(batch: int, batch_bins: int | None, dataset_type: str,
             raise ValueError(f"{given} makes batches of {batch} frames, shorter than the shortest {split.name} "
                              f"utterance ({shortest.key}, {shortest.where}: {frames} frames of 10 ms): funasr would "
                              "make an empty batch and fail; raise batch_bins")
+
+
+def _resume_warnings(cfg: dict[str, Any], train_dir: Path) -> list[str]:
+    """What a resumed run will not change: funasr restores the optimizer and scheduler state saved in
+    ``train/model.pt``, so another lr, optimizer or schedule than the interrupted run's has no effect (its config
+    and model card would claim it had)."""
+    saved_file = train_dir / "config.yaml"
+    if not saved_file.is_file():
+        return []
+    saved = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}
+    changed = [f"{k} {saved.get(k)!r} -> {cfg.get(k)!r}" for k in ("optim", "optim_conf", "scheduler", "scheduler_conf")
+               if saved.get(k) != cfg.get(k)]
+    if not changed:
+        return []
+    return [f"resume: funasr's trainer restores the optimizer and scheduler state of {train_dir / 'model.pt'}, so "
+            f"these changes since that run have no effect: {'; '.join(changed)}. Set resume: false to train with them "
+            "(from the base model again)"]
 
 
 def _check_freeze(cfg: dict[str, Any], base: modelhub.ModelFolder) -> None:
