@@ -266,6 +266,12 @@ def test_long_warmup_is_warned_with_a_fix(tmp_path, tiny_data):
     p = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_epoch=2, scheduler_conf={"warmup_steps": 30000})
     assert any("warmup_steps=30000" in w and "scheduler_conf" in w for w in p.warnings)
     assert len(p.lr) == p.total_steps and max(p.lr) < 0.01 * (p.config["optim_conf"]["lr"])
+    # a scheduler named without its conf starts from an empty one: its own default warm-up (25000 steps) applies
+    p = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path / "noam"), max_epoch=2, scheduler="noamlr")
+    assert any("warmup_steps=25000 (NoamLR's default)" in w for w in p.warnings)
+    p = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path / "one"), max_epoch=1,
+                      scheduler_conf={"warmup_steps": 1})
+    assert not any("warmup" in w or "peaks at" in w for w in p.warnings)  # one step is no long warm-up
 
 
 def test_silent_drops_and_unknown_characters_reported(tmp_path, tiny_data):

@@ -205,7 +205,8 @@ def plan(
         warnings.append(f"resume: {out / 'train'} already holds {done} epoch(s) and max_epoch is {tc.get('max_epoch', 1)}: "
                         "funasr's trainer will train nothing (the run re-exports and re-scores what is there); raise "
                         "max_epoch to train on")
-    w = fconfig.warmup_warning(cfg, total)
+    schedule = fconfig.lr_schedule(cfg, total)
+    w = fconfig.warmup_warning(cfg, schedule)
     if w:
         warnings.append(w)
     if train.dropped or dev.dropped:
@@ -230,7 +231,7 @@ def plan(
                                                  "warnings": warnings,
                                                  "recommended": rec.reasons if rec else None}})
     return FinetunePlan(out, base, cfg, train, dev, nproc, dev_name, per_epoch, total,
-                        fconfig.lr_schedule(cfg, total), warnings, dev_cer, strip_optimizer, checkpoint, rec)
+                        schedule, warnings, dev_cer, strip_optimizer, checkpoint, rec)
 
 
 # layers with one row per token: a tokens file of another length than these is another model's vocabulary

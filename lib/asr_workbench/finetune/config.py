@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -350,12 +350,21 @@ def lr_schedule(config: Mapping[str, Any], total_steps: int) -> list[float]:
     return out
 
 
-def warmup_warning(config: Mapping[str, Any], total_steps: int, max_fraction: float = 0.3) -> str | None:
-    """A warning when the warm-up takes more than ``max_fraction`` of the planned steps, and what to change."""
-    warmup = (config.get("scheduler_conf") or {}).get("warmup_steps")
-    if warmup is None or total_steps <= 0 or warmup <= max_fraction * total_steps:
-        return None
-    return (f"warmup_steps={warmup} but the whole run has only {total_steps} optimizer steps: the learning rate "
-            f"stays low for {min(100, round(100 * warmup / total_steps))}% of the run and fine-tuning may have little "
-            f"effect. Set scheduler_conf to e.g. {{'warmup_steps': {max(1, int(0.1 * total_steps))}}} "
-            f"(about 10% of the steps), or train longer.")
+def warmup_warning(config: Mapping[str, Any], schedule: Sequence[float], max_fraction: float = 0.3) -> str | None:
+    """A warning when the warm-up takes more than ``max_fraction`` of the planned steps (the scheduler's own
+    warm-up: its default of 25000 steps applies when ``scheduler_conf`` names none), or when the planned
+    ``schedule`` never comes near the requested lr (noamlr scales it down by the model size), and what to change."""
+    total_steps = len(schedule)
+    _, sched = optimizer_and_scheduler(config)
+    warmup = getattr(sched, "warmup_steps", None)
+    lr = float((config.get("optim_conf") or {}).get("lr") or 0)
+    said = "" if "warmup_steps" in (config.get("scheduler_conf") or {}) else f" ({type(sched).__name__}'s default)"
+    if isinstance(warmup, (int, float)) and warmup > max(1.0, max_fraction * total_steps):
+        return (f"warmup_steps={warmup:g}{said} but the whole run has only {total_steps} optimizer steps: the learning "
+                f"rate stays low for {min(100, round(100 * warmup / max(1, total_steps)))}% of the run and fine-tuning "
+                f"may have little effect. Set scheduler_conf to e.g. {{'warmup_steps': {max(1, int(0.1 * total_steps))}}} "
+                "(about 10% of the steps), or train longer.")
+    if lr > 0 and schedule and max(schedule) < 0.1 * lr:
+        return (f"the learning rate of this schedule peaks at {max(schedule):.3g}, far below lr {lr:g} "
+                f"({config.get('scheduler')}): fine-tuning may have little effect; use warmuplr, or raise lr")
+    return None
