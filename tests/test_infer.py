@@ -236,6 +236,26 @@ def test_shard_files_never_match_the_partial_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.partial"]
 
 
+def test_shard_results_of_a_killed_run_are_resumed(tmp_path):
+    """A run killed before it merged its shards' files (SIGKILL, a restarted kernel) leaves <partial>.part<i>: the
+    rerun with the same settings takes their finished hypotheses (they were deleted and decoded again); another
+    run's shard files are not taken."""
+    items = decode_items("base/test", 6)
+    partial = tmp_path / "run.partial"
+    (tmp_path / "run.partial.part0").write_text(
+        json.dumps({"fingerprint": "fp"}) + "\n" + json.dumps({"key": items[0][0], "text": "FROM-PART-0",
+                                                                "duration_s": items[0][2]}) + "\n" + '{"key": "cut', encoding="utf-8")
+    (tmp_path / "run.partial.items0").write_text("[]", encoding="utf-8")  # its shard list, no longer needed
+    (tmp_path / "run.partial.part1").write_text(
+        json.dumps({"fingerprint": "other"}) + "\n" + json.dumps({"key": items[1][0], "text": "OTHER-RUN",
+                                                                   "duration_s": items[1][2]}) + "\n", encoding="utf-8")
+    res = decode.decode(str(DEMO_MODEL), items, decode.DecodeOptions(device="cpu", njob=2), partial, "fp",
+                        progress=False)
+    texts = {h.key: h.text for h in res.hypotheses}
+    assert res.resumed == 1 and texts[items[0][0]] == "FROM-PART-0" and texts[items[1][0]] != "OTHER-RUN"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.partial"]
+
+
 def test_shard_that_dies_at_start_fails_the_run_instead_of_hanging(tmp_path):
     """A script without a ``__main__`` guard: each spawned shard re-runs it and dies before reading its work.
     With thousands of utterances the run must still end, with an error naming the failed shards (shards read

@@ -553,9 +553,25 @@ def _rewrite_partial(path: Path, fingerprint: str, done: dict[str, Hypothesis]) 
                     + "".join(jsonl_line(asdict(h)) for h in done.values()), encoding="utf-8")
 
 
-def _shard_worker(model_dir: str, device: str, items_file: str, opts: DecodeOptions, part: str,
-                  progress: Any) -> None:
+def _take_parts(partial_file: Path, fingerprint: str) -> dict[str, Hypothesis]:
+    """The hypotheses in the shard files of ``partial_file`` (``<name>.part<i>``) written for ``fingerprint`` (another
+    run's are dropped), which are removed: those of a run killed before it merged them are resumed, not redone."""
+    got: dict[str, Hypothesis] = {}
+    for part in sorted(partial_file.parent.glob(glob.escape(partial_file.name) + ".part*")):
+        got.update(_read_partial(part, fingerprint))
+        part.unlink()
+    return got
+
+
+def _shard_worker(model_dir: str, device: str, items_file: str, opts: DecodeOptions, part: str, fingerprint: str,
+                  parent: int, progress: Any) -> None:
     import torch
+
+    from asr_workbench.processes import die_with
+
+    tie = die_with(parent)  # a killed kernel or job must not leave shards decoding (and holding GPUs) for hours
+    if tie:
+        tie()
 
     # the items come in a file, not as a pickled argument: the parent writes a process's arguments into a pipe
     # and waits until they are read, so a large list to a child that dies first (a script without a
@@ -567,6 +583,7 @@ def _shard_worker(model_dir: str, device: str, items_file: str, opts: DecodeOpti
     for text in weight_notes(model):
         progress.put(("weights", text))
     with open(part, "a", encoding="utf-8") as f:
+        f.write(jsonl_line({"fingerprint": fingerprint}))  # a rerun keeps this shard's lines only for the same run
         def sink(hs: list[Hypothesis]) -> None:
             f.writelines(jsonl_line(asdict(h)) for h in hs)
             f.flush()
@@ -593,8 +610,10 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
     devices = list(opts.devices) or [resolve_device(opts.device)]
     device = devices[0]
     n_proc = max(1, opts.njob) * len(devices)
-    done = _read_partial(partial_file, fingerprint)
+    done = {**_read_partial(partial_file, fingerprint), **_take_parts(partial_file, fingerprint)}
     _rewrite_partial(partial_file, fingerprint, done)
+    for leftover in partial_file.parent.glob(glob.escape(partial_file.name) + ".items*"):  # a killed run's shard lists
+        leftover.unlink()
     todo = [it for it in items if it[0] not in done]
     audio_total = sum(d for _, _, d in items)
     resumed_s = round(sum(h.duration_s for h in done.values()), 1)
@@ -631,16 +650,14 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
         # <partial>.part<i> / .items<i>: names that extend the partial file's, so no pattern can match it
         parts = [partial_file.with_name(f"{partial_file.name}.part{i}") for i in range(n_used)]
         lists = [partial_file.with_name(f"{partial_file.name}.items{i}") for i in range(n_used)]
-        for name in (".part*", ".items*"):  # left by an interrupted run: another fingerprint's must not be merged
-            for part in partial_file.parent.glob(glob.escape(partial_file.name) + name):
-                part.unlink()
         for items_file, shard in zip(lists, shards):
             items_file.write_text(json.dumps(shard, ensure_ascii=False), encoding="utf-8")
         bar = progress_bar()  # the shards load their models inside it
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
         procs = [ctx.Process(target=_shard_worker, args=(model_dir, devices[i % len(devices)], str(lists[i]), opts,
-                                                          str(parts[i]), queue)) for i in range(n_used)]
+                                                          str(parts[i]), fingerprint, os.getpid(), queue))
+                 for i in range(n_used)]
         env_threads = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = "1"
         try:
@@ -674,15 +691,7 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
                 items_file.unlink(missing_ok=True)
         failed = [i for i, p in enumerate(procs) if p.exitcode != 0]
         with open(partial_file, "a", encoding="utf-8") as f:  # keep what the shards finished (whole lines only)
-            for part in parts:
-                if part.is_file():
-                    for line in part.read_text(encoding="utf-8").splitlines():
-                        try:
-                            json.loads(line)
-                        except json.JSONDecodeError:
-                            continue
-                        f.write(line + "\n")
-                    part.unlink()
+            f.writelines(jsonl_line(asdict(h)) for h in _take_parts(partial_file, fingerprint).values())
         if failed:
             raise RuntimeError(f"decoding shard(s) {failed} failed (exit codes "
                                f"{[procs[i].exitcode for i in failed]}); finished results kept in {partial_file}. "

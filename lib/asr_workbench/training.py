@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from asr_workbench.processes import die_with
+
 __all__ = ["TrainResult", "launch", "popen_tied", "train_in_process", "main"]
 
 log = logging.getLogger(__name__)
@@ -162,30 +164,11 @@ def launch(
     return TrainResult(out, cfg_path, log_path, rc)
 
 
-def _die_with(parent: int) -> Callable[[], None] | None:
-    """For ``preexec_fn``: the child gets SIGTERM when ``parent`` dies (Linux ``PR_SET_PDEATHSIG``). libc's prctl
-    is looked up here, in the parent: the child (a fork of a threaded kernel) only calls it."""
-    import ctypes
-    import signal
-
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    term = int(signal.SIGTERM)
-
-    def setup() -> None:
-        prctl(1, term)  # 1: PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent died before the line above
-            os.kill(os.getpid(), term)
-    return setup
-
-
 def popen_tied(cmd: list[str], env: Mapping[str, str] | None = None, cwd: str | None = None) -> subprocess.Popen[str]:
     """Start ``cmd`` (output piped as text) in its own process group, so an interrupt stops the whole tree
     (torchrun and its workers), and tied to this process: a killed kernel or a cancelled job (SIGKILL, or SIGTERM
     without cleanup) ends the trainer too, instead of leaving it holding the CPUs or the GPU unsupervised."""
-    tie = _die_with(os.getpid()) if sys.platform.startswith("linux") else None
+    tie = die_with(os.getpid())
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd,
                             start_new_session=True, preexec_fn=tie)
 

@@ -1,0 +1,31 @@
+"""Child processes that end with their parent: a killed kernel or job leaves no trainer or decoder running."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+__all__ = ["die_with"]
+
+
+def die_with(parent: int) -> Callable[[], None] | None:
+    """A function that makes the process calling it get SIGTERM when ``parent`` dies (Linux ``PR_SET_PDEATHSIG``;
+    None elsewhere): for ``preexec_fn``, or the first line of a spawned worker. libc's prctl is looked up here,
+    so that a fork of a threaded process only calls it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    term = int(signal.SIGTERM)
+
+    def setup() -> None:
+        prctl(1, term)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the line above
+            os.kill(os.getpid(), term)
+    return setup
