@@ -103,6 +103,9 @@ def test_shipped_pipeline_and_sweep_expand():
     ({"steps": [{"name": "a", "params": "params/demo/infer.yaml"}, {"name": "a", "params": "params/demo/infer.yaml"}]}, "duplicate step"),
     ({"stages": []}, "unknown key"),
     ({"steps": [{"name": "a", "params": "params/demo/infer.yaml", "with": {"modle": "x"}}]}, "modle not parameter"),
+    # shapes that ended in a TypeError traceback
+    ({"steps": [{"name": "a", "params": "params/demo/infer.yaml", "with": [1, 2]}]}, r"optional 'with' \(key: value\)"),
+    ({"steps": [{"name": "a", "params": ["params/demo/infer.yaml"]}]}, r"'params' \(a file\)"),
 ])
 def test_pipeline_schema_errors(tmp_path, content, message):
     f = tmp_path / "bad.pipeline.yaml"
@@ -113,9 +116,21 @@ def test_pipeline_schema_errors(tmp_path, content, message):
 
 def test_sweep_schema_errors(tmp_path):
     f = tmp_path / "bad.sweep.yaml"
-    f.write_text(yaml.safe_dump({"base": "params/demo/infer.yaml", "grid": {"batch_size": 4}}))
-    with pytest.raises(ValueError, match="grid"):
-        batch.expand([f])
+    for content in ({"base": "params/demo/infer.yaml", "grid": {"batch_size": 4}},
+                    {"base": "params/demo/infer.yaml", "grid": {"batch_size": [4]}, "with": [1]},
+                    {"base": ["params/demo/infer.yaml"], "grid": {"batch_size": [4]}}):
+        f.write_text(yaml.safe_dump(content))
+        with pytest.raises(ValueError, match="a sweep has 'base' .* and 'grid'"):
+            batch.expand([f])
+
+
+def test_a_folder_without_params_files_is_an_error_not_an_empty_run(tmp_path):
+    """`run params` (the suites are its sub-folders) ran nothing and exited 0."""
+    with pytest.raises(ValueError, match="no \\*.yaml params.* its sub-folders demo, paraformer-large have some"):
+        batch.expand(["params"])
+    (tmp_path / "infer.yml").write_text("batch_size: 2\n")
+    with pytest.raises(ValueError, match="infer.yml: name them \\*.yaml"):
+        batch.expand([tmp_path])
 
 
 def test_long_sweep_point_names_make_short_distinct_folders(tmp_path):
@@ -199,9 +214,19 @@ def test_command_line_values_take_their_parameters_types(tmp_path):
     assert batch.expand(["params/demo/infer.yaml"], {"model": "0755"})[0].params["model"] == "0755"
     # quoted, a value is the string inside the quotes; None is null for a str too; a number in a params file
     # for a str parameter is its text; a bool for an int is refused
-    for arg, want in (('model="my model"', "my model"), ("model='0755'", "0755"), ("model=None", None)):
+    for arg, want in (('model="my model"', "my model"), ("model='0755'", "0755"), ("cache_dir=None", None)):
         key, value = cli._parse_override(arg)
-        assert batch.expand(["params/demo/infer.yaml"], {key: value})[0].params["model"] == want
+        assert batch.expand(["params/demo/infer.yaml"], {key: value})[0].params[key] == want
+    # a parameter the notebook needs a value for, or a value of another type, fails naming the key (it failed in a
+    # cell with a TypeError); YAML's yes for a str is said as such
+    f = tmp_path / "infer.yaml"
+    for text, message in (("model: null", "model cannot be null: infer.ipynb needs a value"),
+                          ("model: [demo/model]", r"model is a str parameter of infer.ipynb, got \['demo/model'\]"),
+                          ("on_bad_input: yes", "on_bad_input is a str parameter .* got True .*quote the word"),
+                          ("decoding_overrides: [1]", "decoding_overrides is a dict parameter")):
+        f.write_text(text + "\n")
+        with pytest.raises(ValueError, match=message):
+            batch.expand([f])
     f = tmp_path / "infer.yaml"
     f.write_text("model: 123\nbatch_size: 8.0\n")
     assert (batch.expand([f])[0].params["model"], batch.expand([f])[0].params["batch_size"]) == ("123", 8)

@@ -249,6 +249,9 @@ def _typed(notebook: Path, params: dict[str, Any], source: str) -> dict[str, Any
     for k, v in params.items():
         kind = str((known.get(k) or {}).get("inferred_type_name") or "")
         if v is None or (isinstance(v, str) and v.strip() in (_NULLS[:3] if kind == "str" else _NULLS)):
+            if (known.get(k) or {}).get("default", "None") != "None" and k != "output_dir":  # null: a fresh folder
+                raise ValueError(f"{source}: {k} cannot be null: {notebook.name} needs a value "
+                                 f"(its default is {known[k]['default']})")
             out[k] = None
         elif kind in ("int", "float"):
             number = yaml_number(v.strip()) if isinstance(v, str) else v
@@ -264,6 +267,10 @@ def _typed(notebook: Path, params: dict[str, Any], source: str) -> dict[str, Any
         elif kind == "bool" and not isinstance(v, (bool, str)):
             raise bad(k, kind, v)
         elif not isinstance(v, str):
+            expected = {"str": str, "list": list, "dict": dict}.get(kind)
+            if expected is not None and not isinstance(v, expected):
+                raise ValueError(f"{source}: {k} is a {kind} parameter of {notebook.name}, got {v!r}" + (
+                    " (YAML reads yes/no/on/off as true/false: quote the word)" if isinstance(v, bool) else ""))
             continue
         elif kind == "list":
             out[k] = [v]
@@ -298,9 +305,9 @@ def load_pipeline(path: Path, overrides: dict[str, Any], ex: _Expansion) -> list
     specs = []
     for i, step in enumerate(data["steps"], 1):
         where = f"{path}: step {i}"
-        if not isinstance(step, dict) or set(step) - _STEP_KEYS or "name" not in step:
-            raise ValueError(f"{where}: a step has 'name' and 'params' and/or 'notebook', optional 'with' "
-                             f"(got {step!r})")
+        if not isinstance(step, dict) or set(step) - _STEP_KEYS or "name" not in step or not _shaped(step):
+            raise ValueError(f"{where}: a step has 'name' and 'params' (a file) and/or 'notebook' (a name), optional "
+                             f"'with' (key: value) (got {step!r})")
         name = str(step["name"])
         if name in done:
             raise ValueError(f"{where}: duplicate step name {name!r}")
@@ -342,12 +349,18 @@ def _point_name(point: dict[str, Any]) -> str:
     return "_".join(f"{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in point.items())
 
 
+def _shaped(entry: dict[str, Any]) -> bool:
+    """Whether a pipeline step's or a sweep's files and notebook are names and its ``with`` a mapping."""
+    return (all(isinstance(entry.get(k), (str, type(None))) for k in ("params", "base", "notebook"))
+            and isinstance(entry.get("with"), (dict, type(None))))
+
+
 def load_sweep(path: Path, overrides: dict[str, Any], ex: _Expansion) -> list[RunSpec]:
     """One run per point of the grid of a ``*.sweep.yaml``."""
     data = load_params(path)
     bad = set(data) - _SWEEP_KEYS
     grid = data.get("grid")
-    if bad or "base" not in data or not isinstance(grid, dict) or not grid or not all(
+    if bad or "base" not in data or not isinstance(grid, dict) or not grid or not _shaped(data) or not all(
             isinstance(v, list) and v for v in grid.values()):
         raise ValueError(f"{path}: a sweep has 'base' (a params file) and 'grid' (key: non-empty list), optional "
                          "'notebook' and 'with'" + (f"; unknown key(s) {', '.join(sorted(bad))}" if bad else ""))
@@ -408,7 +421,14 @@ def _expand(targets: Sequence[str | Path], overrides: dict[str, Any], ex: _Expan
         here = Path(t).expanduser().absolute()  # a command-line path is relative to the working directory first
         p = here if here.exists() else paths.resolve(t)
         if p.is_dir():
-            files += sorted(p.glob("*.yaml"))
+            found = sorted(p.glob("*.yaml"))
+            if not found:  # ran nothing and exited 0
+                subs = sorted(d.name for d in p.iterdir() if d.is_dir() and any(d.glob("*.yaml")))
+                other = sorted(f.name for f in p.glob("*.yml"))
+                raise ValueError(f"{t}: no *.yaml params, pipeline or sweep files in this folder"
+                                 + (f"; its sub-folders {', '.join(subs)} have some: name one" if subs else "")
+                                 + (f"; {', '.join(other)}: name them *.yaml" if other else ""))
+            files += found
         elif p.is_file() and p.suffix == ".ipynb":  # a notebook is what a params file names, not a params file
             raise ValueError(f"{t}: a notebook; run takes params files (params/<suite>/{p.stem}.yaml, which runs "
                              f"notebooks/{p.name}), pipelines or sweeps; for the notebook alone: papermill {t} OUT.ipynb "
