@@ -433,9 +433,11 @@ def test_a_run_that_reads_another_runs_folder_waits_for_it(monkeypatch, tmp_path
     board = spec("s/board", "board.yaml", output_dir=str(o / "b"))
     ft = spec("s/ft", "ft.yaml", output_dir=str(o / "ft"))
     other = spec("s/infer", "infer.yaml", output_dir=str(o / "infer"), model="demo/model")
-    specs = batch._with_dependencies([ev, p1, p2, board, ft, other])
-    assert [s.after for s in specs] == [["s/ft"], [], ["s/ft"], [], [], []]
-    assert [s.group for s in specs] == ["eval.yaml", "p", "p", "board.yaml", "ft.yaml", "infer.yaml"]
+    # a pipeline that ends in a leaderboard (the demo's): its board showed half of what ran beside it
+    q1, q_board = spec("q/infer", "q", output_dir=str(o / "q1")), spec("q/board", "q", output_dir=str(o / "qb"))
+    specs = batch._with_dependencies([q1, q_board, ev, p1, p2, board, ft, other])
+    assert [s.after for s in specs] == [[], [], ["s/ft"], [], ["s/ft"], [], [], []]
+    assert [s.group for s in specs] == ["q", "q", "eval.yaml", "p", "p", "board.yaml", "ft.yaml", "infer.yaml"]
 
     def run(fail: set[str]) -> list[tuple[str, str]]:
         order = []
@@ -452,6 +454,7 @@ def test_a_run_that_reads_another_runs_folder_waits_for_it(monkeypatch, tmp_path
     order, status = run(set())
     assert order.index("s/ft") < order.index("s/eval") and order.index("s/ft") < order.index("p/eval")
     assert order[-1] == "s/board" and set(status.values()) == {"ok"}
+    assert order.index("q/board") == len(order) - 2 and order.index("q/infer") > order.index("s/infer")
     order, status = run({"p/infer"})  # the pipeline's own later step is skipped; the fine-tune is not
     assert status["s/ft"] == "ok" and status["s/eval"] == "ok" and status["p/eval"] == "skipped"
     order, status = run({"s/ft"})  # what reads the failed fine-tune is skipped, the rest runs

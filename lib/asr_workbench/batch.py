@@ -680,11 +680,14 @@ def run_all(specs: Sequence[RunSpec], jobs: int = 1, devices: Sequence[str] = ()
     for s in specs:
         groups.setdefault(s.group, []).append(s)
     group_of = {s.name: s.group for s in specs}
-    # a group starts once the groups it reads from have finished; leaderboards (compare_runs alone) read the run
-    # index, so they wait for every other group
-    boards = {g for g, members in groups.items() if all(s.notebook.stem == "compare_runs" for s in members)}
+    # a group starts once the groups it reads from have finished; leaderboards (compare_runs) read the run index:
+    # a group of leaderboards alone waits for every other group, a pipeline that ends in one for every group
+    # without one (a pipeline's board showed half of a sweep run beside it)
+    with_board = {g for g, members in groups.items() if any(s.notebook.stem == "compare_runs" for s in members)}
+    boards = {g for g in with_board if all(s.notebook.stem == "compare_runs" for s in groups[g])}
     needs = {g: ({group_of[a] for s in members for a in s.after if a in group_of} - {g})
-             | (set(groups) - boards if g in boards else set()) for g, members in groups.items()}
+             | (set(groups) - boards if g in boards else set(groups) - with_board if g in with_board else set())
+             for g, members in groups.items()}
     statuses: dict[str, str] = {}
 
     def failed() -> dict[str, str]:
