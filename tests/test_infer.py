@@ -375,6 +375,8 @@ def test_decoding_is_deterministic(tmp_path):
     runs = [[h.text for h in decode.transcribe(model, items, batch_size=b)] for b in (1, 1, 4, 4)]
     assert runs[0] == runs[1] and runs[2] == runs[3]
     assert model.kwargs["frontend"].dither == 0.0
+    model.generate(input=items[0][1])  # funasr restores the frontend as built: it must have been built without
+    assert model.kwargs["frontend"].dither == 0.0 and decode.trained_dither(model) == 1.0 / 32768
 
 
 def test_digital_silence_is_heard_as_the_model_was_trained(tmp_path):

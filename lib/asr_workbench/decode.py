@@ -138,14 +138,17 @@ def load_model(model_dir: str, device: str = "cpu", ncpu: int | None = None, **k
         with contextlib.redirect_stdout(chatter):
             from funasr import AutoModel
 
+            # built without the frontend's random dither: funasr keeps a copy of the frontend as built and restores
+            # it before every generate(), so switching it off afterwards would not last (decoding adds it seeded)
+            conf = {**kwargs.pop("frontend_conf", {}), "dither": 0.0}
             try:
                 model = AutoModel(model=model_dir, device=resolve_device(device), disable_update=True,
-                                  disable_pbar=True, log_level="ERROR", **extra, **kwargs)
+                                  disable_pbar=True, log_level="ERROR", frontend_conf=conf, **extra, **kwargs)
             except Exception as e:  # e.g. a truncated model.pt: torch's message names no file
                 raise RuntimeError(f"funasr could not load the model in {model_dir}: {_load_error(e)}") from e
     finally:
         logging.disable(previous)
-    trained_dither(model)  # the frontend's random dither off, from now on (generate() keeps the frontend object)
+    trained_dither(model)
     return model
 
 
@@ -165,12 +168,33 @@ def trained_dither(model: Any) -> float:
     """
     if model not in _trained_dithers:
         frontend = model.kwargs.get("frontend")
-        amount = float(getattr(frontend, "dither", 0.0) or 0.0)
-        if amount:
-            frontend.dither = 0.0
+        amount = _configured_dither(model)
+        if getattr(frontend, "dither", 0.0):  # a model not built by load_model: its random dither off (until funasr
+            frontend.dither = 0.0              # restores its build-time frontend in a generate() call)
         # WavFrontend scales waveforms by 2**15 before its dither (upsacle_samples, sic) unless told not to
         _trained_dithers[model] = amount / 32768 if getattr(frontend, "upsacle_samples", True) else amount
     return _trained_dithers[model]
+
+
+def _configured_dither(model: Any) -> float:
+    """``frontend_conf.dither`` of the config.yaml funasr built ``model`` from, else its frontend class's default."""
+    import inspect
+
+    import yaml
+
+    frontend = model.kwargs.get("frontend")
+    if frontend is None or not hasattr(frontend, "dither"):
+        return 0.0
+    path = model.kwargs.get("config")
+    try:
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) if path else None
+    except (OSError, yaml.YAMLError):
+        config = None
+    conf = (config or {}).get("frontend_conf") if isinstance(config, dict) else None
+    if isinstance(conf, dict) and "dither" in conf:
+        return float(conf["dither"] or 0.0)
+    default = inspect.signature(type(frontend)).parameters.get("dither")
+    return float(default.default) if default is not None and isinstance(default.default, (int, float)) else 0.0
 
 
 @functools.lru_cache(maxsize=4)
