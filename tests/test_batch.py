@@ -419,6 +419,53 @@ def test_a_failed_rerun_keeps_the_finished_runs_notebook_and_report(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run").glob("infer*.ipynb")) == ["infer.failed.ipynb", "infer.ipynb"]
 
 
+def test_an_interrupted_rerun_that_replaced_the_results_takes_the_usual_names(tmp_path, monkeypatch):
+    """Interrupted (Ctrl-C, SIGTERM) once its results were written: the folder's metrics.json is the new run's, so
+    its notebook and command are too (the old ones described replaced results), and no *.attempt.* is left."""
+    import papermill
+
+    data = subset(DEMO_DATA / "base/test", tmp_path / "data", 2)
+    (tmp_path / "p").mkdir()
+    params = tmp_path / "p" / "infer.yaml"
+    params.write_text(yaml.safe_dump({"data_dir": str(data), "output_dir": str(tmp_path / "run"), "device": "cpu"}))
+    assert batch.execute(batch.expand([params])[0], progress=False).status == "ok"
+    real = papermill.execute_notebook
+
+    def interrupted_at_the_end(*args, **kwargs):  # the real run, then the interrupt while its report renders
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(papermill, "execute_notebook", interrupted_at_the_end)
+    with pytest.raises(KeyboardInterrupt):
+        batch.execute(batch.expand([params], {"batch_size": 3})[0], progress=False)
+    run = tmp_path / "run"
+    assert json.loads((run / "metrics.json").read_text())["parameters"]["batch_size"] == 3
+    assert "batch_size=3" in (run / "command.txt").read_text()
+    nb = json.loads((run / "infer.ipynb").read_text(encoding="utf-8"))
+    assert nb["metadata"]["papermill"]["parameters"]["batch_size"] == 3
+    assert not list(run.glob("*.attempt.*")) and not list(run.glob("*.failed.*"))
+
+
+def test_a_folder_another_run_is_writing_is_refused(tmp_path):
+    """Two commands given the same fixed output_dir at once shared its partial file (one failed with "utterances
+    were not decoded") and its report: the second is refused while the first holds the folder."""
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time\n"
+                               f"f = open({str(out / '.asr_workbench_lock')!r}, 'a+'); f.write('pid 4242'); f.flush()\n"
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        spec = batch.expand(["params/demo/infer.yaml"], {"output_dir": str(out), "data_dir": "demo/data/base/test"})[0]
+        rec = batch.execute(spec, progress=False)
+        assert rec.status == "failed" and "is in use by another run (pid 4242)" in rec.error
+        assert not (out / "infer.ipynb").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_run_that_reads_another_runs_folder_waits_for_it(monkeypatch, tmp_path):
     """A folder of params files holds a fine-tune and the evaluation that reads its output_dir: the evaluation's
     group starts after the fine-tune's (with --jobs it started before there was a model to read) and is skipped

@@ -41,6 +41,7 @@ __all__ = ["RunSpec", "RunRecord", "notebook_for", "notebook_parameters", "load_
            "append_index", "read_index", "INDEX"]
 
 INDEX = "runs.jsonl"  # under paths.outputs_root()
+_LOCK_FILE = ".asr_workbench_lock"  # in a run folder while a batch run writes it (an flock, not its existence)
 _REF = re.compile(r"\$\{([A-Za-z0-9_\-]+)\.([A-Za-z0-9_]+)\}")
 _PIPELINE_KEYS, _STEP_KEYS, _SWEEP_KEYS = {"description", "steps"}, {"name", "params", "notebook", "with"}, \
     {"description", "base", "notebook", "grid", "with"}
@@ -498,28 +499,59 @@ _RUN_KINDS = {"infer": "infer", "finetune": "finetune", "infer_after_finetune": 
 
 
 def execute(spec: RunSpec, hide_code: bool = False, progress: bool = True) -> RunRecord:
-    """Run one spec with papermill; a failing cell gives a ``failed`` record, never an exception."""
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
+    """Run one spec with papermill; a failing cell gives a ``failed`` record, never an exception (an interrupt
+    goes on once the attempt's files are named)."""
     out = Path(spec.params["output_dir"])
     executed = out / spec.notebook.name
     t0 = time.time()
-    status, error = "ok", None
     try:  # a folder the notebook would refuse (a model, another kind of run's) gets nothing written, not even here
         # the folders the notebook itself protects: its model, a fine-tune's model/ and train/
         model, ft = (spec.params.get(k) for k in ("model", "finetune_dir"))
         protect = [paths.resolve(model)] if isinstance(model, str) and model else []
         protect += [paths.resolve(ft) / sub for sub in ("model", "train")] if isinstance(ft, str) and ft else []
         runs.check_output_dir(out, _RUN_KINDS.get(spec.notebook.stem), [p for p in protect if p.is_dir()])
-    except ValueError as e:
-        return RunRecord(spec.name, spec.notebook, out, executed, None, "failed", f"ValueError: {e}", 0.0, t0,
+        lock = _lock_folder(out)
+    except (OSError, ValueError) as e:
+        return RunRecord(spec.name, spec.notebook, out, executed, None, "failed", f"{type(e).__name__}: {e}", 0.0, t0,
                          spec.params)
+    try:
+        return _execute_locked(spec, out, executed, t0, hide_code, progress)
+    finally:
+        lock.close()
+
+
+def _lock_folder(out: Path) -> Any:
+    """An exclusive lock on a run folder for one run (the open file; closing it, or the process ending, releases it):
+    two commands given the same fixed output_dir mixed their partial files and reports. ValueError when held."""
+    out.mkdir(parents=True, exist_ok=True)
+    f = open(out / _LOCK_FILE, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        raise ValueError(f"output_dir {out} is in use by another run ({holder or 'another process'}); wait for it, "
+                         "or choose another output_dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+    f.flush()
+    return f
+
+
+def _execute_locked(spec: RunSpec, out: Path, executed: Path, t0: float, hide_code: bool, progress: bool) -> RunRecord:
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    status, error = "ok", None
     # a folder holding a finished run (a fixed output_dir run again): this attempt writes beside it and takes the
     # usual names only if it succeeds; a failure stays <notebook>.failed.ipynb / report.failed.html /
     # command.failed.txt, so the earlier run's notebook and report still match its metrics.json and index line
     tag = ".attempt" if (out / "metrics.json").is_file() else ""
+    before = _file_state(out / "metrics.json")
     attempt, command = out / f"{spec.notebook.stem}{tag}.ipynb", out / f"command{tag}.txt"
+    interrupted: BaseException | None = None
     try:  # a run folder that cannot be made (a file of that name, no permission) fails this run, not the batch
         # marked here too: the leaderboard notebook writes nothing itself, and another kind of run must not take it
         runs.prepare_output_dir(out, _RUN_KINDS.get(spec.notebook.stem))
@@ -535,7 +567,12 @@ def execute(spec: RunSpec, hide_code: bool = False, progress: bool = True) -> Ru
         status, error = "failed", f"cell {e.exec_count}: {e.ename}: {e.evalue}"
     except Exception as e:  # the kernel died, a parameter could not be injected...
         status, error = "failed", f"{type(e).__name__}: {e}"
-    final = "" if status == "ok" or not tag else ".failed"
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: the attempt's files are named below, then the interrupt goes on
+        status, error, interrupted = "failed", "interrupted", e
+    # a failed attempt that already replaced the results (a later cell failed, an interrupt after decoding): the
+    # earlier notebook and report no longer describe the folder's metrics.json, this attempt's do
+    replaced = bool(tag) and _file_state(out / "metrics.json") != before
+    final = "" if status == "ok" or not tag or replaced else ".failed"
     if status == "ok":  # an earlier failed attempt's files no longer describe this folder
         for stale in (f"{spec.notebook.stem}.failed.ipynb", "report.failed.html", "command.failed.txt"):
             (out / stale).unlink(missing_ok=True)
@@ -544,6 +581,8 @@ def execute(spec: RunSpec, hide_code: bool = False, progress: bool = True) -> Ru
         for src, dst in ((attempt, executed), (command, out / f"command{final}.txt")):
             if src.is_file():
                 src.replace(dst)
+    if interrupted is not None:
+        raise interrupted
     html = None
     try:
         html = export_html(executed, out / f"report{final}.html", hide_code) if executed.is_file() else None
@@ -552,6 +591,15 @@ def execute(spec: RunSpec, hide_code: bool = False, progress: bool = True) -> Ru
     metrics = _metrics(out) if status == "ok" else {}
     return RunRecord(spec.name, spec.notebook, out, executed, html, status, error, round(time.time() - t0, 1), t0,
                      spec.params, metrics)
+
+
+def _file_state(path: Path) -> tuple[int, int] | None:
+    """A file's (mtime in ns, size), None when absent: whether a run replaced it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def _index_entry(rec: RunRecord) -> dict[str, Any]:
@@ -738,7 +786,9 @@ def run_all(specs: Sequence[RunSpec], jobs: int = 1, devices: Sequence[str] = ()
                     statuses.update((r.name, r.status) for r in records)
                     results += records
                     done.add(running.pop(f))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # the workers' runs end too (their kernels follow their parent), not after
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
     return results

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,13 @@ def _cmd_run(a: argparse.Namespace) -> int:
             print("  " + yaml.safe_dump(s.params, allow_unicode=True, sort_keys=False).strip().replace("\n", "\n  "))
         return 0
     devices = [d for d in (a.devices or "").split(",") if d]
+    terminated: list[int] = []
+
+    def on_term(signum: int, frame: Any) -> None:  # a job scheduler's SIGTERM stops the runs as Ctrl-C does
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
     try:
         records = batch.run_all(specs, jobs=a.jobs, devices=devices, hide_code=a.hide_code, progress=not a.quiet)
     except KeyboardInterrupt:
@@ -69,7 +77,9 @@ def _cmd_run(a: argparse.Namespace) -> int:
               "command starts the others again; a run in a fixed output_dir resumes there (an inference from its "
               "partial file, a fine-tune with -p resume=true), one in a fresh folder gets a new folder: to resume it, "
               "rerun it with -p output_dir=<its folder>", file=sys.stderr)
-        return 130
+        return 143 if terminated else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"\n{'run':<40} {'status':<8} {'CER':>9} {'time':>7}  report")
     for r in records:
         print(f"{r.name:<40} {r.status:<8} {_cer(r.metrics.get('cer')):>9} {r.seconds:>6.0f}s  {r.html or '-'}")
