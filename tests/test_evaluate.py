@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from asr_workbench import datadir, evaluate, infer, scoring
+from asr_workbench import datadir, evaluate, infer, modelhub, scoring
 from asr_workbench.finetune import export
 from asr_workbench.modelhub import check_folder
 from conftest import DEMO_DATA, DEMO_MODEL, REPO, subset
@@ -206,3 +207,22 @@ def test_settings_that_would_fail_late_fail_before_decoding(tmp_path, notebook_f
     r = run("e", test_sets=[data], compare_with_base=False, n_bootstrap=100)
     assert [s.name for s in r.sets] == ["data"]
     assert not any("both given" in w for w in r.warnings)
+    # the base the fine-tune recorded is gone (deleted by the fixture): not needed without a comparison
+    r = evaluate.run(output_dir=str(tmp_path / "f"), finetune_dir=str(ft_out), test_sets={"t": data},
+                     compare_with_base=False, n_bootstrap=100, device="cpu", progress=False)
+    assert r.sets[0].finetuned["cer"] is not None and any("is not found" in w for w in r.warnings)
+    with pytest.raises(modelhub.ModelError, match="no such folder"):  # needed for a comparison: an error
+        evaluate.run(output_dir=str(tmp_path / "g"), finetune_dir=str(ft_out), test_sets={"t": data},
+                     device="cpu", progress=False)
+    # a fine-tune of a ModelScope id found in another cache_dir: the evaluation looks in that cache (it looked in
+    # ~/.cache/modelscope and failed), and the same base named by its cache folder is no "other base"
+    cache = tmp_path / "cache"
+    shutil.copytree(DEMO_MODEL, cache / "models" / "myorg--tiny" / "snapshots" / "master")
+    ft = tmp_path / "ft-of-id"
+    shutil.copytree(ft_out, ft, ignore=shutil.ignore_patterns("model.pt.*"))
+    config = yaml.safe_load((ft / "config.yaml").read_text(encoding="utf-8"))
+    config["workbench"].update(model="myorg/tiny", cache_dir=str(cache), model_dir=None)
+    (ft / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    r = evaluate.run(output_dir=str(tmp_path / "h"), finetune_dir=str(ft), test_sets={"t": data}, n_bootstrap=100,
+                     device="cpu", progress=False)
+    assert r.base_dir == cache / "models" / "myorg--tiny" / "snapshots" / "master" and r.sets[0].base["cer"] is not None

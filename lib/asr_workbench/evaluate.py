@@ -97,14 +97,33 @@ def compare_results(name: str, data_dir: str, ft: infer.InferResult, base: infer
     return cmp
 
 
-def _base_model_name(finetune_dir: Path, given: str | None) -> str | None:
-    if given:
-        return given
+def _recorded_base(finetune_dir: Path) -> dict[str, Any]:
+    """What a workbench fine-tune recorded of its base: ``model`` (as given), ``model_dir``, ``cache_dir``."""
     cfg = finetune_dir / "config.yaml"
-    if cfg.is_file():
-        data = yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}
-        return (data.get("workbench") or {}).get("model")
-    return None
+    data = (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}) if cfg.is_file() else {}
+    rec = data.get("workbench") if isinstance(data, dict) else None
+    return rec if isinstance(rec, dict) else {}
+
+
+def _base_model_name(finetune_dir: Path, given: str | None) -> str | None:
+    return given or _recorded_base(finetune_dir).get("model")
+
+
+def _open_base(finetune_dir: Path, given: str | None, cache_dir: str | None,
+               needed: bool) -> tuple[modelhub.ModelFolder | None, list[str]]:
+    """The base model (``given``, else the one the fine-tune recorded, in the cache it was found in) and a warning
+    when the recorded one is gone but not ``needed`` (no comparison with it): the fine-tune's own model/ holds
+    everything its evaluation reads."""
+    name = _base_model_name(finetune_dir, given)
+    if not name:
+        return None, []
+    try:
+        return modelhub.open_model(name, cache_dir=cache_dir or (None if given else
+                                                                 _recorded_base(finetune_dir).get("cache_dir"))), []
+    except modelhub.ModelError as e:
+        if given or needed:
+            raise
+        return None, [f"the base model this fine-tune started from is not found ({e}): evaluated without it"]
 
 
 def _tokens_of_finetune(finetune_dir: Path) -> list[str] | None:
@@ -128,7 +147,10 @@ def _provenance_warnings(ft_dir: Path, decoding_model_name: str, base_name: str 
     recorded = _base_model_name(ft_dir, None)
     if given and recorded and given != recorded and base is not None:
         try:  # the same model may be named by its id or by its folder in the cache
-            same = modelhub.resolve_model_dir(recorded, allow_download=False)[0].resolve() == base.path.resolve()
+            where = _recorded_base(ft_dir).get("model_dir")
+            found = Path(where) if where and Path(where).is_dir() else modelhub.resolve_model_dir(
+                recorded, allow_download=False)[0]
+            same = found.resolve() == base.path.resolve()
         except Exception:  # the recorded base is gone (a deleted copy, another machine's cache)
             same = False
         if not same:
@@ -242,14 +264,14 @@ def run(
             raise datadir.DataError(f"{'data_dir' if name == 'data' and data_dir else f'test_sets[{name}]'}: {e}") from e
     required = list(REQUIRED_FILES if required_files is None else required_files)
     base_name = _base_model_name(ft_dir, modelscope_model_name)
-    base = modelhub.open_model(base_name, cache_dir=cache_dir) if base_name else None
+    base, base_notes = _open_base(ft_dir, modelscope_model_name, cache_dir, needed=compare_with_base)
     if compare_with_base and base is None:
         raise ValueError("compare_with_base needs modelscope_model_name (the base model): it is not recorded in "
                          f"{ft_dir / 'config.yaml'}")
     train_dir = ft_dir / "train" if (ft_dir / "train").is_dir() else ft_dir
     for ckpt in compare_checkpoints or []:  # all found before hours of decoding, not after
         export.checkpoint_path(train_dir, ckpt)
-    warnings = _provenance_warnings(ft_dir, decoding_model_name, base_name, modelscope_model_name, base)
+    warnings = base_notes + _provenance_warnings(ft_dir, decoding_model_name, base_name, modelscope_model_name, base)
     if data_dir and test_sets:
         warnings.append(f"data_dir and test_sets are both given: {len(sets)} sets are decoded ({', '.join(sets)}); "
                         "test_sets: {} decodes data_dir alone")

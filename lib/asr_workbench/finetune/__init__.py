@@ -155,7 +155,7 @@ def plan(
         num_workers = rec.num_workers if num_workers is None else num_workers
         precision = rec.precision if precision is None else precision
     precision = precision or "fp32"
-    early: list[str] = []  # warnings known before the data is read
+    early: list[str] = list(base.warnings)  # known before the data is read: the base folder's (no am.mvn...)
     if precision != "fp32" and not dev_name.startswith("cuda"):
         early.append(f"precision {precision} has no effect on {dev_name}: funasr's trainer autocasts on CUDA only "
                      "(its config keeps the setting for a GPU run); this run trains in fp32")
@@ -225,7 +225,8 @@ def plan(
         listed = " ".join(f"{c}({n})" for c, n in train.oov.most_common(30))
         warnings.append(f"{sum(train.oov.values())} transcript tokens are not in the model's vocabulary and train as "
                         f"<unk>: {listed}")
-    runs.write_config(out, {**cfg, "workbench": {"model": model, "data_path": str(data), "dataset_type": dataset_type,
+    runs.write_config(out, {**cfg, "workbench": {"model": model, "model_dir": str(base.path), "cache_dir": cache_dir,
+                                                 "data_path": str(data), "dataset_type": dataset_type,
                                                  "batch_bins": batch_bins, "nproc": nproc, "device": dev_name,
                                                  "steps_per_epoch": per_epoch, "total_steps": total,
                                                  "warnings": warnings,
