@@ -292,6 +292,9 @@ def test_decoding_settings_precedence_and_conflicts():
     assert s == {"batch_size": 8, "beam_size": 1, "maxlenratio": 0.5}
     with pytest.raises(ValueError, match="'batch_size' is set twice"):
         infer.resolve_decoding({}, {"batch_size": 8}, {"batch_size": 4})
+    assert infer.resolve_decoding({"decoding_ctc_weight": 0.3}, {}, None)["ctc_weight"] == 0.3
+    with pytest.raises(ValueError, match="'ctc_weight' is set twice"):
+        infer.resolve_decoding({}, {"ctc_weight": 0.5}, {"decoding_ctc_weight": 0.3})
 
 
 @pytest.mark.parametrize("where, value, message", [
@@ -299,6 +302,8 @@ def test_decoding_settings_precedence_and_conflicts():
     ("decoding.yaml", {"ctc_weight": 3}, r"m/decoding.yaml: decoding option ctc_weight must be a number from 0 to 1"),
     ("overrides", {"batch_seconds": -1}, r"decoding_overrides: decoding option batch_seconds must be a number of seconds > 0 \(or 0 / null: off\)"),
     ("overrides", {"attention": "flash"}, r"decoding_overrides: decoding option attention must be one of fused, funasr"),
+    # funasr's own name for it is the same option (it escaped the range check and the no-CTC note)
+    ("overrides", {"decoding_ctc_weight": 2.0}, r"decoding_overrides: decoding option ctc_weight must be a number from 0 to 1"),
     ("parameter", {"beam_size": 0}, r"parameter beam_size: decoding option beam_size must be an integer >= 1"),
 ])
 def test_bad_decoding_values_name_their_source(tmp_path, where, value, message):

@@ -73,6 +73,24 @@ def _check_decoding(settings: dict[str, Any], origin: dict[str, str]) -> None:
         raise bad("attention", f"one of {', '.join(attention.MODES)} (or null)")
 
 
+_ALIASES = {"decoding_ctc_weight": "ctc_weight"}  # funasr 1.x's generate() keyword for the workbench's own key
+
+
+def _own_names(layer: dict[str, Any] | None, source: str) -> dict[str, Any] | None:
+    """``layer`` with funasr's names of the workbench's keys replaced (so they are range-checked and conflicts are
+    found); both names with different values is an error."""
+    if not layer:
+        return layer
+    out = dict(layer)
+    for alias, own in _ALIASES.items():
+        if alias in out:
+            value = out.pop(alias)
+            if own in out and out[own] != value:
+                raise ValueError(f"{source}: {alias}={value!r} and {own}={out[own]!r} are one option; keep one")
+            out[own] = value
+    return out
+
+
 def resolve_decoding(model_defaults: dict[str, Any], params: dict[str, Any],
                      overrides: dict[str, Any] | None, defaults_source: str = "decoding.yaml") -> dict[str, Any]:
     """``decoding.yaml`` <- notebook parameters (those not None) <- ``decoding_overrides``.
@@ -84,6 +102,7 @@ def resolve_decoding(model_defaults: dict[str, Any], params: dict[str, Any],
     if overrides is not None and not isinstance(overrides, dict):
         raise ValueError(f"decoding_overrides must be a mapping of decoding options (e.g. {{batch_seconds: 120}}), "
                          f"got {type(overrides).__name__} {overrides!r}")
+    model_defaults, overrides = _own_names(model_defaults, defaults_source), _own_names(overrides, "decoding_overrides")
     settings: dict[str, Any] = {"batch_size": 16, **(model_defaults or {})}
     origin = {k: defaults_source for k in (model_defaults or {})}
     given = {k: v for k, v in params.items() if v is not None}
