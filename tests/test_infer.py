@@ -244,7 +244,9 @@ def test_shard_results_of_a_killed_run_are_resumed(tmp_path):
     partial = tmp_path / "run.partial"
     (tmp_path / "run.partial.part0").write_text(
         json.dumps({"fingerprint": "fp"}) + "\n" + json.dumps({"key": items[0][0], "text": "FROM-PART-0",
-                                                                "duration_s": items[0][2]}) + "\n" + '{"key": "cut', encoding="utf-8")
+                                                                "duration_s": items[0][2]}, ensure_ascii=False)
+        + "\n" + '{"key": "cut", "text": "今', encoding="utf-8")  # killed mid-write: the last character cut in half
+    (tmp_path / "run.partial.part0").write_bytes((tmp_path / "run.partial.part0").read_bytes()[:-1])
     (tmp_path / "run.partial.items0").write_text("[]", encoding="utf-8")  # its shard list, no longer needed
     (tmp_path / "run.partial.part1").write_text(
         json.dumps({"fingerprint": "other"}) + "\n" + json.dumps({"key": items[1][0], "text": "OTHER-RUN",

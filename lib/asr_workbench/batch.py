@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from asr_workbench import paths, runs
-from asr_workbench.fileio import atomic_write_text, jsonl_line, yaml_number
+from asr_workbench.fileio import atomic_write_text, jsonl_line, read_jsonl, yaml_number
 
 __all__ = ["RunSpec", "RunRecord", "notebook_for", "notebook_parameters", "load_params", "check_params", "remove_if_empty",
            "export_html", "expand", "load_pipeline", "load_sweep", "execute", "run_all", "run_notebook",
@@ -654,15 +654,8 @@ def read_index(index: str | Path | None = None) -> list[dict[str, Any]]:
         if not path.is_file():
             return []
     out, bad = [], []
-    for n, raw in enumerate(path.read_bytes().split(b"\n"), 1):  # a line cut inside a character spoils only itself
-        if not raw.strip():
-            continue
-        try:
-            entry = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            bad.append(n)
-            continue
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):  # edited by hand, another tool's
+    for n, entry in read_jsonl(path):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):  # cut off, edited, another tool's
             bad.append(n)
             continue
         for key in ("primary_cer", "rtf"):

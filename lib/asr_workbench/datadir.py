@@ -637,13 +637,14 @@ _CJK_GAP = re.compile(f"(?<=[{_CJK}])\\s+(?=[{_CJK}])")
 
 
 def _untrainable_spans(text: str, vocab: Collection[str]) -> list[tuple[int, int]]:
-    """``(start, end)`` of the tags (``<NOISE>``, ``[LAUGHTER]``: :data:`scoring.TAG`) and of the punctuation and
-    symbols ``vocab`` lacks, outside words (a mark between two letters or digits of a non-Chinese word, as in don't,
-    e-mail or 3.5, is part of that word)."""
+    """``(start, end)`` of the tags (``<NOISE>``, ``[LAUGHTER]``, ``<unk>``: :data:`scoring.TAG`, which scoring
+    drops, so a model trained on them learns characters it is never scored on) and of the punctuation and symbols
+    ``vocab`` lacks, outside words (a mark between two letters or digits of a non-Chinese word, as in don't, e-mail
+    or 3.5, is part of that word)."""
     def in_word(i: int) -> bool:
         return 0 < i < len(text) - 1 and all(c.isalnum() and not _CJK_CHAR.match(c) for c in (text[i - 1], text[i + 1]))
 
-    tags = [m.span() for m in TAG.finditer(text) if m.group() not in vocab]
+    tags = [m.span() for m in TAG.finditer(text)]
     tagged = {i for a, b in tags for i in range(a, b)}
     marks = [(i, i + 1) for i, c in enumerate(text)
              if i not in tagged and unicodedata.category(c)[0] in "PS" and c not in vocab and not in_word(i)]

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from asr_workbench import attention
-from asr_workbench.fileio import jsonl_line
+from asr_workbench.fileio import jsonl_line, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -554,17 +554,13 @@ def _read_partial(path: Path, fingerprint: str) -> dict[str, Hypothesis]:
     """Hypotheses of an earlier run with the same fingerprint; a line cut off by an interruption ends it."""
     if not path.is_file():
         return {}
-    lines = path.read_text(encoding="utf-8").splitlines()
-    try:
-        if not lines or json.loads(lines[0]).get("fingerprint") != fingerprint:
-            return {}
-    except json.JSONDecodeError:
+    records = read_jsonl(path)
+    first = next(records, (0, None))[1]
+    if not isinstance(first, dict) or first.get("fingerprint") != fingerprint:
         return {}
     out = {}
-    for line in lines[1:]:
-        try:
-            h = json.loads(line)
-        except json.JSONDecodeError:
+    for _, h in records:
+        if not isinstance(h, dict) or not isinstance(h.get("key"), str):
             break
         out[h["key"]] = Hypothesis(h["key"], h["text"], h["duration_s"], h.get("error", ""), h.get("warning", ""))
     return out

@@ -6,10 +6,11 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_text", "atomic_write_json", "jsonl_line", "yaml_number"]
+__all__ = ["atomic_write_text", "atomic_write_json", "jsonl_line", "read_jsonl", "yaml_number"]
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -39,6 +40,19 @@ def jsonl_line(obj: Any) -> str:
     """One JSON Lines record with its newline: non-ASCII kept, but U+2028, U+2029 and NEL escaped. JSON allows
     them raw, and ``str.splitlines`` (what many readers use) would cut a record that holds one in a transcript."""
     return json.dumps(obj, ensure_ascii=False, default=str).translate(_LINE_BREAKS) + "\n"
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, record)`` of each non-blank line of a JSON Lines file; the record is None for a line that is
+    not JSON. Read as bytes, line by line: a crash mid-write that cut a character in half spoils its line only
+    (reading the whole file as UTF-8 failed on it)."""
+    for n, raw in enumerate(Path(path).read_bytes().split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        try:
+            yield n, json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            yield n, None
 
 
 _YAML11_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")

@@ -43,7 +43,7 @@ _CHAR = ("\u3007\u3041-\u3096\u309d-\u309f\u30a1-\u30fa\u30fc-\u30ff\u31f0-\u31f
          "\uac00-\ud7af\uf900-\ufaff\U00020000-\U0002fa1f\U00030000-\U000323af")
 # non-speech and markup tags without spaces inside: <unk>, <NOISE>, <sil>, <spk/>, [LAUGHTER], [+], [笑] (corpus
 # annotations, scored as words by zh-char-v2), <|zh|><|NEUTRAL|> (SenseVoice's rich-transcription tags)
-TAG = re.compile(r"<[^<>\s]{1,40}>|\[[^\[\]\s]{1,40}\]")
+TAG = re.compile(r"[<＜][^<>＜＞\s]{1,40}[>＞]|[\[［][^\[\]［］\s]{1,40}[\]］]")  # full-width too, before NFKC
 _APOSTROPHES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'", "\uff07": "'"})
 
 

@@ -218,9 +218,9 @@ def plan(
                         f"trainer would stop at them mid-epoch), e.g. {unreadable[0].where}: {unreadable[0].reason}")
     if train.marks or dev.marks:
         listed = " ".join(f"{c}({n})" for c, n in (train.marks + dev.marks).most_common(20))
-        warnings.append(f"{sum((train.marks + dev.marks).values())} punctuation marks and symbols in the transcripts are "
-                        f"not in the model's vocabulary and are left out of the training targets (funasr would train "
-                        f"each as <unk>): {listed}")
+        warnings.append(f"{sum((train.marks + dev.marks).values())} tags (<NOISE>, [LAUGHTER]: not scored), punctuation "
+                        f"marks and symbols the model's vocabulary lacks are left out of the training targets (funasr "
+                        f"would train each as <unk>, or a tag's letters): {listed}")
     if train.oov:
         listed = " ".join(f"{c}({n})" for c, n in train.oov.most_common(30))
         warnings.append(f"{sum(train.oov.values())} transcript tokens are not in the model's vocabulary and train as "
