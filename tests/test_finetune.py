@@ -191,6 +191,9 @@ def test_resume_says_which_changed_settings_it_cannot_apply(tmp_path, tiny_data)
     first = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_epoch=1, lr=1e-3)
     (tmp_path / "train").mkdir()  # what funasr's trainer saves beside its checkpoints: the config it ran with
     (tmp_path / "train" / "config.yaml").write_text(yaml.safe_dump(first.config), encoding="utf-8")
+    before = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_epoch=2, lr=1e-5, resume=True)
+    assert not [w for w in before.warnings if "have no effect" in w]  # killed before its first checkpoint: applies
+    shutil.copyfile(DEMO_MODEL / "model.pt", tmp_path / "train" / "model.pt")  # its last checkpoint
     same = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_epoch=2, lr=1e-3, resume=True)
     assert not [w for w in same.warnings if "have no effect" in w]
     changed = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_epoch=2, lr=1e-5, resume=True)

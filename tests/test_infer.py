@@ -384,6 +384,11 @@ def test_decoding_is_deterministic(tmp_path):
     assert model.kwargs["frontend"].dither == 0.0
     model.generate(input=items[0][1])  # funasr restores the frontend as built: it must have been built without
     assert model.kwargs["frontend"].dither == 0.0 and decode.trained_dither(model) == 1.0 / 32768
+    # the configured value, also from a folder without configuration.json (funasr then reads config.yaml by name)
+    (folder / "configuration.json").unlink()
+    cfg["frontend_conf"]["dither"] = 0.0
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    assert decode.trained_dither(decode.load_model(str(folder), device="cpu")) == 0.0
 
 
 def test_digital_silence_is_heard_as_the_model_was_trained(tmp_path):

@@ -185,7 +185,9 @@ def _configured_dither(model: Any) -> float:
     frontend = model.kwargs.get("frontend")
     if frontend is None or not hasattr(frontend, "dither"):
         return 0.0
-    path = model.kwargs.get("config")
+    # config is set when configuration.json names it; without one funasr reads model_path/config.yaml
+    path = model.kwargs.get("config") or (Path(model.kwargs["model_path"]) / "config.yaml"
+                                          if model.kwargs.get("model_path") else None)
     try:
         config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) if path else None
     except (OSError, yaml.YAMLError):

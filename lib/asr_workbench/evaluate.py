@@ -119,7 +119,8 @@ def _open_base(finetune_dir: Path, given: str | None, cache_dir: str | None,
         return None, []
     try:
         return modelhub.open_model(name, cache_dir=cache_dir or (None if given else
-                                                                 _recorded_base(finetune_dir).get("cache_dir"))), []
+                                                                 _recorded_base(finetune_dir).get("cache_dir")),
+                                   allow_download=bool(given) or needed), []  # not 0.9 GB that nothing reads
     except modelhub.ModelError as e:
         if given or needed:
             raise

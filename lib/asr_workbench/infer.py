@@ -281,7 +281,11 @@ def run(
     try:
         dec = decode.decode(str(mf.path), items, opts, partial,
                             _fingerprint(mf, {**settings, "vad_model": vad_model, "devices": devices,
-                                              "precision": precision, "attention": opts.attention}, items),
+                                              "precision": precision, "attention": opts.attention,
+                                              # what the features are made from: results decoded before the
+                                              # seeded dither, or with another frontend, are not resumed
+                                              "frontend_conf": mf.config.get("frontend_conf"),
+                                              "dither": "seeded"}, items),
                             model=loaded_model, progress=progress)
     except BaseException:  # a model that fails to load, a shard, an interrupt: this attempt's report, beside
         ds.report.write_jsonl(failed_report)

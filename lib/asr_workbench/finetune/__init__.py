@@ -287,7 +287,7 @@ def _resume_warnings(cfg: dict[str, Any], train_dir: Path) -> list[str]:
     ``train/model.pt``, so another lr, optimizer or schedule than the interrupted run's has no effect (its config
     and model card would claim it had)."""
     saved_file = train_dir / "config.yaml"
-    if not saved_file.is_file():
+    if not saved_file.is_file() or not (train_dir / "model.pt").is_file():  # no checkpoint yet: nothing is restored
         return []
     saved = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}
     changed = [f"{k} {saved.get(k)!r} -> {cfg.get(k)!r}" for k in ("optim", "optim_conf", "scheduler", "scheduler_conf")
