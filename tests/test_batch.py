@@ -227,6 +227,8 @@ def test_command_line_values_take_their_parameters_types(tmp_path):
         f.write_text(text + "\n")
         with pytest.raises(ValueError, match=message):
             batch.expand([f])
+    f.write_text("devices: [0, 1]\n")  # a text parameter the workbench also takes as a list
+    assert batch.expand([f])[0].params["devices"] == [0, 1]
     f = tmp_path / "infer.yaml"
     f.write_text("model: 123\nbatch_size: 8.0\n")
     assert (batch.expand([f])[0].params["model"], batch.expand([f])[0].params["batch_size"]) == ("123", 8)

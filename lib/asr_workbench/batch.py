@@ -233,6 +233,11 @@ def _resolve_refs(value: Any, done: dict[str, dict[str, Any]], where: str) -> An
 _NULLS = ("null", "~", "None", "")
 
 
+# text parameters that take a list too (devices: [0, 1]; freeze_param: [encoder, predictor]): papermill drops a
+# parameter annotated ``str | list`` from the notebook's parameters, so the annotation cannot say it
+_TEXT_OR_LIST = {"devices", "freeze_param"}
+
+
 def _typed(notebook: Path, params: dict[str, Any], source: str) -> dict[str, Any]:
     """Each value as its parameter's annotated type reads it. Text (every scalar ``-p`` value, and YAML 1.1's
     ``1e-4``) is read per type: a number for int and float (``1e3`` is 1000 for an int), YAML for bool, dict and
@@ -268,7 +273,7 @@ def _typed(notebook: Path, params: dict[str, Any], source: str) -> dict[str, Any
         elif kind == "bool" and not isinstance(v, (bool, str)):
             raise bad(k, kind, v)
         elif not isinstance(v, str):
-            expected = {"str": str, "list": list, "dict": dict}.get(kind)
+            expected = {"str": (str, list) if k in _TEXT_OR_LIST else str, "list": list, "dict": dict}.get(kind)
             if expected is not None and not isinstance(v, expected):
                 raise ValueError(f"{source}: {k} is a {kind} parameter of {notebook.name}, got {v!r}" + (
                     " (YAML reads yes/no/on/off as true/false: quote the word)" if isinstance(v, bool) else ""))
