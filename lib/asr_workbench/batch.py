@@ -694,6 +694,18 @@ def _run_group(specs: list[RunSpec], hide_code: bool, progress: bool, env: dict[
             devices.put(device)
 
 
+def _run_group_in_worker(*args: Any) -> list[RunRecord]:
+    """:func:`_run_group` in a ``--jobs`` worker process: SIGTERM (sent by the main process when it is interrupted
+    or terminated) interrupts the run as Ctrl-C does, so its files are named and its kernel shut down."""
+    import signal
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    return _run_group(*args)
+
+
 def _run_specs(specs: list[RunSpec], hide_code: bool, progress: bool, index: Path | None,
                failed: dict[str, str] | None = None) -> list[RunRecord]:
     """Run a group's specs in order; one is skipped after a failed step of its group, or when a run it reads
@@ -777,14 +789,15 @@ def run_all(specs: Sequence[RunSpec], jobs: int = 1, devices: Sequence[str] = ()
                 while len(running) < jobs and (g := next_ready(done, pending) or (
                         pending[0] if pending and not running else None)):
                     pending.remove(g)
-                    running[pool.submit(_run_group, groups[g], hide_code, False, env, index, free, failed())] = g
+                    running[pool.submit(_run_group_in_worker, groups[g], hide_code, False, env, index, free,
+                                        failed())] = g
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for f in finished:
                     records = f.result()
                     statuses.update((r.name, r.status) for r in records)
                     results += records
                     done.add(running.pop(f))
-        except KeyboardInterrupt:  # the workers' runs end too (their kernels follow their parent), not after
+        except KeyboardInterrupt:  # the workers' runs are interrupted too (SIGTERM: see _run_group_in_worker)
             for process in list(getattr(pool, "_processes", {}).values()):
                 process.terminate()
             pool.shutdown(wait=False, cancel_futures=True)
