@@ -99,8 +99,7 @@ def export_model_folder(base: ModelFolder, train_dir: Path, checkpoint: str, out
                                                  ("bpemodel", "bpe.model")) if name and (tmp / name).is_file()}
         metas = {**({"tokenizer_conf": tokenizer} if tokenizer else {}),
                  **({"frontend_conf": {"cmvn_file": "am.mvn"}} if (tmp / "am.mvn").is_file() else {})}
-    metas = {**_copy_named_files(base, _flat_metas(base, metas, tmp), tmp), "init_param": "model.pt",
-             "config": "config.yaml"}
+    metas = {**_named_files(base, metas, tmp), "init_param": "model.pt", "config": "config.yaml"}
     configuration["file_path_metas"] = metas
     atomic_write_text(tmp / "configuration.json", json.dumps(configuration, ensure_ascii=False, indent=2))
     atomic_write_text(tmp / "README.md", card)
@@ -117,11 +116,27 @@ _NAMED_FILES = (("frontend_conf", "cmvn_file", "am.mvn"), ("tokenizer_conf", "to
                 ("tokenizer_conf", "bpemodel", None))
 
 
-def _flat_metas(base: ModelFolder, metas: Mapping[str, Any], out: Path) -> dict[str, Any]:
-    """Copy into ``out``, beside the weights, the files configuration.json names in a sub-folder of the base
-    (``assets/tokens.json``) or by absolute path; ``metas`` naming the copies. Only the base's top level is
-    copied otherwise: the export (and a checkpoint assembled for evaluation) lost its vocabulary and am.mvn, and
-    funasr failed to load it after the whole training had run."""
+_EXPORT_OWN = {"model.pt", "config.yaml", "configuration.json", "README.md"}  # written by the export itself
+
+
+def _named_files(base: ModelFolder, metas: Mapping[str, Any], out: Path) -> dict[str, Any]:
+    """Copy into ``out``, beside the weights, the files the base keeps elsewhere: named by configuration.json in a
+    sub-folder or by absolute path (``assets/tokens.json``: only the base's top level is copied otherwise, and the
+    export, or a checkpoint assembled for evaluation, could not be loaded after the whole training had run), or by
+    absolute path in config.yaml alone (a cmvn_file kept elsewhere: the exported config drops absolute paths, and
+    the copy would lose its feature normalisation without a word). Returns ``metas`` naming the copies. Two such
+    files of one name, or one named like a file the export writes, are a ValueError: one would replace the other."""
+    placed: dict[str, Path] = {}
+
+    def place(src: Path, name: str) -> str:
+        if name in _EXPORT_OWN or placed.get(name, src) != src:
+            other = placed.get(name) or f"the export's own {name}"
+            raise ValueError(f"{base.path}: {src} and {other} would both be {name} in the exported model folder; "
+                             "rename one in the base model (and its configuration.json)")
+        shutil.copyfile(src, out / name)  # the file funasr reads, over a same-named top-level one
+        placed[name] = src
+        return name
+
     def flat(value: Any) -> Any:
         if isinstance(value, Mapping):
             return {k: flat(v) for k, v in value.items()}
@@ -130,28 +145,18 @@ def _flat_metas(base: ModelFolder, metas: Mapping[str, Any], out: Path) -> dict[
         if isinstance(value, str) and Path(value).name != value:
             src = Path(value) if os.path.isabs(value) else base.path / value
             if src.is_file():
-                shutil.copyfile(src, out / src.name)  # the file funasr reads, over a same-named top-level one
-                return src.name
+                return place(src, src.name)
         return value
 
-    return {k: v if k in ("init_param", "config") else flat(v) for k, v in metas.items()}
-
-
-def _copy_named_files(base: ModelFolder, metas: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Copy into ``out`` the files the base's config.yaml names by absolute path (a cmvn_file kept elsewhere) that
-    configuration.json does not name; ``metas`` with them named. The exported config drops absolute paths, so
-    without this the copy would lose its feature normalisation (or vocabulary) without a word."""
-    metas = {k: dict(v) if isinstance(v, Mapping) else v for k, v in metas.items()}
+    named = {k: v if k in ("init_param", "config") else flat(v) for k, v in metas.items()}
     for section, key, name in _NAMED_FILES:
         value = (base.config.get(section) or {}).get(key)
         if not (isinstance(value, str) and os.path.isabs(value) and Path(value).is_file()):
             continue
-        if isinstance(metas.get(section), Mapping) and metas[section].get(key):
+        if isinstance(named.get(section), Mapping) and named[section].get(key):
             continue
-        target = name or Path(value).name
-        shutil.copyfile(value, out / target)  # the file training used, over a same-named one of the base folder
-        metas.setdefault(section, {})[key] = target
-    return metas
+        named.setdefault(section, {})[key] = place(Path(value), name or Path(value).name)
+    return named
 
 
 def strip_optimizer_state(train_dir: Path) -> list[str]:
