@@ -183,6 +183,7 @@ def test_settings_funasr_would_ignore_or_crash_on_are_refused_at_plan_time(tmp_p
         plan(str(tmp_path / "d"), specaug_conf={"num_time_mask": 2})
     with pytest.raises(ValueError, match="optim 'lbfgs' cannot run under funasr's trainer: its step.. needs a closure"):
         plan(str(tmp_path / "e"), optim="lbfgs")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # a refused plan leaves no run folder behind
 
 
 def test_resume_says_which_changed_settings_it_cannot_apply(tmp_path, tiny_data):

@@ -33,6 +33,8 @@ def resolve(path: str | os.PathLike[str]) -> Path:
 
 
 def outputs_root() -> Path:
-    """Where fresh run folders and the run index go: ``$ASR_WORKBENCH_OUTPUTS``, else ``<repo>/outputs``."""
+    """Where fresh run folders and the run index go: ``$ASR_WORKBENCH_OUTPUTS`` (a relative one from the repository
+    root, like every path here, whichever folder a kernel starts in; the run command makes it absolute where it is
+    typed), else ``<repo>/outputs``."""
     env = os.environ.get("ASR_WORKBENCH_OUTPUTS")
-    return Path(env).resolve() if env else repo_root() / "outputs"
+    return resolve(env).resolve() if env else repo_root() / "outputs"

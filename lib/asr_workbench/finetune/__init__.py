@@ -147,7 +147,6 @@ def plan(
             if path.resolve() == folder or folder in path.resolve().parents:
                 raise ValueError(f"{what} {path} is {out / replaced} or inside it, which a fine-tune into {out} "
                                  "replaces; fine-tune into another output_dir (e.g. outputs/<name>)")
-    out = runs.prepare_output_dir(output_dir, "finetune", protect=[base.path])
     dev_name, nproc = _device_and_nproc(device, num_gpus)
     rec = recommend(str(base.path), dev_name, cache_dir=cache_dir, nproc=nproc) if recommended else None
     if rec is not None:
@@ -167,6 +166,8 @@ def plan(
         num_workers=num_workers, max_duration_s=max_duration_s)
     base_kwargs = download_model(model=str(base.path), is_training=True)
     probe_cfg = fconfig.build_config(base, base_kwargs, params, finetune_overrides)
+    _check_freeze(probe_cfg, base)
+    out = runs.prepare_output_dir(output_dir, "finetune", protect=[base.path])  # the settings are sound: now written
     lists = out / "lists"
     train = fdata.prepare_split(fdata.find_split(data, "train"), "train", lists, base.tokens,
                                 probe_cfg.get("dataset_conf", {}), on_bad_input)
