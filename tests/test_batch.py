@@ -561,6 +561,37 @@ def test_an_interrupted_batch_says_how_to_go_on_and_leaves_no_empty_folders(tmp_
     assert not list(outputs.glob("slow.pipeline-after-*"))  # reserved, never started: removed
 
 
+def test_sigterm_stops_parallel_runs_with_their_workers(tmp_path, tiny_data):
+    """A job scheduler's SIGTERM to the command (not its process group) with --jobs 2: exit 143 with the same line
+    as Ctrl-C, and the worker processes end too (they went on training and indexed their runs afterwards)."""
+    import signal
+
+    sweep = tmp_path / "slow.sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"base": "params/demo/finetune.yaml", "grid": {"lr": [0.001, 0.002]},
+                                     "with": {"data_path": str(tiny_data), "output_dir": None, "max_epoch": 20}}))
+    outputs = tmp_path / "outputs"
+    proc = subprocess.Popen([sys.executable, "-m", "asr_workbench", "run", str(sweep), "--jobs", "2", "-q"],
+                            cwd=str(REPO), env={**os.environ, "ASR_WORKBENCH_OUTPUTS": str(outputs)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list(outputs.glob("slow.sweep-*/train"))) < 2:
+        time.sleep(0.5)  # both fine-tunes are training
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "interrupted: finished runs are in the index" in err
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # a worker (or its trainer) of the command's session still alive
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("worker processes outlived the terminated command")
+    assert not (outputs / "runs.jsonl").exists() or '"ok"' not in (outputs / "runs.jsonl").read_text()
+
+
 def test_pipeline_references_to_defaults_resolve_and_malformed_ones_are_refused(tmp_path):
     """${infer.precision} names a parameter the step left at its notebook default: resolved to it; ${ infer.x }
     and ${infer.data-dir} are no references and would have run as literal text: refused."""

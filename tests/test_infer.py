@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -256,6 +257,35 @@ def test_shard_results_of_a_killed_run_are_resumed(tmp_path):
     texts = {h.key: h.text for h in res.hypotheses}
     assert res.resumed == 1 and texts[items[0][0]] == "FROM-PART-0" and texts[items[1][0]] != "OTHER-RUN"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.partial"]
+
+
+def test_shards_end_with_their_killed_parent(tmp_path):
+    """A kernel restarted or a job killed (SIGKILL: nothing of the parent runs) left its shard processes decoding
+    for hours, holding CPUs or GPUs; they end with it."""
+    import signal
+
+    script = tmp_path / "sharded.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        "from asr_workbench import decode\n"
+        "if __name__ == '__main__':\n"
+        f"    items = [(f'u{{i}}', k[1], k[2]) for i, k in enumerate({decode_items('base/test', 40)!r} * 50)]\n"
+        "    decode.decode('demo/model', items, decode.DecodeOptions(device='cpu', njob=2, batch_size=1),\n"
+        f"                  Path({str(tmp_path / 'p.jsonl')!r}), 'fp', progress=False)\n", encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=str(REPO))
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and sum(p.stat().st_size for p in tmp_path.glob("p.jsonl.part*")) < 1000:
+            time.sleep(0.2)  # both shards are decoding
+        children = (Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split())
+        assert len(children) >= 2
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(Path(f"/proc/{c}").exists() for c in children):
+        time.sleep(0.2)
+    assert not [c for c in children if Path(f"/proc/{c}").exists()], "shards outlived their parent"
 
 
 def test_shard_that_dies_at_start_fails_the_run_instead_of_hanging(tmp_path):
