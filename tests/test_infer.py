@@ -259,6 +259,60 @@ def test_shard_results_of_a_killed_run_are_resumed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.partial"]
 
 
+def _random_model(folder: Path, config: dict) -> Path:
+    """A model folder of ``config``'s funasr class with random weights and the demo's tokens and am.mvn."""
+    import torch
+    from funasr import AutoModel
+
+    shutil.copytree(DEMO_MODEL, folder, ignore=shutil.ignore_patterns("model.pt", "decoding.yaml", "README.md"))
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    torch.manual_seed(0)
+    built = AutoModel(model=str(folder), device="cpu", disable_update=True, disable_pbar=True, log_level="ERROR",
+                      init_param=str(folder / "none.pt"))
+    torch.save(built.model.state_dict(), folder / "model.pt")
+    return folder
+
+
+def test_model_classes_that_cannot_batch_decode_one_utterance_at_a_time(tmp_path):
+    """funasr's streaming Paraformer decoded the last chunk only when told the input is final (every transcript
+    lost its end); its attention models (Conformer) decode batches of several by CTC greedy search, not their
+    beam search, so the batch size chose the algorithm. Both decode one utterance per call, said in the notes."""
+    from funasr import AutoModel
+
+    demo = yaml.safe_load((DEMO_MODEL / "config.yaml").read_text(encoding="utf-8"))
+    small = {"output_size": 64, "linear_units": 128, "num_blocks": 2}
+    streaming = _random_model(tmp_path / "streaming", {
+        **demo, "model": "ParaformerStreaming", "encoder": "SANMEncoderChunkOpt",
+        "encoder_conf": {**demo["encoder_conf"], **small, "input_layer": "pe_online",
+                         "pos_enc_class": "StreamSinusoidalPositionEncoder", "chunk_size": [12, 15], "stride": [8, 10],
+                         "pad_left": [0, 0], "encoder_att_look_back_factor": [4, 4],
+                         "decoder_att_look_back_factor": [1, 1]},
+        "decoder_conf": {**demo["decoder_conf"], "linear_units": 128, "num_blocks": 1, "att_layer_num": 1,
+                         "sanm_shfit": 5},
+        "predictor_conf": {**demo["predictor_conf"], "idim": 64}})
+    data = subset(DEMO_DATA / "base/test", tmp_path / "data", 4)
+    r = infer.run(str(streaming), str(data), str(tmp_path / "s"), batch_size=4, device="cpu", progress=False)
+    plain = AutoModel(model=str(streaming), device="cpu", disable_update=True, disable_pbar=True, log_level="ERROR")
+    plain.kwargs["frontend"].dither = 0.0  # as the workbench's files are heard (its seeded dither aside)
+    whole = {row["key"]: plain.generate(input=row["audio"])[0]["text"] for row in r.results}
+    assert sum(len(row["hyp"]) for row in r.results) >= sum(len(t) for t in whole.values()) * 0.9
+    assert "ParaformerStreaming decodes one whole utterance per call" in " ".join(r.metrics["notes"])
+    conformer = _random_model(tmp_path / "conformer", {
+        **{k: demo[k] for k in ("frontend", "frontend_conf", "specaug", "specaug_conf", "tokenizer", "tokenizer_conf",
+                                "ctc_conf")},
+        "model": "Conformer", "model_conf": {"ctc_weight": 0.3, "lsm_weight": 0.1, "length_normalized_loss": False},
+        "encoder": "ConformerEncoder",
+        "encoder_conf": {**small, "attention_heads": 4, "input_layer": "conv2d", "pos_enc_layer_type": "rel_pos",
+                         "selfattention_layer_type": "rel_selfattn", "macaron_style": True, "use_cnn_module": True,
+                         "cnn_module_kernel": 15},
+        "decoder": "TransformerDecoder", "decoder_conf": {"attention_heads": 4, "linear_units": 128, "num_blocks": 1}})
+    runs = {b: infer.run(str(conformer), str(data), str(tmp_path / f"c{b}"), batch_size=b, beam_size=3,
+                         device="cpu", progress=False) for b in (1, 4)}
+    assert [x["hyp"] for x in runs[1].results] == [x["hyp"] for x in runs[4].results]
+    assert "Conformer decodes batches of several by CTC greedy search" in " ".join(runs[4].metrics["notes"])
+    assert not any("beam_size=3 is ignored" in n for n in runs[1].metrics["notes"])  # its decoder searches beams
+
+
 def test_shards_end_with_their_killed_parent(tmp_path):
     """A kernel restarted or a job killed (SIGKILL: nothing of the parent runs) left its shard processes decoding
     for hours, holding CPUs or GPUs; they end with it."""

@@ -14,6 +14,7 @@ thread (CPU) or their own GPU, merged in input order.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import functools
 import glob
@@ -267,8 +268,31 @@ _FUNASR_DECODING_KEYS = frozenset({
     "decoding_ctc_weight", "beam_size", "maxlenratio", "minlenratio", "nbest", "penalty", "lm_file", "lm_weight",
     "ngram_weight", "hotword", "output_timestamp", "sentence_timestamp", "return_raw_text", "en_post_proc",
     "batch_size_s", "batch_size_threshold_s", "merge_length_s", "vad_kwargs", "punc_kwargs", "spk_kwargs",
-    "data_type", "fs", "begin_time", "cache", "language", "use_itn", "ban_emo_unk", "text_norm"})
+    "data_type", "fs", "begin_time", "cache", "language", "use_itn", "ban_emo_unk", "text_norm",
+    "is_final", "chunk_size", "encoder_chunk_look_back", "decoder_chunk_look_back"})  # the streaming Paraformer's
 _WORKBENCH_KEYS = frozenset({"batch_size", "batch_seconds", "ctc_weight", "attention"})
+
+
+def _unbatched(model_class: Any) -> tuple[str, dict[str, Any]] | None:
+    """Why funasr's ``model_class`` must decode one utterance per call, and the keywords that call needs; None
+    for the classes that decode batches. Its streaming Paraformer takes one utterance and decodes the last chunk
+    only when told the input is final (without it every transcript lost its end); its attention models
+    (Conformer, Transformer...) decode a batch of several by CTC greedy search instead of their attention
+    decoder's beam search, so the batch size would choose the algorithm."""
+    if model_class is None:
+        return None
+    if model_class.__name__ == "ParaformerStreaming":
+        return f"{model_class.__name__} decodes one whole utterance per call", {"is_final": True}
+    if hasattr(model_class, "inference_batch_ctc"):
+        return (f"{model_class.__name__} decodes batches of several by CTC greedy search instead of its attention "
+                "decoder's beam search"), {}
+    return None
+
+
+def _model_class(model_config: dict[str, Any]) -> Any:
+    from funasr.register import tables
+
+    return tables.model_classes.get(str(model_config.get("model")))
 
 
 def option_notes(model_config: dict[str, Any], opts: DecodeOptions) -> list[str]:
@@ -277,7 +301,14 @@ def option_notes(model_config: dict[str, Any], opts: DecodeOptions) -> list[str]
     A funasr Paraformer builds its CTC branch only when ``model_conf.ctc_weight > 0``.
     """
     has_ctc = float((model_config.get("model_conf") or {}).get("ctc_weight", 0.0) or 0.0) > 0
+    cls = _model_class(model_config)
     notes = []
+    alone = _unbatched(cls)
+    if alone and (opts.batch_size > 1 or opts.batch_seconds):
+        notes.append(f"decoded one utterance at a time, whatever batch_size says: {alone[0]}")
+    if opts.extra.get("hotword") and cls is not None and cls.__name__ not in ("SeacoParaformer", "ContextualParaformer"):
+        notes.append(f"hotword is ignored: {cls.__name__} has no hotword biasing (SeacoParaformer and "
+                     "ContextualParaformer have)")
     for key in sorted(set(opts.extra) - _FUNASR_DECODING_KEYS):  # funasr's inference takes **kwargs: a typo is silent
         near = difflib.get_close_matches(key, sorted(_FUNASR_DECODING_KEYS | _WORKBENCH_KEYS), n=1)
         notes.append(f"decoding option {key!r} is not one the workbench or funasr's Paraformer models read"
@@ -285,7 +316,8 @@ def option_notes(model_config: dict[str, Any], opts: DecodeOptions) -> list[str]
     if opts.ctc_weight and not has_ctc:
         notes.append(f"ctc_weight={opts.ctc_weight} is ignored: this model has no CTC branch "
                      "(model_conf.ctc_weight is 0), so it decodes without CTC scoring")
-    if opts.beam_size and opts.beam_size > 1 and not (has_ctc and opts.ctc_weight):
+    non_autoregressive = cls is None or "Paraformer" in cls.__name__  # an attention decoder searches beams itself
+    if opts.beam_size and opts.beam_size > 1 and not (has_ctc and opts.ctc_weight) and non_autoregressive:
         notes.append(f"beam_size={opts.beam_size} is ignored: Paraformer decodes in one non-autoregressive "
                      "pass; beam search only runs with CTC scoring (ctc_weight > 0 on a model with CTC) or an LM")
     return notes
@@ -352,6 +384,9 @@ def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: D
                     durations: list[float], sink: Callable[[list[Hypothesis]], None],
                     note: Callable[[str], None] | None = None) -> None:
     scale = trained_dither(model)
+    alone = _unbatched(type(model.model))
+    if alone:  # see option_notes: the run's notes say so
+        opts, kw = dataclasses.replace(opts, batch_size=1, batch_seconds=None), {**kw, **alone[1]}
     if opts.vad_model:  # long audio: funasr segments each file itself
         kw = {k: v for k, v in kw.items() if k != "batch_size_s"}
         with _autocast(model, opts.precision):
