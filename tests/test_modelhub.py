@@ -7,6 +7,7 @@ import shutil
 import time
 
 import pytest
+import yaml
 
 from asr_workbench import modelhub
 from conftest import DEMO_MODEL
@@ -123,9 +124,19 @@ def test_folder_without_configuration_json_uses_funasr_fallback(tmp_path):
     shutil.copytree(DEMO_MODEL, folder)
     (folder / "configuration.json").unlink()
     assert modelhub.open_model(str(folder)).tokens[-1] == "<unk>"
-    (folder / "model.pt").unlink()
-    with pytest.raises(modelhub.ModelError, match="lacks: model.pt"):
+    (folder / "model.pt").rename(folder / "model.pb")  # FunASR 0.x's name: said, with what loads it
+    with pytest.raises(modelhub.ModelError, match=r"lacks: model.pt \(model.pb is there: .* configuration.json names "
+                                                  r"it as init_param\)"):
         modelhub.open_model(str(folder))
+    # a sentencepiece model (SenseVoice, English Paraformer) needs its bpe.model, not tokens.json (funasr's fallback)
+    (folder / "model.pb").rename(folder / "model.pt")
+    (folder / "tokens.json").unlink()
+    config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    (folder / "config.yaml").write_text(yaml.safe_dump({**config, "tokenizer": "SentencepiecesTokenizer"}))
+    with pytest.raises(modelhub.ModelError, match=r"lacks: bpe.model \(its SentencepiecesTokenizer's model\)"):
+        modelhub.open_model(str(folder))
+    (folder / "bpe.model").write_bytes(b"")
+    assert modelhub.open_model(str(folder)).path == folder
 
 
 def test_bad_configuration_json(tmp_path):

@@ -25,7 +25,8 @@ __all__ = ["ModelError", "ModelFolder", "resolve_model_dir", "check_folder", "op
 
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 # files a Paraformer-style folder needs, by their configuration.json meta path
-_REQUIRED_METAS = ("init_param", "config", "tokenizer_conf.token_list", "frontend_conf.cmvn_file")
+_REQUIRED_METAS = ("init_param", "config", "tokenizer_conf.token_list", "tokenizer_conf.bpemodel",
+                   "frontend_conf.cmvn_file")
 
 
 class ModelError(RuntimeError):
@@ -199,10 +200,16 @@ def check_folder(path: Path, source: str = "folder", model_id: str | None = None
     for meta, rel in metas.items():
         if not (path / rel).exists():
             (missing if meta in _REQUIRED_METAS else warnings).append(f"{rel} (configuration.json {meta})")
-    if not metas:  # funasr's fallback: config.yaml + model.pt + tokens.{json,txt} + am.mvn
+    if not metas:  # funasr's fallback: config.yaml + model.pt + tokens.{json,txt} (or bpe.model) + am.mvn
         if not (path / "model.pt").is_file():
-            missing.append("model.pt")
-        if config.get("tokenizer") and not any((path / t).is_file() for t in ("tokens.json", "tokens.txt")):
+            other = sorted(p.name for p in path.iterdir() if p.suffix in (".pb", ".onnx", ".bin", ".safetensors"))
+            missing.append("model.pt" + (f" ({', '.join(other)} is there: an ONNX export is for funasr-onnx, not "
+                                         "AutoModel; a FunASR 0.x model.pb loads when configuration.json names it "
+                                         "as init_param)" if other else ""))
+        if config.get("tokenizer") == "SentencepiecesTokenizer":
+            if not (path / "bpe.model").is_file() and not (config.get("tokenizer_conf") or {}).get("bpemodel"):
+                missing.append("bpe.model (its SentencepiecesTokenizer's model)")
+        elif config.get("tokenizer") and not any((path / t).is_file() for t in ("tokens.json", "tokens.txt")):
             missing.append("tokens.json or tokens.txt")
         if config.get("frontend") in ("WavFrontend", "wav_frontend") and not (path / "am.mvn").is_file() \
                 and not (config.get("frontend_conf") or {}).get("cmvn_file"):
