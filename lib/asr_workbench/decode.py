@@ -376,8 +376,13 @@ def _autocast(model: Any, precision: str) -> Any:
 def _decode_loop(model: Any, items: Sequence[tuple[str, str, float]], opts: DecodeOptions, kw: dict[str, Any],
                  durations: list[float], sink: Callable[[list[Hypothesis]], None],
                  note: Callable[[str], None] | None = None) -> None:
-    with attention.fused(model.model, enabled=opts.attention == "fused"):
-        _decode_batches(model, items, opts, kw, durations, sink, note)
+    previous = logging.root.manager.disable
+    logging.disable(max(previous, logging.INFO))  # funasr's beam search logs lines per utterance at INFO
+    try:
+        with attention.fused(model.model, enabled=opts.attention == "fused"):
+            _decode_batches(model, items, opts, kw, durations, sink, note)
+    finally:
+        logging.disable(previous)
 
 
 def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: DecodeOptions, kw: dict[str, Any],
