@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -71,6 +72,9 @@ def _cmd_run(a: argparse.Namespace) -> int:
     try:
         records = batch.run_all(specs, jobs=a.jobs, devices=devices, hide_code=a.hide_code, progress=not a.quiet)
     except KeyboardInterrupt:
+        # the interrupted notebook client leaves a cell task whose kernel died: asyncio would print its traceback
+        # ("Task exception was never retrieved") when it is collected, after the line below
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         for s in specs:  # folders reserved for runs that never started
             batch.remove_if_empty(Path(s.params["output_dir"]))
         print(f"\ninterrupted: finished runs are in the index ({batch.paths.outputs_root() / batch.INDEX}). The same "
