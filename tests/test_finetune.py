@@ -46,24 +46,34 @@ def test_exported_model_loads_without_its_base(notebook_finetune):
     assert hyp[0].text
 
 
+def _export_from(base: Path, out: Path, tmp_path: Path) -> tuple[Path, dict]:
+    """The fine-tune ``out``'s checkpoint exported with ``base`` as the base model: the folder and its metas."""
+    from asr_workbench import modelhub
+
+    ckpt = json.loads((out / "metrics.json").read_text())["checkpoint"]
+    folder = export.export_model_folder(modelhub.open_model(str(base)), out / "train", ckpt, tmp_path / "exp",
+                                        yaml.safe_load((out / "config.yaml").read_text()), "card\n")
+    return folder, json.loads((folder / "configuration.json").read_text())["file_path_metas"]
+
+
+def _decodes_like(folder: Path, out: Path) -> bool:
+    """Whether ``folder`` decodes a test clip as the fine-tune's own exported model does."""
+    wavs = [("u", str(sorted((DEMO_DATA / "target/test/audio").iterdir())[0]))]
+    return (decode.transcribe(decode.load_model(str(folder), device="cpu"), wavs)
+            == decode.transcribe(decode.load_model(str(out / "model"), device="cpu"), wavs))
+
+
 def test_export_from_a_base_without_configuration_json_loads(notebook_finetune, tmp_path):
     """A base in funasr's fallback layout (no configuration.json: tokens.json and am.mvn found by name): the
     exported folder has a configuration.json, so it must list them there, or funasr loads it without its
     vocabulary and CMVN."""
-    from asr_workbench import modelhub
-
     out, _ = notebook_finetune
     base = tmp_path / "base"
     shutil.copytree(DEMO_MODEL, base)
     (base / "configuration.json").unlink()
-    ckpt = json.loads((out / "metrics.json").read_text())["checkpoint"]
-    folder = export.export_model_folder(modelhub.open_model(str(base)), out / "train", ckpt, tmp_path / "exp",
-                                        yaml.safe_load((out / "config.yaml").read_text()), "card\n")
-    metas = json.loads((folder / "configuration.json").read_text())["file_path_metas"]
+    folder, metas = _export_from(base, out, tmp_path)
     assert metas["tokenizer_conf"] == {"token_list": "tokens.json"} and metas["frontend_conf"] == {"cmvn_file": "am.mvn"}
-    wavs = [("u", str(sorted((DEMO_DATA / "target/test/audio").iterdir())[0]))]
-    assert (decode.transcribe(decode.load_model(str(folder), device="cpu"), wavs)
-            == decode.transcribe(decode.load_model(str(out / "model"), device="cpu"), wavs))
+    assert _decodes_like(folder, out)
 
 
 @pytest.mark.parametrize("with_configuration_json", [True, False])
@@ -71,8 +81,6 @@ def test_export_copies_a_cmvn_file_the_base_keeps_elsewhere(notebook_finetune, t
     """A base whose config.yaml names its am.mvn by an absolute path outside the folder (and whose
     configuration.json does not name it): the export drops absolute paths, so it copies the file in and names
     it, or the fine-tuned model would decode without feature normalisation, unsaid."""
-    from asr_workbench import modelhub
-
     out, _ = notebook_finetune
     base, elsewhere = tmp_path / "base", tmp_path / "elsewhere"
     shutil.copytree(DEMO_MODEL, base)
@@ -89,17 +97,12 @@ def test_export_copies_a_cmvn_file_the_base_keeps_elsewhere(notebook_finetune, t
         (base / "configuration.json").unlink()
     for f in base.iterdir():  # a read-only base (a shared cache) gives no read-only copy
         f.chmod(0o444)
-    ckpt = json.loads((out / "metrics.json").read_text())["checkpoint"]
-    folder = export.export_model_folder(modelhub.open_model(str(base)), out / "train", ckpt, tmp_path / "exp",
-                                        yaml.safe_load((out / "config.yaml").read_text()), "card\n")
+    folder, metas = _export_from(base, out, tmp_path)
     assert (folder / "am.mvn").read_bytes() == (elsewhere / "am.mvn").read_bytes()
     assert all(f.stat().st_mode & 0o200 for f in folder.iterdir())
-    metas = json.loads((folder / "configuration.json").read_text())["file_path_metas"]
     assert metas["frontend_conf"] == {"cmvn_file": "am.mvn"} and "token_list" in metas["tokenizer_conf"]
     shutil.rmtree(elsewhere)  # the copy stands alone, and decodes as the export from the intact base
-    wavs = [("u", str(sorted((DEMO_DATA / "target/test/audio").iterdir())[0]))]
-    assert (decode.transcribe(decode.load_model(str(folder), device="cpu"), wavs)
-            == decode.transcribe(decode.load_model(str(out / "model"), device="cpu"), wavs))
+    assert _decodes_like(folder, out)
 
 
 def test_export_flattens_files_a_base_keeps_in_a_sub_folder(notebook_finetune, tmp_path):
@@ -118,14 +121,10 @@ def test_export_flattens_files_a_base_keeps_in_a_sub_folder(notebook_finetune, t
     conf["file_path_metas"].update(tokenizer_conf={"token_list": "assets/tokens.json"},
                                    frontend_conf={"cmvn_file": "assets/am.mvn"})
     (base / "configuration.json").write_text(json.dumps(conf))
-    ckpt = json.loads((out / "metrics.json").read_text())["checkpoint"]
-    folder = export.export_model_folder(modelhub.open_model(str(base)), out / "train", ckpt, tmp_path / "exp",
-                                        yaml.safe_load((out / "config.yaml").read_text()), "card\n")
-    metas = json.loads((folder / "configuration.json").read_text())["file_path_metas"]
+    folder, metas = _export_from(base, out, tmp_path)
     assert metas["tokenizer_conf"] == {"token_list": "tokens.json"} and metas["frontend_conf"] == {"cmvn_file": "am.mvn"}
-    wavs = [("u", str(sorted((DEMO_DATA / "target/test/audio").iterdir())[0]))]
-    assert (decode.transcribe(decode.load_model(str(folder), device="cpu"), wavs)
-            == decode.transcribe(decode.load_model(str(out / "model"), device="cpu"), wavs))
+    assert _decodes_like(folder, out)
+    ckpt = json.loads((out / "metrics.json").read_text())["checkpoint"]
     bare = tmp_path / "bare"  # a fine-tune without its model/ (failed at export): the base is the template
     bare.mkdir()
     (bare / "train").symlink_to(out / "train")
