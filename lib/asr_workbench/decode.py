@@ -14,7 +14,6 @@ thread (CPU) or their own GPU, merged in input order.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import difflib
 import functools
 import glob
@@ -27,7 +26,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -391,7 +390,7 @@ def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: D
     scale = trained_dither(model)
     alone = _unbatched(type(model.model))
     if alone:  # see option_notes: the run's notes say so
-        opts, kw = dataclasses.replace(opts, batch_size=1, batch_seconds=None), {**kw, **alone[1]}
+        opts, kw = replace(opts, batch_size=1, batch_seconds=None), {**kw, **alone[1]}
     if opts.vad_model:  # long audio: funasr segments each file itself
         kw = {k: v for k, v in kw.items() if k != "batch_size_s"}
         with _autocast(model, opts.precision):
