@@ -185,6 +185,17 @@ def test_settings_funasr_would_ignore_or_crash_on_are_refused_at_plan_time(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # a refused plan leaves no run folder behind
 
 
+def test_dev_audio_that_is_also_train_audio_is_warned(tmp_path, tiny_data):
+    """Checkpoints are picked and averaged by dev accuracy: a dev set copied from train rewards memorising."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data / "train", data / "train")
+    shutil.copytree(tiny_data / "train", data / "dev")  # the same lists, the same audio files
+    p = finetune.plan(str(DEMO_MODEL), str(data), str(tmp_path / "run"), max_epoch=1)
+    assert any(w.startswith("12 of 12 dev utterances are train audio too") for w in p.warnings)
+    clean = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path / "clean"), max_epoch=1)
+    assert not any("train audio too" in w for w in clean.warnings)
+
+
 def test_resume_says_which_changed_settings_it_cannot_apply(tmp_path, tiny_data):
     """funasr restores the optimizer and scheduler state of train/model.pt on resume: a new lr was silently
     ignored while the config and model card claimed it."""
