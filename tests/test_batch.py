@@ -124,6 +124,18 @@ def test_sweep_schema_errors(tmp_path):
             batch.expand([f])
 
 
+def test_a_key_given_twice_or_a_file_not_in_utf8_is_named(tmp_path):
+    """safe_load keeps the last of two equal keys silently (batch_size: 4 further down won unseen); a Latin-1 file
+    failed with a codec error naming no file."""
+    f = tmp_path / "infer.yaml"
+    f.write_text("batch_size: 8\ndata_dir: demo/data/base/test\nbatch_size: 4\n")
+    with pytest.raises(ValueError, match=r"infer.yaml: not valid YAML: key 'batch_size' is given twice \(first on line 1\)"):
+        batch.expand([f])
+    f.write_bytes("model: café\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="infer.yaml: not UTF-8 text"):
+        batch.expand([f])
+
+
 def test_a_folder_without_params_files_is_an_error_not_an_empty_run(tmp_path):
     """`run params` (the suites are its sub-folders) ran nothing and exited 0."""
     with pytest.raises(ValueError, match="no \\*.yaml params.* its sub-folders demo, paraformer-large have some"):

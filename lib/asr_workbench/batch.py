@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from asr_workbench import paths, runs
-from asr_workbench.fileio import atomic_write_text, jsonl_line, read_jsonl, yaml_number
+from asr_workbench.fileio import atomic_write_text, jsonl_line, load_yaml_strict, read_jsonl, yaml_number
 
 __all__ = ["RunSpec", "RunRecord", "notebook_for", "notebook_parameters", "load_params", "check_params", "remove_if_empty",
            "export_html", "expand", "load_pipeline", "load_sweep", "execute", "run_all", "run_notebook",
@@ -98,12 +98,13 @@ def notebook_parameters(notebook: Path) -> dict[str, dict[str, Any]]:
 
 
 def load_params(params_file: Path) -> dict[str, Any]:
-    """A params YAML (safe_load); an empty file is no parameters."""
-    with open(params_file, encoding="utf-8") as f:
-        try:
-            data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:  # its message carries the line and column
-            raise ValueError(f"{params_file}: not valid YAML: {' '.join(str(e).split())}") from e
+    """A params YAML (safe_load, a key given twice refused); an empty file is no parameters."""
+    try:
+        data = load_yaml_strict(Path(params_file).read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{params_file}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from e
+    except yaml.YAMLError as e:  # its message carries the line and column
+        raise ValueError(f"{params_file}: not valid YAML: {' '.join(str(e).split())}") from e
     if not isinstance(data, dict):
         raise ValueError(f"{params_file}: expected a mapping of parameter: value, got {type(data).__name__}")
     return data

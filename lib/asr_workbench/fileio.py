@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_text", "atomic_write_json", "jsonl_line", "read_jsonl", "yaml_number"]
+__all__ = ["atomic_write_text", "atomic_write_json", "jsonl_line", "read_jsonl", "yaml_number", "load_yaml_strict"]
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -64,3 +64,29 @@ def yaml_number(value: Any) -> Any:
     if isinstance(value, str) and _YAML11_NUMBER.fullmatch(value.strip()):
         return float(value) if any(c in value for c in ".eE") else int(value.strip())
     return value
+
+
+def load_yaml_strict(text: str) -> Any:
+    """YAML as ``yaml.safe_load`` reads it, but a key given twice in one mapping is an error naming its line
+    (safe_load keeps the last one silently: ``batch_size: 8`` further down a params file wins unseen)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice (first on line {seen[key] + 1})", key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+            except TypeError:  # an unhashable key: safe_load's own error follows
+                pass
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+
