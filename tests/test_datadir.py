@@ -345,6 +345,10 @@ def test_oov_characters_counted_and_listed(tmp_path):
     assert ds.utterances[0].oov == ("龘", "龘")
     issue = next(i for i in ds.report.issues if i.code == "oov_chars")
     assert "龘(2)" in issue.reason
+    # a char vocabulary cannot say "hello"; one with BPE pieces (Paraformer-large's "he@@ llo") spells it
+    _write(tmp_path, "u1 a.flac\n", "u1 今天 hello 龘\n")
+    assert datadir.load_dataset(tmp_path, vocab=list("今天")).utterances[0].oov == ("hello", "龘")
+    assert datadir.load_dataset(tmp_path, vocab=[*"今天", "he@@", "llo"]).utterances[0].oov == ("龘",)
 
 
 def test_relative_paths_fall_back_to_cwd_and_say_so(tmp_path, monkeypatch):

@@ -499,6 +499,9 @@ def load_dataset(
                                      and i.where.rsplit(":", 1)[0] == str(wav_path))
 
     vocab_set = set(vocab) if vocab is not None else None
+    # a vocabulary with BPE pieces ("he@@", "llo": Paraformer-large's, with its seg_dict) spells a word it does not
+    # hold whole: only a character it lacks is unknown (words were all called unknown)
+    spells_words = vocab_set is not None and any(t.endswith("@@") for t in vocab_set)
     oov_counter: Counter[str] = Counter()
     used_cwd = False
     utts: list[Utterance] = []
@@ -562,7 +565,8 @@ def load_dataset(
             else:
                 text = texts[key][0]
                 if vocab_set is not None:
-                    oov = tuple(c for c in score_tokens(text) if c not in vocab_set)
+                    oov = tuple(c for c in score_tokens(text) if c not in vocab_set
+                                and not (spells_words and len(c) > 1 and not _CJK_CHAR.match(c)))
                     oov_counter.update(oov)
         utts.append(Utterance(key, str(path), text, info.duration_s, info.samplerate, info.channels, where, oov))
     for key, (_, n) in texts.items():
