@@ -270,15 +270,19 @@ def test_leaderboard_says_when_cers_come_from_different_normalisers(tmp_path):
     from asr_workbench import report
 
     index = tmp_path / "runs.jsonl"
-    for name, cer, norm in (("old", 0.05, "zh-char-v1: ..."), ("new", 0.06, "zh-char-v2: ...")):
-        rec = batch.RunRecord(name, Path("notebooks/infer.ipynb"), tmp_path / name, tmp_path / name / "x.ipynb", None,
-                              "ok", None, 1.0, 0.0, {"batch_size": 16},
+    for name, cer, norm in (("old", 0.05, "zh-char-v1: ..."), ("new run", 0.06, "zh-char-v2: ...")):
+        rec = batch.RunRecord(name, Path("notebooks/infer.ipynb"), tmp_path / name, tmp_path / name / "x.ipynb",
+                              tmp_path / name / "report.html", "ok", None, 1.0, 0.0, {"batch_size": 16},
                               {"cer": cer, "normaliser": norm, "data_dir": "demo/data/base/test"})
         batch.append_index(rec, index)
     board = leaderboard.load(str(index))
     assert board.normalisers == ["zh-char-v1", "zh-char-v2"] and "2 different text normalisers" in board.notes[0]
     assert "normaliser" in board.text().splitlines()[1] and "zh-char-v1" in board.text()
     assert "Note: these CERs were computed after 2 different text normalisers" in report.leaderboard_table(board)
+    # links relative to the board's own report folder (they work in a copied outputs folder), encoded
+    table = report.leaderboard_table(board, links_from=tmp_path / "board")
+    assert "href='../new%20run/report.html'" in table and "href='../old/report.html'" in table
+    assert f"href='{(tmp_path / 'old' / 'report.html').as_uri()}'" in report.leaderboard_table(board)
     same = leaderboard.load(str(index), notebook="nothing")
     assert same.notes == [] and same.rows == []
 

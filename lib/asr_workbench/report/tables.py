@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from asr_workbench import paths
 from asr_workbench.scoring import NORMALISER_NAME, UttScore, aligned_pairs
 
 __all__ = ["Html", "no_maths", "config_html", "table_html", "summary_table", "data_report_table", "diff_html", "audio_html", "worst_table", "warnings_html", "finetune_data_table",
@@ -210,14 +214,18 @@ def checkpoint_table(checkpoints: Sequence[dict[str, Any]]) -> Html:
     return table_html(["checkpoint", "dev CER", "data"], rows)
 
 
-def leaderboard_table(board: Any) -> Html:
-    """The leaderboard: CER, the parameters that differ between runs, RTF, links to the HTML reports."""
+def leaderboard_table(board: Any, links_from: str | Path | None = None) -> Html:
+    """The leaderboard: CER, the parameters that differ between runs, RTF, links to the HTML reports: relative to
+    ``links_from`` (the folder this table's own report goes to), so they still work in a copied outputs folder;
+    without it, file URLs."""
     if not board.rows:
         return Html("<p>No runs in the index yet (asr-workbench run ... appends to outputs/runs.jsonl).</p>")
+    base = paths.resolve(links_from) if links_from else None
     rows = []
     mixed = len(board.normalisers) > 1
     for r in board.rows:
-        link = f"<a href='file://{html.escape(r['html'])}'>report</a>" if r.get("html") else "-"
+        href = (quote(os.path.relpath(r["html"], base)) if base else Path(r["html"]).as_uri()) if r.get("html") else None
+        link = f"<a href='{html.escape(href)}'>report</a>" if href else "-"
         rows.append((html.escape(r["name"]), html.escape(r["notebook"]), html.escape(r["data"]),
                      f"{r['cer'] * 100:.2f} %" if r.get("cer") is not None else "-",
                      *([html.escape(r.get("normaliser") or "-")] if mixed else []),
