@@ -124,6 +124,32 @@ def test_sweep_schema_errors(tmp_path):
             batch.expand([f])
 
 
+def test_references_resolve_in_a_steps_params_file_and_nowhere_else(tmp_path):
+    """${step.key} in a pipeline step's own params file was taken literally (no dependency, a folder named
+    "${finetune.output_dir}"), as in a sweep or -p, where no step exists: resolved, or refused; a null value inside
+    a text became "None"."""
+    step_params = tmp_path / "p" / "infer.yaml"
+    step_params.parent.mkdir()
+    step_params.write_text("data_dir: ${first.data_dir}\n")
+    pipe = tmp_path / "refs.pipeline.yaml"
+    pipe.write_text(yaml.safe_dump({"steps": [{"name": "first", "params": "params/demo/infer.yaml"},
+                                              {"name": "second", "params": str(step_params)}]}))
+    specs = batch.expand([pipe])
+    assert specs[1].params["data_dir"] == specs[0].params["data_dir"]
+    sweep = tmp_path / "refs.sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"base": "params/demo/infer.yaml", "grid": {"batch_size": [4]},
+                                     "with": {"data_dir": "${first.data_dir}"}}))
+    with pytest.raises(ValueError, match=r"data_dir: \$\{first.data_dir\} is resolved only in a pipeline step"):
+        batch.expand([sweep])
+    with pytest.raises(ValueError, match="is resolved only in a pipeline step"):
+        batch.expand(["params/demo/infer.yaml"], {"data_dir": "${first.data_dir}"})
+    pipe.write_text(yaml.safe_dump({"steps": [
+        {"name": "first", "params": "params/demo/infer.yaml"},
+        {"name": "second", "params": "params/demo/infer.yaml", "with": {"output_dir": "out/${first.cache_dir}"}}]}))
+    with pytest.raises(ValueError, match=r"\$\{first.cache_dir\} is null, so it cannot be part of the text"):
+        batch.expand([pipe])
+
+
 def test_a_key_given_twice_or_a_file_not_in_utf8_is_named(tmp_path):
     """safe_load keeps the last of two equal keys silently (batch_size: 4 further down won unseen); a Latin-1 file
     failed with a codec error naming no file."""

@@ -213,6 +213,8 @@ def _resolve_refs(value: Any, done: dict[str, dict[str, Any]], where: str) -> An
                 raise ValueError(f"{where}: ${{{step}.{key}}} names no earlier step")
             if key not in done[step]:
                 raise ValueError(f"{where}: step {step!r} has no parameter {key!r}")
+            if done[step][key] is None:  # it became the text "None" inside a path
+                raise ValueError(f"{where}: ${{{step}.{key}}} is null, so it cannot be part of the text {value!r}")
             return str(done[step][key])
 
         whole = _REF.fullmatch(value)
@@ -294,6 +296,11 @@ def _typed(notebook: Path, params: dict[str, Any], source: str) -> dict[str, Any
 def _finish(spec_name: str, notebook: Path, params: dict[str, Any], source: str, group: str, ex: _Expansion,
             cmd: str) -> RunSpec:
     check_params(notebook, params, source)
+    for key, value in params.items():  # one left here was never resolved: it would run as literal text
+        left = _REF.search(json.dumps(value, default=str))
+        if left:
+            raise ValueError(f"{source}: {key}: {left.group(0)} is resolved only in a pipeline step (its params file "
+                             "or 'with'), not in a plain params file, a sweep or -p")
     params = _typed(notebook, params, source)
     out = params.get("output_dir")
     params["output_dir"] = str(paths.resolve(out) if out else _fresh_dir(spec_name.replace("/", "-"), ex))
@@ -331,7 +338,7 @@ def load_pipeline(path: Path, overrides: dict[str, Any], ex: _Expansion) -> list
             raise ValueError(f"{where}: give 'params' (a params file) or 'notebook'")
         if not nb.is_file():
             raise ValueError(f"{where}: no notebook {nb}")
-        params = {**base, **_resolve_refs(step.get("with") or {}, done, where)}
+        params = _resolve_refs({**base, **(step.get("with") or {})}, done, where)  # its params file's refs too
         params = _with_overrides(nb, params, overrides, where)
         spec = _finish(f"{label}/{name}", nb, params, where, str(path), ex, ex.command(path))
         done[name] = {**_defaults(nb), **spec.params}  # a later step may name a parameter left at its default
