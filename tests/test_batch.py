@@ -180,6 +180,10 @@ def test_long_sweep_point_names_make_short_distinct_folders(tmp_path):
                                  "with": {"output_dir": str(tmp_path / "out")}}))
     names = [Path(spec.params["output_dir"]).name for spec in batch.expand([f])]
     assert len(set(names)) == 2 and all(len(n) <= 100 for n in names)
+    # names that differ only in characters a folder name cannot keep: two folders, not "give different output_dir"
+    f.write_text(yaml.safe_dump({"base": "params/demo/infer.yaml", "grid": {"data_dir": ["a/b", "a_b", "a b"]},
+                                 "with": {"output_dir": str(tmp_path / "out")}}))
+    assert len({spec.params["output_dir"] for spec in batch.expand([f])}) == 3
 
 
 def test_unknown_override_is_refused():

@@ -389,6 +389,7 @@ def load_sweep(path: Path, overrides: dict[str, Any], ex: _Expansion) -> list[Ru
         raise ValueError(f"{path}: -p {', '.join(clash)} would replace the swept values; change the grid instead")
     specs = []
     keys = list(grid)
+    folders: set[str] = set()
     for values in itertools.product(*(grid[k] for k in keys)):
         point = dict(zip(keys, values))
         params = _with_overrides(nb, {**base, **point}, overrides, str(path))
@@ -396,8 +397,13 @@ def load_sweep(path: Path, overrides: dict[str, Any], ex: _Expansion) -> list[Ru
         root = params.get("output_dir")  # the params file's, or -p output_dir
         if isinstance(root, str) and root.strip() in _NULLS:  # -p output_dir=null: fresh folders, as in a file
             root = params["output_dir"] = None
-        if root:  # a fixed folder: one sub-folder per point, named safely
-            params["output_dir"] = str(Path(str(root)) / _safe_name(name))
+        if root:  # a fixed folder: one sub-folder per point, named safely (two points whose names differ only in
+            # characters a folder name cannot keep, data_dir=a/b and data_dir=a_b, get a hash of the whole name)
+            folder = _safe_name(name)
+            if folder in folders:
+                folder = f"{folder[:_MAX_NAME - 9]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+            folders.add(folder)
+            params["output_dir"] = str(Path(str(root)) / folder)
         specs.append(_finish(f"{label}/{name}", nb, params, str(path), f"{path}#{name}", ex, ex.command(path)))
     return specs
 
