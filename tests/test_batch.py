@@ -160,6 +160,9 @@ def test_a_key_given_twice_or_a_file_not_in_utf8_is_named(tmp_path):
     f.write_bytes("model: café\n".encode("latin-1"))
     with pytest.raises(ValueError, match="infer.yaml: not UTF-8 text"):
         batch.expand([f])
+    # shared settings through an anchor and a merge key are no duplicates; a date as a key is no reference
+    f.write_text("decoding_overrides:\n  <<: &common {maxlenratio: 0.5}\n  2024-01-01: x\nbatch_size: 4\n")
+    assert batch.expand([f])[0].params["decoding_overrides"]["maxlenratio"] == 0.5
 
 
 def test_a_folder_without_params_files_is_an_error_not_an_empty_run(tmp_path):

@@ -349,6 +349,9 @@ def test_oov_characters_counted_and_listed(tmp_path):
     _write(tmp_path, "u1 a.flac\n", "u1 今天 hello 龘\n")
     assert datadir.load_dataset(tmp_path, vocab=list("今天")).utterances[0].oov == ("hello", "龘")
     assert datadir.load_dataset(tmp_path, vocab=[*"今天", "he@@", "llo"]).utterances[0].oov == ("龘",)
+    # a word with a character no piece has is unknown all the same (funasr's tokenizer makes it <unk>)
+    _write(tmp_path, "u1 a.flac\n", "u1 今天 hello привет 龘\n")
+    assert datadir.load_dataset(tmp_path, vocab=[*"今天", "he@@", "llo", "<unk>"]).utterances[0].oov == ("привет", "龘")
 
 
 def test_relative_paths_fall_back_to_cwd_and_say_so(tmp_path, monkeypatch):

@@ -200,9 +200,10 @@ def _claim(folder: Path, reserve: bool) -> bool:
 
 
 def _with_overrides(notebook: Path, params: dict[str, Any], overrides: dict[str, Any], source: str) -> dict[str, Any]:
-    """``params`` with the command line's ``-p`` values that are parameters of ``notebook``."""
+    """``params`` with the command line's ``-p`` values that are parameters of ``notebook``, typed (a value of the
+    wrong type is blamed on -p, not on the params file)."""
     known = notebook_parameters(notebook)
-    return {**params, **{k: v for k, v in overrides.items() if k in known}}
+    return {**params, **_typed(notebook, {k: v for k, v in overrides.items() if k in known}, "-p")}
 
 
 def _resolve_refs(value: Any, done: dict[str, dict[str, Any]], where: str) -> Any:
@@ -293,13 +294,22 @@ def _typed(notebook: Path, params: dict[str, Any], source: str) -> dict[str, Any
     return out
 
 
+def _leftover_ref(value: Any) -> str | None:
+    """The first ``${step.key}`` in ``value`` (text, or inside lists and mappings, keys too), or None."""
+    if isinstance(value, str):
+        m = _REF.search(value)
+        return m.group(0) if m else None
+    items = [*value.keys(), *value.values()] if isinstance(value, dict) else value if isinstance(value, list) else []
+    return next((left for left in map(_leftover_ref, items) if left), None)
+
+
 def _finish(spec_name: str, notebook: Path, params: dict[str, Any], source: str, group: str, ex: _Expansion,
             cmd: str) -> RunSpec:
     check_params(notebook, params, source)
     for key, value in params.items():  # one left here was never resolved: it would run as literal text
-        left = _REF.search(json.dumps(value, default=str))
+        left = _leftover_ref(value)
         if left:
-            raise ValueError(f"{source}: {key}: {left.group(0)} is resolved only in a pipeline step (its params file "
+            raise ValueError(f"{source}: {key}: {left} is resolved only in a pipeline step (its params file "
                              "or 'with'), not in a plain params file, a sweep or -p")
     params = _typed(notebook, params, source)
     out = params.get("output_dir")

@@ -500,8 +500,10 @@ def load_dataset(
 
     vocab_set = set(vocab) if vocab is not None else None
     # a vocabulary with BPE pieces ("he@@", "llo": Paraformer-large's, with its seg_dict) spells a word it does not
-    # hold whole: only a character it lacks is unknown (words were all called unknown)
-    spells_words = vocab_set is not None and any(t.endswith("@@") for t in vocab_set)
+    # hold whole from its pieces' characters: a word is unknown only for a character none of them has (all words
+    # were called unknown)
+    spelled = {c for t in vocab_set or () if not (t.startswith("<") and t.endswith(">")) for c in t.removesuffix("@@")} \
+        if vocab_set is not None and any(t.endswith("@@") for t in vocab_set) else None
     oov_counter: Counter[str] = Counter()
     used_cwd = False
     utts: list[Utterance] = []
@@ -566,7 +568,7 @@ def load_dataset(
                 text = texts[key][0]
                 if vocab_set is not None:
                     oov = tuple(c for c in score_tokens(text) if c not in vocab_set
-                                and not (spells_words and len(c) > 1 and not _CJK_CHAR.match(c)))
+                                and (spelled is None or not set(c) <= spelled))
                     oov_counter.update(oov)
         utts.append(Utterance(key, str(path), text, info.duration_s, info.samplerate, info.channels, where, oov))
     for key, (_, n) in texts.items():

@@ -77,6 +77,8 @@ def load_yaml_strict(text: str) -> Any:
     def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # <<: *anchor, merged by safe_load's own constructor
+                continue
             key = loader.construct_object(key_node, deep=deep)
             try:
                 if key in seen:

@@ -210,11 +210,11 @@ def plan(
     w = fconfig.warmup_warning(cfg, schedule)
     if w:
         warnings.append(w)
-    shared = {os.path.realpath(u.audio) for u in train.dataset.scored} & {os.path.realpath(u.audio)
-                                                                        for u in dev.dataset.scored}
+    trained_audio = {os.path.realpath(u.audio) for u in train.dataset.scored}
+    shared = [u.audio for u in dev.dataset.scored if os.path.realpath(u.audio) in trained_audio]
     if shared:  # the checkpoints are chosen (and averaged) by dev accuracy: on training audio it rewards memorising
         warnings.append(f"{len(shared)} of {len(dev.dataset.scored)} dev utterances are train audio too (e.g. "
-                        f"{sorted(shared)[0]}): the best checkpoints are chosen by dev accuracy, which then rewards "
+                        f"{shared[0]}): the best checkpoints are chosen by dev accuracy, which then rewards "
                         "memorising; hold dev out of train")
     if train.dropped or dev.dropped:
         warnings.append(f"funasr would silently skip {len(train.dropped)} train and {len(dev.dropped)} dev utterance(s) "
