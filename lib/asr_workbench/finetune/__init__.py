@@ -193,7 +193,6 @@ def plan(
         raise ValueError(f"accum_grad {accum} with about {batches} batch(es) per epoch{each}: funasr's trainer updates "
                          f"the weights after every {accum}th batch and clears the gradients at each epoch's start, so "
                          "this fine-tune would never change the model; lower accum_grad or batch_bins")
-    _check_freeze(cfg, base)
     warnings = early
     if batches % accum:
         warnings.append(f"about {batches % accum} of {batches} batches per epoch{each} are computed but never applied: "
@@ -307,19 +306,16 @@ def _resume_warnings(cfg: dict[str, Any], train_dir: Path) -> list[str]:
 
 
 def _check_freeze(cfg: dict[str, Any], base: modelhub.ModelFolder) -> None:
-    """``freeze_param`` as funasr's trainer reads it (comma-separated prefixes of weight names), spaces removed in
-    ``cfg`` (funasr kept " predictor" and froze nothing by it); a prefix that names no weight of the base is a
-    ValueError (a typo froze nothing, unsaid)."""
+    """A ``freeze_param`` prefix (comma-separated, as the config builder left it) that names no weight of the base
+    is a ValueError: a typo froze nothing, unsaid."""
     frozen = cfg.get("freeze_param")
     if not frozen:
         return
-    prefixes = [t.strip() for t in (frozen.split(",") if isinstance(frozen, str) else frozen) if str(t).strip()]
     names = list(modelhub.load_weights(base.weights, mmap=True)) if base.weights else []
-    unmatched = [t for t in prefixes if not any(k == t or k.startswith(t + ".") for k in names)]
+    unmatched = [t for t in frozen.split(",") if not any(k == t or k.startswith(t + ".") for k in names)]
     if unmatched and names:
         raise ValueError(f"freeze_param {frozen!r}: {', '.join(map(repr, unmatched))} name(s) no weight of "
                          f"{base.weights}; its weights start with {', '.join(sorted({k.split('.')[0] for k in names}))}")
-    cfg["freeze_param"] = ",".join(prefixes)
 
 
 def _checkpoint_warnings(checkpoint: str, tc: dict[str, Any]) -> list[str]:

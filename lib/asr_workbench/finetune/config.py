@@ -221,6 +221,10 @@ def build_config(model: ModelFolder, base_kwargs: Mapping[str, Any], params: Fin
     if cfg.get("scheduler") in _UNSTEPPABLE:
         raise ValueError(f"scheduler {cfg['scheduler']!r} cannot run under funasr's trainer as the workbench calls it "
                          f"({_UNSTEPPABLE[cfg['scheduler']]}); use warmuplr, noamlr or CosineAnnealingLR")
+    frozen = cfg.get("freeze_param")
+    if frozen:  # as funasr's trainer splits it: on commas only (it kept " predictor" and froze nothing by it)
+        cfg["freeze_param"] = ",".join(t.strip() for t in (frozen.split(",") if isinstance(frozen, str) else frozen)
+                                       if str(t).strip())
     where = f"the notebook parameter, {model.path / 'finetune.yaml'} or finetune_overrides"
     optimizer_and_scheduler(cfg, where)
     _check_specaug(cfg, model.config, where)
