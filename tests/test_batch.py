@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from asr_workbench import batch, leaderboard
+from asr_workbench import batch, leaderboard, runs
 from conftest import DEMO_DATA, DEMO_MODEL, REPO, subset
 
 
@@ -48,7 +48,7 @@ def pipeline_run(tmp_path_factory, tiny_sets):
 
 def test_pipeline_steps_feed_each_other_and_leave_run_folders(pipeline_run, tiny_sets):
     outputs, stdout = pipeline_run
-    index = batch.read_index(outputs / "runs.jsonl")
+    index = runs.read_index(outputs / "runs.jsonl")
     assert [e["name"] for e in index] == ["tiny.pipeline/infer", "tiny.pipeline/finetune", "tiny.pipeline/evaluate"]
     assert all(e["status"] == "ok" for e in index)
     ft, ev = index[1], index[2]
@@ -76,7 +76,7 @@ def test_sweep_failure_isolation_and_parallel_index(tmp_path, tiny_sets):
     broken.write_text(yaml.safe_dump({"model": str(DEMO_MODEL), "data_dir": str(tmp_path / "no-such-data")}))
     proc = _cli(["run", str(sweep), str(broken), "--jobs", "2", "-q"], tmp_path / "outputs")
     assert proc.returncode == 1  # one run failed ...
-    index = batch.read_index(tmp_path / "outputs" / "runs.jsonl")
+    index = runs.read_index(tmp_path / "outputs" / "runs.jsonl")
     status = {e["name"]: e["status"] for e in index}
     assert status == {"bs.sweep/batch_size=2": "ok", "bs.sweep/batch_size=4": "ok", "broken/infer": "failed"}  # ... the others ran
     failed = next(e for e in index if e["status"] == "failed")
@@ -205,7 +205,7 @@ def test_failed_first_step_skips_the_rest_of_its_pipeline(tmp_path):
         {"name": "again", "params": "params/demo/infer.yaml", "with": {"output_dir": None}}]}))
     proc = _cli(["run", str(pipe), "-q"], tmp_path / "outputs")
     assert proc.returncode == 1
-    index = batch.read_index(tmp_path / "outputs" / "runs.jsonl")
+    index = runs.read_index(tmp_path / "outputs" / "runs.jsonl")
     assert [(e["name"], e["status"]) for e in index] == [("broken.pipeline/infer", "failed"),
                                                          ("broken.pipeline/again", "skipped")]
     assert "skipped: broken.pipeline/infer failed" in index[1]["error"]
@@ -330,11 +330,11 @@ def test_index_line_after_a_cut_off_one_is_kept(tmp_path):
                           "ok", None, 1.0, 0.0, {}, {"cer": 0.1, "data_dir": "d/test"})
     batch.append_index(rec, index)
     with pytest.warns(UserWarning, match=r"1 line\(s\) are not run records .* line 2"):
-        entries = batch.read_index(index)
+        entries = runs.read_index(index)
     assert [e["name"] for e in entries] == ["old", "new"]
     assert entries[0]["html"] is None  # edited by hand to a number: not a link
     with pytest.raises(FileNotFoundError, match="no such run index"):
-        batch.read_index(tmp_path / "mistyped.jsonl")
+        runs.read_index(tmp_path / "mistyped.jsonl")
 
 
 def test_fresh_run_folders_are_reserved(tmp_path, monkeypatch):
@@ -390,7 +390,10 @@ def test_cer_against_a_swept_setting_of_mappings_and_data_filter(tmp_path):
                               "ok", None, 1.0, 0.0, {"scheduler_conf": conf}, {"cer": 0.1 * (i + 1), "data_dir": data})
         batch.append_index(rec, index)
     board = leaderboard.load(str(index))
-    report.cer_vs_parameter(board, "scheduler_conf")
+    ax = report.cer_vs_parameter(board, "scheduler_conf").axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["{'warmup_steps': 10}", "{'warmup_steps': 30}"]
+    assert {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines} == {
+        "base/test": ([0], [20.0]), "target/test": ([1], [10.0])}  # one line per data set, at its setting's place
     assert [r["data"] for r in leaderboard.load(str(index), data="test").rows] == ["target/test", "base/test"]
 
 
@@ -414,8 +417,13 @@ def test_cer_figures_name_their_normaliser_and_sweeps_plot_in_value_order(tmp_pa
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4"] and name in ax.get_ylabel()
     assert list(ax.lines[0].get_xdata()) == [0, 2]  # d/a: batch 1 at position 0, batch 4 at position 2
     assert f"CER({name})" in board.text().splitlines()[0] and "started" in board.text().splitlines()[0]
-    row = {"scored": True, "duration_s": 2.0, "cer": 0.5, "ref_tokens": 4, "errors": 2}
-    assert name in report.cer_vs_duration([row]).axes[0].get_ylabel()
+    rows = [{"scored": True, "duration_s": d, "cer": e / n, "ref_tokens": n, "errors": e}
+            for d, n, e in ((1.0, 10, 1), (1.5, 2, 2), (3.0, 6, 3))]
+    ax = report.cer_vs_duration(rows, bins=2).axes[0]
+    assert name in ax.get_ylabel()
+    # the points are the utterances' CERs, the line each bin's corpus CER at the bin's middle
+    assert [list(p) for p in ax.collections[0].get_offsets()] == [[1.0, 10.0], [1.5, 100.0], [3.0, 50.0]]
+    assert list(ax.lines[0].get_xdata()) == [1.5, 2.5] and list(ax.lines[0].get_ydata()) == [25.0, 50.0]
 
 
 def test_reserved_folders_go_again_when_nothing_runs_in_them(tmp_path, monkeypatch):
@@ -578,7 +586,7 @@ def test_broken_files_and_index_lines_are_named_not_tracebacks(tmp_path):
     index.write_text("\n".join(json.dumps(x) for x in (good, [1, 2], {"status": "ok"},
                                                         {**good, "name": "b", "per_set_cer": {"t": "0.2"}})) + "\n")
     with pytest.warns(UserWarning, match=r"2 line\(s\) are not run records.*line 2"):
-        entries = batch.read_index(index)
+        entries = runs.read_index(index)
     assert [e["name"] for e in entries] == ["a", "b"] and entries[1]["per_set_cer"] == {"t": None}
     from asr_workbench import leaderboard
 

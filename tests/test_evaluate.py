@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from asr_workbench import datadir, evaluate, infer, modelhub, scoring
@@ -46,12 +47,24 @@ def test_every_model_and_set_gets_the_inference_files(evaluation):
         for model in ("finetuned", "base"):
             for f in ("results.jsonl", "metrics.json", "1best_recog/text.cer", "errors.txt", "data_report.jsonl"):
                 assert (out / name / model / f).is_file(), (name, model, f)
-    assert (out / "comparison.json").is_file() and (out / "comparison.md").read_text().startswith("# Base vs fine-tuned")
+            rows = _rows(out / name / model / "results.jsonl")
+            text_cer = (out / name / model / "1best_recog/text.cer").read_text(encoding="utf-8")
+            wrong = sum(r["errors"] for r in rows.values())
+            assert f"[ {wrong} / {sum(r['ref_tokens'] for r in rows.values())}," in text_cer.splitlines()[-3]
+            errors = (out / name / model / "errors.txt").read_text(encoding="utf-8")
+            assert errors.count("errors=") == sum(bool(r["errors"]) for r in rows.values())
+    md = (out / "comparison.md").read_text()
+    comparison = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
+    assert md.startswith("# Base vs fine-tuned") and [s["name"] for s in comparison["sets"]] == ["target", "base"]
+    for s in comparison["sets"]:  # each set's row shows both CERs
+        assert any(line.startswith(f"| {s['name']} ") and f"{s['finetuned']['cer'] * 100:.2f}" in line
+                   and f"{s['base']['cer'] * 100:.2f}" in line for line in md.splitlines()), md
 
 
 def test_comparison_matches_a_recomputation_from_the_results(evaluation):
     out, _ = evaluation
     comparison = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
+    assert len(comparison["sets"]) == 2
     for s in comparison["sets"]:
         ft, base = _rows(out / s["name"] / "finetuned/results.jsonl"), _rows(out / s["name"] / "base/results.jsonl")
         keys = [k for k in ft if k in base]
@@ -140,7 +153,10 @@ def test_assemble_checkpoint_copies_only_missing_required_files(tmp_path, notebo
     base = check_folder(DEMO_MODEL)
     folder = export.assemble_model(ft_out, "model.pt.ep1", base, ["am.mvn", "tokens.json", "decoding.yaml"],
                                    tmp_path / "ep1")
-    assert (folder / "model.pt").is_file() and (folder / "tokens.json").is_file()
+    assert (folder / "tokens.json").read_bytes() == (DEMO_MODEL / "tokens.json").read_bytes()
+    want = modelhub.load_weights(ft_out / "train" / "model.pt.ep1")  # the epoch-1 weights, not the exported average
+    got = modelhub.load_weights(folder / "model.pt")
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
     # "model" lacking a required file: a completed copy, the fine-tune's own folder untouched
     partial = tmp_path / "partial-finetune"
     shutil.copytree(ft_out / "model", partial / "model")

@@ -21,13 +21,14 @@ from conftest import DEMO_DATA, DEMO_MODEL, REPO, damaged_copies, subset
 
 
 def test_notebook_writes_config_checkpoints_model_and_metrics(notebook_finetune):
-    out, _ = notebook_finetune
+    out, work = notebook_finetune
     assert (out / "config.yaml").is_file() and (out / "metrics.json").is_file()
     names = export.list_checkpoints(out / "train")
     assert {"model.pt.ep1", "model.pt.ep2", "model.pt.best", "model.pt.avg2"} <= set(names)
     m = json.loads((out / "metrics.json").read_text())
     assert m["checkpoint"] == "model.pt.avg2" and set(m["dev_cer"]) >= {"base", "model.pt.avg2", "model.pt.ep1"}
-    assert not list(REPO.glob("outputs/20*"))  # hydra never wrote ./outputs/<date>
+    # hydra never wrote ./outputs/<date>: not where papermill ran, nor where the trainer ran, nor in the repository
+    assert not list(work.rglob("outputs/20*")) and not list(REPO.glob("outputs/20*"))
 
 
 def test_exported_model_loads_without_its_base(notebook_finetune):
@@ -130,7 +131,8 @@ def test_export_flattens_files_a_base_keeps_in_a_sub_folder(notebook_finetune, t
     (bare / "train").symlink_to(out / "train")
     assembled = export.assemble_model(bare, ckpt, modelhub.open_model(str(base)), ["am.mvn", "tokens.json"],
                                       tmp_path / "assembled")
-    assert (assembled / "am.mvn").is_file() and (assembled / "tokens.json").is_file()
+    for name in ("am.mvn", "tokens.json"):  # the sub-folder's files, flattened beside the weights
+        assert (assembled / name).read_bytes() == (base / "assets" / name).read_bytes() == (folder / name).read_bytes()
 
 
 def test_executed_notebook_shows_schedule_curves_and_cer(notebook_finetune):
@@ -238,10 +240,10 @@ def test_recommended_settings_fill_what_is_left_open(tmp_path, tiny_data, demo_m
     assert p.config["dataset_conf"]["batch_size"] == 3000 and p.config["dataset_conf"]["num_workers"] == 0
     assert rec.batch_bins("large") == 10 * rec.batch_frames
     # loader workers on a CPU: none on 2 cores (they take a core from training), at most 2 on more
-    from asr_workbench import decode
+    from asr_workbench import processes
 
     for cores, want in ((2, 0), (3, 2), (8, 2)):
-        monkeypatch.setattr(decode, "usable_cores", lambda cores=cores: cores)
+        monkeypatch.setattr(processes, "usable_cores", lambda cores=cores: cores)
         assert sizing.recommend(str(DEMO_MODEL), device="cpu").num_workers == want
     monkeypatch.undo()
     net = demo_model.model.train()
@@ -426,6 +428,14 @@ def test_torchrun_launch_paths_on_cpu(tmp_path, tiny_data):
     assert (tmp_path / "b" / "train" / "model.pt.ep1").is_file()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_plan_for_a_missing_gpu_fails(tmp_path, tiny_data):
+    """funasr's trainer would fall back to the CPU without a word."""
+    with pytest.raises(ValueError, match=r"device 'cuda': this machine has 0 CUDA GPU"):
+        finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path / "o"), max_epoch=1, device="cuda")
+    assert not (tmp_path / "o").exists()  # refused before any folder is written
+
+
 def test_make_data_path_from_audio_folder_and_table(tmp_path):
     src = DEMO_DATA / "target/dev"
     audio = tmp_path / "audio"
@@ -434,6 +444,9 @@ def test_make_data_path_from_audio_folder_and_table(tmp_path):
     assert n_dev == round(0.2 * (n_train + n_dev)) and (out / "train/wav.scp").is_file()
     again = finetune.make_data_path(audio, src / "text", tmp_path / "data2", dev_fraction=0.2, seed=3)
     assert (out / "dev/text").read_text() == (again[0] / "dev/text").read_text()  # seeded
+    keys = {part: [line.split()[0] for line in (out / part / "wav.scp").read_text().splitlines()] for part in ("train", "dev")}
+    assert (len(keys["train"]), len(keys["dev"])) == (n_train, n_dev) and not set(keys["train"]) & set(keys["dev"])
+    assert set(keys["train"]) | set(keys["dev"]) == set(datadir.read_table(src / "text"))
 
 
 def test_plans_that_would_waste_the_run_fail_before_training(tmp_path, tiny_data):
@@ -478,9 +491,6 @@ def test_plans_that_would_waste_the_run_fail_before_training(tmp_path, tiny_data
     assert finetune.plan(str(base), str(tiny_data), str(tmp_path / "m"), max_epoch=1).config["dataset_conf"]["data_split_num"] == 1
     p = plan("n", dataset_type="large", batch_bins=20000, finetune_overrides={"dataset_conf": {"data_split_num": 2}})
     assert p.config["dataset_conf"]["data_split_num"] == 2
-    if not torch.cuda.is_available():  # funasr's trainer would fall back to the CPU without a word
-        with pytest.raises(ValueError, match=r"device 'cuda': this machine has 0 CUDA GPU"):
-            plan("o", device="cuda")
     # optimizer and scheduler settings are built before training: a typo or a missing key is named with the keys
     # the class takes (funasr's trainer raised a bare TypeError after start-up)
     with pytest.raises(ValueError, match=r"scheduler_conf \{'warmup_step': 5\} does not fit scheduler 'warmuplr' "

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 import soundfile as sf
 import yaml
 
-from asr_workbench import batch, datadir, decode, infer, modelhub, runs, scoring
+from asr_workbench import datadir, decode, infer, modelhub, runs, scoring
 from conftest import DEMO_DATA, DEMO_MODEL, REPO, damaged_copies, decode_items, subset
 
 RUN_FILES = ["config.yaml", "data_report.jsonl", "1best_recog/text", "1best_recog/text.cer", "results.jsonl",
@@ -46,7 +47,12 @@ def test_papermill_run_writes_every_file(papermill_run):
         assert (papermill_run / name).is_file(), name
     n = len((DEMO_DATA / "target/test/wav.scp").read_text().splitlines())
     assert len(_results(papermill_run)) == n
-    assert len((papermill_run / "1best_recog/text").read_text(encoding="utf-8").splitlines()) == n
+    # FunASR's hypothesis file: every utterance, in wav.scp order, with results.jsonl's hypothesis
+    wav_keys = [line.split()[0] for line in (DEMO_DATA / "target/test/wav.scp").read_text().splitlines()]
+    text = [line.split(" ", 1) for line in (papermill_run / "1best_recog/text").read_text(encoding="utf-8").splitlines()]
+    assert [k for k, *_ in text] == wav_keys == [r["key"] for r in _results(papermill_run)]
+    assert {k: (h[0] if h else "") for k, *h in text} == {r["key"]: r["hyp"] for r in _results(papermill_run)}
+    assert any(r["hyp"] for r in _results(papermill_run))
 
 
 def test_metrics_cer_equals_results_and_funasr_scorer(papermill_run):
@@ -64,9 +70,8 @@ def test_metrics_cer_equals_results_and_funasr_scorer(papermill_run):
     wrong, total = int(theirs[1]), int(theirs[2])
     assert ours[1:] == theirs[1:]  # the same error, token, ins, del and sub counts
     assert (m["sub"] + m["del"] + m["ins"], m["ref_tokens"]) == (wrong, total)
+    # funasr's own %WER is not compared: past 327 errors (the demo set has more) it overflows (see the next test)
     assert float(ours[0]) == round(m["cer"] * 100, 2) == round(wrong * 100 / total, 2)
-    if wrong * 100 <= 32767:  # below funasr's int16 overflow (see the next test) its %WER is ours too
-        assert float(theirs[0]) == float(ours[0])
     tail = (papermill_run / "1best_recog/text.cer").read_text(encoding="utf-8").splitlines()[-3:]
     assert tail[0].startswith("%WER ") and tail[1].startswith("%SER ") and tail[2].startswith("Scored ")
 
@@ -96,8 +101,11 @@ def test_metrics_json_has_counts_timing_and_provenance(papermill_run):
     assert m["normaliser"].startswith("zh-char-v3")
     prov = m["provenance"]
     assert prov["model_sha256"] == runs.file_sha256(DEMO_MODEL / "model.pt")  # hashed beside the decoding
-    assert len(prov["inputs_sha256"]) == 64
-    assert prov["packages"]["funasr"] == "1.4.16" and prov["packages"]["torch"] == "2.9.1"
+    assert prov["inputs_sha256"] == runs.inputs_sha256([DEMO_DATA / "target/test/wav.scp", DEMO_DATA / "target/test/text"])
+    assert prov["packages"]["funasr"] == metadata.version("funasr") and prov["packages"]["torch"] == metadata.version("torch")
+    durations = [r["duration_s"] for r in _results(papermill_run)]
+    assert m["audio_seconds"] == pytest.approx(sum(durations), abs=0.01)  # results' durations are rounded to ms
+    assert m["rtf"] == pytest.approx(m["wall_seconds"] / m["audio_seconds"], rel=1e-3, abs=1e-5)
     cfg = yaml.safe_load((papermill_run / "config.yaml").read_text(encoding="utf-8"))
     assert cfg["decoding"]["batch_size"] == 16 and cfg["model_dir"] == str(DEMO_MODEL)
 
@@ -122,7 +130,7 @@ def test_run_command_adds_executed_notebook_and_html(tmp_path):
                           env={**os.environ, "ASR_WORKBENCH_OUTPUTS": str(tmp_path / "outputs")})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert str(out / "report.html") in proc.stdout and "CER" in proc.stdout
-    assert batch.read_index(tmp_path / "outputs" / "runs.jsonl")[0]["output_dir"] == str(out)
+    assert runs.read_index(tmp_path / "outputs" / "runs.jsonl")[0]["output_dir"] == str(out)
     for name in RUN_FILES + ["infer.ipynb", "report.html", "command.txt"]:
         assert (out / name).is_file(), name
     html = (out / "report.html").read_text(encoding="utf-8")
@@ -295,6 +303,7 @@ def test_model_classes_that_cannot_batch_decode_one_utterance_at_a_time(tmp_path
     plain = AutoModel(model=str(streaming), device="cpu", disable_update=True, disable_pbar=True, log_level="ERROR")
     plain.kwargs["frontend"].dither = 0.0  # as the workbench's files are heard (its seeded dither aside)
     whole = {row["key"]: plain.generate(input=row["audio"])[0]["text"] for row in r.results}
+    assert any(whole.values())  # random weights that said nothing would make the next line pass for nothing
     assert sum(len(row["hyp"]) for row in r.results) >= sum(len(t) for t in whole.values()) * 0.9
     assert "ParaformerStreaming decodes one whole utterance per call" in " ".join(r.metrics["notes"])
     conformer = _random_model(tmp_path / "conformer", {
@@ -306,11 +315,12 @@ def test_model_classes_that_cannot_batch_decode_one_utterance_at_a_time(tmp_path
                          "selfattention_layer_type": "rel_selfattn", "macaron_style": True, "use_cnn_module": True,
                          "cnn_module_kernel": 15},
         "decoder": "TransformerDecoder", "decoder_conf": {"attention_heads": 4, "linear_units": 128, "num_blocks": 1}})
-    runs = {b: infer.run(str(conformer), str(data), str(tmp_path / f"c{b}"), batch_size=b, beam_size=3,
-                         device="cpu", progress=False) for b in (1, 4)}
-    assert [x["hyp"] for x in runs[1].results] == [x["hyp"] for x in runs[4].results]
-    assert "Conformer decodes batches of several by CTC greedy search" in " ".join(runs[4].metrics["notes"])
-    assert not any("beam_size=3 is ignored" in n for n in runs[1].metrics["notes"])  # its decoder searches beams
+    by_batch = {b: infer.run(str(conformer), str(data), str(tmp_path / f"c{b}"), batch_size=b, beam_size=3,
+                             device="cpu", progress=False) for b in (1, 4)}
+    assert any(x["hyp"] for x in by_batch[1].results)
+    assert [x["hyp"] for x in by_batch[1].results] == [x["hyp"] for x in by_batch[4].results]
+    assert "Conformer decodes batches of several by CTC greedy search" in " ".join(by_batch[4].metrics["notes"])
+    assert not any("beam_size=3 is ignored" in n for n in by_batch[1].metrics["notes"])  # its decoder searches beams
 
 
 def test_shards_end_with_their_killed_parent(tmp_path):

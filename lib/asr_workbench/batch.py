@@ -23,7 +23,6 @@ import os
 import re
 import shlex
 import time
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -34,13 +33,12 @@ from typing import Any
 import yaml
 
 from asr_workbench import paths, runs
-from asr_workbench.fileio import atomic_write_text, jsonl_line, load_yaml_strict, read_jsonl, yaml_number
+from asr_workbench.fileio import atomic_write_text, load_yaml_strict, yaml_number
 
 __all__ = ["RunSpec", "RunRecord", "notebook_for", "notebook_parameters", "load_params", "check_params", "remove_if_empty",
            "export_html", "expand", "load_pipeline", "load_sweep", "execute", "run_all", "run_notebook",
-           "append_index", "read_index", "INDEX"]
+           "append_index"]
 
-INDEX = "runs.jsonl"  # under paths.outputs_root()
 _LOCK_FILE = ".asr_workbench_lock"  # in a run folder while a batch run writes it (an flock, not its existence)
 _REF = re.compile(r"\$\{([A-Za-z0-9_\-]+)\.([A-Za-z0-9_]+)\}")
 _PIPELINE_KEYS, _STEP_KEYS, _SWEEP_KEYS = {"description", "steps"}, {"name", "params", "notebook", "with"}, \
@@ -648,61 +646,8 @@ def _index_entry(rec: RunRecord) -> dict[str, Any]:
 
 
 def append_index(rec: RunRecord, index: Path | None = None) -> None:
-    """Append one line to the run index under an exclusive lock (parallel runs never interleave)."""
-    index = index or paths.outputs_root() / INDEX
-    index.parent.mkdir(parents=True, exist_ok=True)
-    line = jsonl_line(_index_entry(rec)).encode("utf-8")
-    with open(index, "ab+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            # a line cut off by a crash mid-write would swallow this one: end it first
-            f.seek(0, os.SEEK_END)
-            if f.tell():
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    line = b"\n" + line
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def read_index(index: str | Path | None = None) -> list[dict[str, Any]]:
-    """The run index: ``outputs/runs.jsonl``, or ``index`` (relative to the working directory, else to the
-    repository; a given index that does not exist is an error, not an empty board). A line cut off by a crash
-    mid-write is skipped, and said."""
-    if index:
-        here = Path(index).expanduser().absolute()
-        path = here if here.is_file() else paths.resolve(index)
-        if not path.is_file():
-            raise FileNotFoundError(f"{index}: no such run index (looked for {here}"
-                                    + (f" and {path})" if path != here else ")"))
-    else:
-        path = paths.outputs_root() / INDEX
-        if not path.is_file():
-            return []
-    out, bad = [], []
-    for n, entry in read_jsonl(path):
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):  # cut off, edited, another tool's
-            bad.append(n)
-            continue
-        for key in ("primary_cer", "rtf"):
-            if not isinstance(entry.get(key), (int, float, type(None))) or isinstance(entry.get(key), bool):
-                entry[key] = None
-        entry["parameters"] = entry["parameters"] if isinstance(entry.get("parameters"), dict) else {}
-        for key in ("status", "notebook"):
-            entry[key] = str(entry.get(key) or "")
-        for key in ("html", "output_dir", "started", "normaliser"):  # shown and linked as text
-            entry[key] = entry[key] if isinstance(entry.get(key), str) else None
-        sets = entry.get("per_set_cer")
-        entry["per_set_cer"] = {str(k): v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-                                for k, v in sets.items()} if isinstance(sets, dict) else {}
-        out.append(entry)
-    if bad:
-        warnings.warn(f"{path}: {len(bad)} line(s) are not run records (cut off by a crash? edited?), e.g. line "
-                      f"{bad[0]}; those runs are not shown", stacklevel=2)
-    return out
+    """Record a finished (or failed, or skipped) run in the run index."""
+    runs.append_to_index(_index_entry(rec), index)
 
 
 def _run_group(specs: list[RunSpec], hide_code: bool, progress: bool, env: dict[str, str],

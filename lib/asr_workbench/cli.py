@@ -53,7 +53,7 @@ def _details(rec: Any) -> list[str]:
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
-    from asr_workbench import batch
+    from asr_workbench import batch, runs
 
     specs = batch.expand(a.params, dict(a.param or []), reserve=not a.dry_run)
     if a.dry_run:
@@ -77,7 +77,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         for s in specs:  # folders reserved for runs that never started
             batch.remove_if_empty(Path(s.params["output_dir"]))
-        print(f"\ninterrupted: finished runs are in the index ({batch.paths.outputs_root() / batch.INDEX}). The same "
+        print(f"\ninterrupted: finished runs are in the index ({runs.paths.outputs_root() / runs.INDEX}). The same "
               "command starts the others again; a run in a fixed output_dir resumes there (an inference from its "
               "partial file, a fine-tune with -p resume=true), one in a fresh folder gets a new folder: to resume it, "
               "rerun it with -p output_dir=<its folder>", file=sys.stderr)
@@ -93,7 +93,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
         if r.error:
             print(f"  {r.name}: {r.error}", file=sys.stderr)
     print(f"\nrun folders under {Path(records[0].output_dir).parent if records else '-'}; index: "
-          f"{batch.paths.outputs_root() / batch.INDEX}")
+          f"{runs.paths.outputs_root() / runs.INDEX}")
     return 1 if any(r.status != "ok" for r in records) else 0
 
 

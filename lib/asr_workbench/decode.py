@@ -32,11 +32,12 @@ from typing import Any
 
 from asr_workbench import attention
 from asr_workbench.fileio import jsonl_line, read_jsonl
+from asr_workbench.processes import die_with, usable_cores
 
 log = logging.getLogger(__name__)
 
 __all__ = ["check_device", "DecodeOptions", "Hypothesis", "DecodeResult", "resolve_device", "load_model", "trained_dither", "dither", "option_notes",
-           "length_sorted_batches", "plan_workers", "usable_cores", "weight_notes", "transcribe", "decode"]
+           "length_sorted_batches", "plan_workers", "weight_notes", "transcribe", "decode"]
 
 
 @dataclass(frozen=True)
@@ -479,11 +480,6 @@ def _read(path: str, dither_scale: float) -> tuple[Any, str]:
         return None, str(e)
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity where the platform has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def _takes_features(model: Any) -> bool:
     """funasr's Paraformer accepts ready features (data_type="fbank"); other model classes get waveforms."""
     return model.kwargs.get("frontend") is not None and type(model.model).__name__ == "Paraformer"
@@ -628,7 +624,6 @@ def _shard_worker(model_dir: str, device: str, items_file: str, opts: DecodeOpti
                   parent: int, progress: Any) -> None:
     import torch
 
-    from asr_workbench.processes import die_with
 
     tie = die_with(parent)  # a killed kernel or job must not leave shards decoding (and holding GPUs) for hours
     if tie:
@@ -689,7 +684,7 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
     one_by_one: list[str] = []  # per batch funasr could not decode whole: an utterance without a token, or its first
     if n_proc == 1 or len(todo) < 2:
         if model is None:
-            model = load_model(model_dir, device=device, ncpu=os.cpu_count() or 1,
+            model = load_model(model_dir, device=device, ncpu=usable_cores(),
                                **({"vad_model": opts.vad_model} if opts.vad_model else {}))
         notes = weight_notes(model)
         for note in notes:

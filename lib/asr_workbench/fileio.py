@@ -22,6 +22,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; shared results should be readable
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename: a crash leaves the old file or the new, never an empty one
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

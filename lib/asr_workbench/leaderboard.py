@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from asr_workbench.batch import read_index
+from asr_workbench.runs import read_index
 
 __all__ = ["Leaderboard", "load", "varying_parameters"]
 

@@ -7,7 +7,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-__all__ = ["die_with"]
+__all__ = ["die_with", "usable_cores"]
 
 
 def die_with(parent: int) -> Callable[[], None] | None:
@@ -29,3 +29,8 @@ def die_with(parent: int) -> Callable[[], None] | None:
         if os.getppid() != parent:  # the parent died before the line above
             os.kill(os.getpid(), term)
     return setup
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -7,10 +7,13 @@ weights and of the input lists), atomically.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 import platform
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -21,10 +24,12 @@ from typing import Any
 import yaml
 
 from asr_workbench import paths
-from asr_workbench.fileio import atomic_write_json, atomic_write_text
+from asr_workbench.fileio import atomic_write_json, atomic_write_text, jsonl_line, read_jsonl
 
 __all__ = ["check_output_dir", "prepare_output_dir", "file_sha256", "sha256_in_background", "inputs_sha256", "git_commit", "package_versions",
-           "provenance", "write_config", "write_metrics"]
+           "provenance", "write_config", "write_metrics", "INDEX", "append_to_index", "read_index"]
+
+INDEX = "runs.jsonl"  # the run index, under paths.outputs_root()
 
 _PACKAGES = ("asr-workbench", "funasr", "modelscope", "torch", "torchaudio", "jiwer", "papermill", "numpy")
 
@@ -155,3 +160,61 @@ def write_metrics(output_dir: Path, metrics: dict[str, Any]) -> Path:
     path = output_dir / "metrics.json"
     atomic_write_json(path, metrics)
     return path
+
+
+def append_to_index(entry: dict[str, Any], index: Path | None = None) -> None:
+    """Append one run's line to the run index under an exclusive lock (parallel runs never interleave)."""
+    index = index or paths.outputs_root() / INDEX
+    index.parent.mkdir(parents=True, exist_ok=True)
+    line = jsonl_line(entry).encode("utf-8")
+    with open(index, "ab+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            # a line cut off by a crash mid-write would swallow this one: end it first
+            f.seek(0, os.SEEK_END)
+            if f.tell():
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    line = b"\n" + line
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def read_index(index: str | Path | None = None) -> list[dict[str, Any]]:
+    """The run index: ``outputs/runs.jsonl``, or ``index`` (relative to the working directory, else to the
+    repository; a given index that does not exist is an error, not an empty board). A line cut off by a crash
+    mid-write is skipped, and said."""
+    if index:
+        here = Path(index).expanduser().absolute()
+        path = here if here.is_file() else paths.resolve(index)
+        if not path.is_file():
+            raise FileNotFoundError(f"{index}: no such run index (looked for {here}"
+                                    + (f" and {path})" if path != here else ")"))
+    else:
+        path = paths.outputs_root() / INDEX
+        if not path.is_file():
+            return []
+    out, bad = [], []
+    for n, entry in read_jsonl(path):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):  # cut off, edited, another tool's
+            bad.append(n)
+            continue
+        for key in ("primary_cer", "rtf"):
+            if not isinstance(entry.get(key), (int, float, type(None))) or isinstance(entry.get(key), bool):
+                entry[key] = None
+        entry["parameters"] = entry["parameters"] if isinstance(entry.get("parameters"), dict) else {}
+        for key in ("status", "notebook"):
+            entry[key] = str(entry.get(key) or "")
+        for key in ("html", "output_dir", "started", "normaliser"):  # shown and linked as text
+            entry[key] = entry[key] if isinstance(entry.get(key), str) else None
+        sets = entry.get("per_set_cer")
+        entry["per_set_cer"] = {str(k): v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+                                for k, v in sets.items()} if isinstance(sets, dict) else {}
+        out.append(entry)
+    if bad:
+        warnings.warn(f"{path}: {len(bad)} line(s) are not run records (cut off by a crash? edited?), e.g. line "
+                      f"{bad[0]}; those runs are not shown", stacklevel=2)
+    return out

@@ -28,7 +28,7 @@ import jiwer
 from asr_workbench.fileio import atomic_write_text
 
 __all__ = ["NORMALISER", "NORMALISER_NAME", "TAG", "normalise", "tokens", "UttScore", "CerResult", "score_utterance", "corpus_cer",
-           "aggregate", "aligned_pairs", "alignment_text", "text_cer_chunks", "write_funasr_text_cer", "Bootstrap",
+           "aggregate", "DurationBin", "cer_by_duration", "aligned_pairs", "alignment_text", "text_cer_chunks", "write_funasr_text_cer", "Bootstrap",
            "paired_bootstrap"]
 
 NORMALISER = ("zh-char-v3: NFKC (full->half width), drop <tags>/[tags] (<unk>, <NOISE>, [LAUGHTER], <|zh|>), "
@@ -143,6 +143,39 @@ def aggregate(scores: Sequence[UttScore]) -> CerResult:
     h = sum(x.hits for x in scores)
     n = s + d + h
     return CerResult((s + d + i) / n if n else 0.0, s, d, i, h, n, len(scores))
+
+
+@dataclass(frozen=True)
+class DurationBin:
+    """Utterances of one duration range and their corpus CER (errors / reference tokens; None without tokens)."""
+
+    low: float
+    high: float
+    utterances: int
+    ref_tokens: int
+    errors: int
+
+    @property
+    def cer(self) -> float | None:
+        return self.errors / self.ref_tokens if self.ref_tokens else None
+
+
+def cer_by_duration(results: Sequence[dict[str, Any]], bins: int = 8) -> list[DurationBin]:
+    """Corpus CER per duration bin of the scored rows of ``results.jsonl`` (``duration_s``, ``errors``,
+    ``ref_tokens``): ``bins`` equal widths from the shortest to the longest utterance, the last holding its upper
+    edge; one bin when every utterance has the same duration."""
+    rows = [r for r in results if r.get("scored")]
+    if not rows:
+        return []
+    lo, hi = min(r["duration_s"] for r in rows), max(r["duration_s"] for r in rows)
+    bins = max(1, bins) if hi > lo else 1
+    width = (hi - lo) / bins
+    out = []
+    for b in range(bins):
+        low, high = lo + b * width, (lo + (b + 1) * width if b < bins - 1 else hi)
+        sel = [r for r in rows if low <= r["duration_s"] < high or (b == bins - 1 and r["duration_s"] == hi)]
+        out.append(DurationBin(low, high, len(sel), sum(r["ref_tokens"] for r in sel), sum(r["errors"] for r in sel)))
+    return out
 
 
 def corpus_cer(refs: Sequence[str], hyps: Sequence[str]) -> CerResult:
@@ -337,7 +370,7 @@ def write_funasr_text_cer(keys: Sequence[str], scores: Sequence[UttScore], out_d
     hyp_lines = [f"{k} {s.hyp}\n".replace(" \n", "\n") for k, s in rows]
     ref_proc.write_text("".join(ref_lines), encoding="utf-8")
     hyp_proc.write_text("".join(hyp_lines), encoding="utf-8")
-    from asr_workbench.decode import usable_cores
+    from asr_workbench.processes import usable_cores
 
     cuts = text_cer_chunks([len(s.ref.split()) * max(1, len(s.hyp.split())) for _, s in rows],
                            processes or usable_cores())

@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from asr_workbench import datadir, training
+from asr_workbench.fileio import atomic_write_json, atomic_write_text
 from asr_workbench.modelhub import load_weights
 from asr_workbench.demo import corpus
 from asr_workbench.finetune.config import deep_merge
@@ -203,10 +204,14 @@ def compute_cmvn(config: dict[str, Any], train_jsonl: Path, work: Path) -> Path:
 
 def export_model_folder(train_dir: Path, model_dir: Path, config: dict[str, Any], vocab: list[str],
                         am_mvn: Path, checkpoint: str) -> int:
-    """Lay out ``model_dir`` like a ModelScope Paraformer download; return the parameter count."""
+    """Lay out ``model_dir`` like a ModelScope Paraformer download (replacing it whole once every file is written:
+    an interrupted build leaves the shipped model as it was); return the parameter count."""
     import torch
 
-    model_dir.mkdir(parents=True, exist_ok=True)
+    final, model_dir = model_dir, model_dir.with_name(model_dir.name + ".partial")
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    model_dir.mkdir(parents=True)
     state = load_weights(train_dir / checkpoint)
     torch.save(state, model_dir / "model.pt")
     shipped = copy.deepcopy(config)
@@ -223,6 +228,9 @@ def export_model_folder(train_dir: Path, model_dir: Path, config: dict[str, Any]
     (model_dir / "configuration.json").write_text(json.dumps(CONFIGURATION_JSON, indent=2), encoding="utf-8")
     (model_dir / "decoding.yaml").write_text(yaml.safe_dump(DECODING_DEFAULTS, sort_keys=False), encoding="utf-8")
     (model_dir / "finetune.yaml").write_text(yaml.safe_dump(FINETUNE_DEFAULTS, sort_keys=False), encoding="utf-8")
+    if final.exists():
+        shutil.rmtree(final)
+    model_dir.rename(final)
     return sum(int(v.numel()) for v in state.values() if v.is_floating_point())
 
 
@@ -301,8 +309,6 @@ def build(out: Path, work: Path, sizes: BuildSizes, jobs: int = 2, ncpu: int = 2
 
     print("[4/6] exporting the model folder", flush=True)
     model_dir = out / "model"
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
     avg = f"model.pt.avg{cfg['train_conf']['avg_nbest_model']}"
     n_params = export_model_folder(train_dir, model_dir, cfg, vocab, am_mvn, avg)
 
@@ -323,8 +329,8 @@ def build(out: Path, work: Path, sizes: BuildSizes, jobs: int = 2, ncpu: int = 2
                  "total": round(time.time() - t_start, 1)},
         cer=cer, finetune=ft, espeak=corpus.espeak_version(),
     )
-    (out / "build_report.json").write_text(json.dumps(asdict(report), ensure_ascii=False, indent=2), encoding="utf-8")
-    (model_dir / "README.md").write_text(model_card(report), encoding="utf-8")
+    atomic_write_json(out / "build_report.json", asdict(report))
+    atomic_write_text(model_dir / "README.md", model_card(report))
     return report
 
 
@@ -339,8 +345,8 @@ def rescore(out: Path, work: Path, ncpu: int = 2) -> BuildReport:
     ft["target_test_cer_before"] = report.cer["target/test"]
     report.finetune = ft
     report.normaliser = NORMALISER  # the figures above were measured with today's normaliser
-    (out / "build_report.json").write_text(json.dumps(asdict(report), ensure_ascii=False, indent=2), encoding="utf-8")
-    (model_dir / "README.md").write_text(model_card(report), encoding="utf-8")
+    atomic_write_json(out / "build_report.json", asdict(report))
+    atomic_write_text(model_dir / "README.md", model_card(report))
     return report
 
 

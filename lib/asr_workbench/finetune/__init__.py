@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from asr_workbench import decode, modelhub, paths, runs, scoring, training
+from asr_workbench.processes import usable_cores
 from asr_workbench.finetune import config as fconfig
 from asr_workbench.finetune import data as fdata
 from asr_workbench.finetune import export
@@ -179,7 +180,7 @@ def plan(
         train_list = str(fdata.write_shards(train, int(cfg["dataset_conf"]["data_split_num"]), lists))
     cfg.update(train_data_set_list=train_list, valid_data_set_list=str(dev.jsonl),
                init_param=str(base.weights),
-               device="cuda" if dev_name.startswith("cuda") else "cpu", ncpu=1 if nproc > 1 else (os.cpu_count() or 1))
+               device="cuda" if dev_name.startswith("cuda") else "cpu", ncpu=1 if nproc > 1 else usable_cores())
     tc = cfg.get("train_conf", {})
     dconf = cfg["dataset_conf"]
     batch, batch_type = int(dconf.get("batch_size", 2000)), dconf.get("batch_type", "token")

@@ -71,17 +71,14 @@ def recommend(model: str, device: str = "auto", memory_fraction: float = 0.6, ca
         nproc: training processes on this machine (loader workers are shared out between them).
         max_batch_frames: upper bound: 10x the usual recipe (longer batches mean fewer updates per epoch).
     """
-    import yaml
-
     from asr_workbench import decode, modelhub
+    from asr_workbench.processes import usable_cores
 
     mf = modelhub.open_model(model, cache_dir=cache_dir)
     dev = decode.resolve_device(device)
-    cores = decode.usable_cores()
+    cores = usable_cores()
     workers = max(0, min(16, cores // max(1, nproc) - 1))
-    own = (yaml.safe_load((mf.path / "finetune.yaml").read_text(encoding="utf-8")) or {}
-           if (mf.path / "finetune.yaml").is_file() else {})
-    recipe = int(((own.get("dataset_conf") or {}).get("batch_size")) or 6000)
+    recipe = int(((mf.finetune.get("dataset_conf") or {}).get("batch_size")) or 6000)
     if not dev.startswith("cuda"):
         # training's threads use every core; on 2 cores a loader process only takes one away (demo fine-tune,
         # 3 epochs: 90.7 audio-s/s with the loading in the training process, 74.1 with one loader worker)
@@ -102,7 +99,7 @@ def recommend(model: str, device: str = "auto", memory_fraction: float = 0.6, ca
     peaks = []
     # time steps under the backend settings funasr's train_ds applies (TF32 matmuls on, deterministic cuDNN by
     # default): torch's defaults (TF32 off) would make fp32 look slower than it trains, and bf16 look better
-    conf = {**m.kwargs, **own}
+    conf = {**m.kwargs, **mf.finetune}
     flags = {"matmul_tf32": torch.backends.cuda.matmul.allow_tf32, "deterministic": torch.backends.cudnn.deterministic,
              "benchmark": torch.backends.cudnn.benchmark}
     torch.backends.cuda.matmul.allow_tf32 = bool(conf.get("enable_tf32", True))

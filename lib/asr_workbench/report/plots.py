@@ -10,7 +10,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 from matplotlib import font_manager
 
-from asr_workbench.scoring import NORMALISER
+from asr_workbench.scoring import NORMALISER, cer_by_duration
 
 __all__ = ["CJK_FONTS", "setup_cjk_font", "error_types_bar", "cer_vs_duration", "lr_schedule_plot", "cer_bars",
            "utterance_scatter", "cer_vs_parameter"]
@@ -87,17 +87,8 @@ def cer_vs_duration(results: Sequence[dict[str, Any]], bins: int = 8, normaliser
     d = [r["duration_s"] for r in rows]
     # exact errors/tokens, as the bins use (the stored cer is rounded)
     ax.scatter(d, [100 * r["errors"] / r["ref_tokens"] for r in rows], s=12, alpha=0.5, label="utterance")
-    lo, hi = min(d), max(d)
-    bins = bins if hi > lo else 1  # one duration: one bin, where the utterances are
-    width = (hi - lo) / bins or 1.0
-    xs, ys = [], []
-    for b in range(bins):
-        last = b == bins - 1  # the last bin holds its upper edge (the longest utterance), once
-        sel = [r for r in rows if lo + b * width <= r["duration_s"] < lo + (b + 1) * width or (last and r["duration_s"] == hi)]
-        n = sum(r["ref_tokens"] for r in sel)
-        if n:
-            xs.append(lo + (b + 0.5) * width if hi > lo else lo)
-            ys.append(100 * sum(r["errors"] for r in sel) / n)
+    filled = [b for b in cer_by_duration(rows, bins) if b.cer is not None]
+    xs, ys = [(b.low + b.high) / 2 for b in filled], [100 * b.cer for b in filled]
     ax.plot(xs, ys, "o-", color="#d62728", label="corpus CER per bin")
     ax.set_xlabel("duration (s)")
     ax.set_ylabel(_cer_label([normaliser]))
