@@ -236,6 +236,52 @@ def test_gbk_text_is_detected_and_read(tmp_path):
     assert "GBK" in issue.reason and "iconv" in issue.reason and issue.where.endswith("text:1")
 
 
+@pytest.mark.parametrize("texts, codec", [
+    (["臺灣的門", "電腦與書", "車站見"], "gbk"),  # Traditional: GBK's extension, not GB2312 (車站見 is valid UTF-8 too)
+    (["北京", "王喆", "朱镕基"], "gbk"),  # name characters outside GB2312
+    (["北京的门上午八点开", "去3楼", "没去"], "gbk"),  # lines valid as UTF-8 by chance: 去3楼 -> ȥ3¥, 没去 -> ûȥ
+    (["吉野家𠮷", "北京"], "gb18030"),  # GB18030's four-byte characters
+])
+def test_gbk_files_beyond_gb2312_are_read_whole(tmp_path, texts, codec):
+    """A GBK file is read as GBK (GB18030) whole, whatever its characters: none scored as mojibake."""
+    ids = "".join(f"u{i} x.flac\n" for i in range(len(texts)))
+    lines = datadir.read_lines(_write(tmp_path, ids, "".join(f"u{i} {t}\n" for i, t in enumerate(texts)).encode(codec))
+                               / "text", report := datadir.DataReport())
+    assert [line for _, line in lines] == [f"u{i} {t}" for i, t in enumerate(texts)]
+    assert [i.code for i in report.issues] == ["gbk_encoding"] and "GB18030" in report.issues[0].reason
+
+
+def test_latin1_words_are_not_read_as_gbk_characters(tmp_path):
+    """Latin-1 Ça (C7 61) is valid GBK (莂), but a rare character standing alone is no Chinese: not UTF-8, named."""
+    lines = datadir.read_lines(_write(tmp_path, "u0 x\n", "u0 Ça va\nu1 Müller\n".encode("latin-1")) / "text",
+                               report := datadir.DataReport())
+    assert [line for _, line in lines] == ["u0 \ufffda va", "u1 M\ufffdller"]
+    assert [i.code for i in report.issues] == ["not_utf8", "not_utf8"]
+
+
+def test_utf8_lines_of_other_scripts_stay_utf8_beside_gbk_lines(tmp_path):
+    lines = datadir.read_lines(_write(tmp_path, "u0 x\n", "u0 привет\nu1 да\nu2 γειά σου\n".encode()
+                                      + "u3 今天下午\n".encode("gbk")) / "text", report := datadir.DataReport())
+    assert [line for _, line in lines] == ["u0 привет", "u1 да", "u2 γειά σου", "u3 今天下午"]
+    assert [(i.code, i.where.rsplit("/", 1)[-1]) for i in report.issues] == [("gbk_encoding", "text:4")]
+
+
+def test_a_carriage_return_inside_a_line_is_a_space_and_lines_count_newlines(tmp_path):
+    """A lone \\r in a file of \\n lines (a pasted remnant) cut the reference short and made its tail an id."""
+    lines = datadir.read_lines(_write(tmp_path, "u0 x\n", "u0 车站的门\r下午三点\r\nu1 北京\n") / "text",
+                               report := datadir.DataReport())
+    assert lines == [(1, "u0 车站的门 下午三点"), (2, "u1 北京")]
+    assert [(i.code, i.where.rsplit("/", 1)[-1]) for i in report.issues] == [("carriage_return", "text:1")]
+
+
+@pytest.mark.parametrize("raw", ["u0 今天\nu1 hello\n".encode("utf-16-le"), "u0 今天\nu1 hello\n".encode("utf-16-be"),
+                                 "u0 今天\n".encode("utf-16") + "u1 hello\n".encode("utf-16")])
+def test_utf16_without_a_byte_order_mark_or_joined_is_read(tmp_path, raw):
+    lines = datadir.read_lines(_write(tmp_path, "u0 x\n", raw) / "text", report := datadir.DataReport())
+    assert [line for _, line in lines] == ["u0 今天", "u1 hello"]  # no NUL in an id, no BOM on the second file's
+    assert [i.code for i in report.issues] == ["utf16_encoding"]
+
+
 def test_old_mac_line_endings(tmp_path):
     for i in range(2):
         shutil.copy(SRC[i], tmp_path / f"{i}.flac")
@@ -400,3 +446,33 @@ def test_messages_say_what_the_file_is_and_what_to_do(tmp_path):
     assert why["u"][0] == "empty_audio" and "sox --ignore-length" in why["u"][1]
     assert why[None][0] == "no_text_file" and "text.txt is not read: rename it to text" in why[None][1]
     assert [u.key for u in ds.utterances] == ["k"] and not ds.has_text
+
+
+def test_jsonl_targets_that_are_no_text_are_named_not_scored(tmp_path):
+    """A target with half an emoji (a JSON \\ud83d escape: it cannot be written to results.jsonl, and crashed the run
+    after decoding), a list, a number: named, decoded, not scored; a key or source that is no text is malformed."""
+    for i in range(4):
+        shutil.copy(SRC[i], tmp_path / f"{i}.flac")
+    records = ['{"key": "u0", "source": "%s", "target": "\\u8f66\\u7ad9\\ud83d"}',
+               '{"key": "u1", "source": "%s", "target": ["\\u4f60", "\\u597d"]}',
+               '{"key": "u2", "source": "%s", "target": 123}',
+               '{"key": "u3", "source": "%s", "target": "\\u4eca\\u5929"}',
+               '{"key": true, "source": "%s"}', '{"key": "u5", "source": ["%s"]}']
+    data = tmp_path / "x.jsonl"
+    data.write_text("".join(r % (tmp_path / f"{min(i, 3)}.flac") + "\n" for i, r in enumerate(records)))
+    ds = datadir.load_dataset(data)
+    assert [(u.key, u.text) for u in ds.utterances] == [("u0", None), ("u1", None), ("u2", None), ("u3", "今天")]
+    assert [(i.code, i.key, i.where.rsplit(":", 1)[-1]) for i in ds.report.issues] == [
+        ("malformed_target", "u1", "2"), ("malformed_target", "u2", "3"), ("malformed_line", None, "5"),
+        ("malformed_line", "u5", "6"), ("undecodable_transcript", "u0", "1")]
+    assert ds.report.n_input == 6
+
+
+def test_tags_that_scoring_drops_are_said_once_per_file(tmp_path):
+    for i in range(3):
+        shutil.copy(SRC[i], tmp_path / f"{i}.flac")
+    _write(tmp_path, "".join(f"u{i} {i}.flac\n" for i in range(3)), "u0 今天\nu1 今天[天气]很好\nu2 <NOISE>明天\n")
+    ds = datadir.load_dataset(tmp_path)
+    [issue] = [i for i in ds.report.issues if i.code == "tags_dropped"]
+    assert issue.severity == "info" and issue.where.endswith("text:2") and "2 transcript(s)" in issue.reason
+    assert "[天气]" in issue.reason and [u.text for u in ds.scored][1] == "今天[天气]很好"

@@ -98,7 +98,7 @@ def test_metrics_json_has_counts_timing_and_provenance(papermill_run):
                 "wall_seconds", "rtf", "normaliser", "model", "device", "parameters"):
         assert key in m, key
     assert m["n_input"] == m["n_decoded"] == m["n_scored"] and m["n_skipped"] == 0
-    assert m["normaliser"].startswith("zh-char-v3")
+    assert m["normaliser"].startswith("zh-char-v4") and m["normaliser"] == scoring.NORMALISER
     prov = m["provenance"]
     assert prov["model_sha256"] == runs.file_sha256(DEMO_MODEL / "model.pt")  # hashed beside the decoding
     assert prov["inputs_sha256"] == runs.inputs_sha256([DEMO_DATA / "target/test/wav.scp", DEMO_DATA / "target/test/text"])

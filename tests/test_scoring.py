@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -27,6 +30,9 @@ from asr_workbench import scoring
     ("<sil>你好<spk/>［笑］", "你 好"),
     ("<|zh|><|NEUTRAL|><|Speech|>今天", "今 天"),
     ("3 < 5 and 7 > 2 [vocalized noise]", "3 5 and 7 2 vocalized noise"),  # brackets around spaces are text
+    # invisible format characters (zero-width space, soft hyphen, ZWNJ, BOM) do not cut a word in two (zh-char-v3 did)
+    ("hello\u200bworld co\u00adoperate", "helloworld cooperate"),
+    ("می\u200cخواهم\ufeff 今\u200b天", "میخواهم 今 天"),
 ])
 def test_normaliser(raw, norm):
     assert scoring.normalise(raw) == norm
@@ -148,3 +154,23 @@ def test_cer_by_duration_bins_by_hand():
     empty = scoring.cer_by_duration([{"scored": True, "duration_s": 1.0, "ref_tokens": 0, "errors": 0},
                                      {"scored": True, "duration_s": 2.0, "ref_tokens": 3, "errors": 1}], bins=2)
     assert empty[0].cer is None and empty[1].cer == 1 / 3
+
+
+def test_text_cer_is_written_whatever_the_locale(tmp_path):
+    """funasr's compute_wer opens its files in the locale's encoding: under LANG=C (or a GBK locale) it failed on
+    the Chinese of ref.proc, after the run had decoded everything."""
+    script = ("import sys; from pathlib import Path; from asr_workbench import scoring\n"
+              "s = [scoring.score_utterance('\\u4eca\\u5929\\u4e0b\\u5348', '\\u4eca\\u5929\\u4e0a\\u5348')]\n"  # 今天下午, 今天上午"
+              "print(scoring.write_funasr_text_cer(['u1'], s, Path(sys.argv[1])).read_text(encoding='utf-8')"
+              ".splitlines()[-3])\n")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+           "PYTHONIOENCODING": "utf-8"}
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("%WER 25.0 [ 1 / 4, 0 ins, 0 del, 1 sub ]")
+
+
+def test_corpus_cer_skips_references_with_nothing_to_score():
+    """As a run does: a tag-only or empty reference is not scored (its hypothesis's words were 2 errors of 0)."""
+    r = scoring.corpus_cer(["你好", "<unk>", ""], ["你好", "啊啊", "嗯"])
+    assert (r.cer, r.ref_tokens, r.insertions, r.n_utts) == (0.0, 2, 0, 1)

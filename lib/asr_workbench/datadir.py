@@ -20,13 +20,13 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, AnyStr
 
 import soundfile as sf
 
 from asr_workbench import audio as audio_mod
 from asr_workbench.fileio import atomic_write_text, jsonl_line
-from asr_workbench.scoring import TAG, tokens as score_tokens
+from asr_workbench.scoring import TAG, drop_invisible, tokens as score_tokens
 
 __all__ = ["Issue", "DataReport", "Utterance", "DataSet", "DataError", "read_lines", "read_table", "load_dataset",
            "training_target", "training_record", "untrainable_marks", "read_through", "check_source",
@@ -115,21 +115,58 @@ class DataSet:
         return [u for u in self.utterances if u.text is not None]
 
 
+def _utf16_without_bom(raw: bytes) -> str | None:
+    """``utf-16-le`` or ``utf-16-be`` for a file that is UTF-16 without a byte-order mark (its ASCII characters,
+    ids and line ends, have a NUL byte on one side), else None. A UTF-8 text never holds a NUL byte."""
+    if b"\x00" not in raw or len(raw) % 2:
+        return None
+    even, odd = raw[0::2].count(0), raw[1::2].count(0)
+    for codec, nuls, others in (("utf-16-le", odd, even), ("utf-16-be", even, odd)):
+        if nuls >= 0.1 * len(raw) / 2 and others <= nuls / 10:
+            try:
+                raw.decode(codec)
+                return codec
+            except UnicodeDecodeError:
+                pass
+    return None
+
+
+def _split_lines(text: AnyStr, path: Path, report: DataReport) -> list[AnyStr]:
+    """Lines ending at \n or \r\n, or at \r in a file without \n (old Mac); a lone \r inside a line of a
+    file with \n ends (a cut-and-paste remnant) is a space, reported: lines are numbered as ``sed -n`` and
+    editors that count \n number them."""
+    nl, cr, space = ("\n", "\r", " ") if isinstance(text, str) else (b"\n", b"\r", b" ")
+    if nl not in text:
+        return text.split(cr)
+    lines = text.split(nl)
+    for n, line in enumerate(lines, 1):
+        line = line.removesuffix(cr)
+        if cr in line:
+            report.add(None, f"{path}:{n}", "warning", "carriage_return",
+                       f"line {n} holds a carriage return (\\r) inside it; read as a space")
+            line = line.replace(cr, space)
+        lines[n - 1] = line
+    return lines
+
+
 def _decode_lines(raw: bytes, path: Path, report: DataReport) -> list[str]:
-    """The file's lines, split at \\n, \\r\\n or \\r only (a transcript may hold U+2028, \\x85 or a form feed,
-    which ``str.splitlines`` would cut at). A file with a UTF-16 byte-order mark is UTF-16. A file that is not
-    all UTF-8 is GBK when it decodes as GBK, none of its valid UTF-8 lines reads as UTF-8 text (Chinese, or
-    accented Latin words) and its other lines read as GB2312 Chinese (not Latin-1 accents misread); otherwise each
-    line that is not UTF-8 is read as GBK when it reads as GB2312 Chinese (files of both joined: then also a valid
-    UTF-8 line that is no UTF-8 text, GBK valid as UTF-8 by chance), else with replacement characters, and
-    reported, so one stray byte does not turn a UTF-8 file into GBK mojibake."""
-    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 with its byte-order mark: Windows Notepad's "Unicode"
+    """The file's lines (:func:`_split_lines`; a transcript may hold U+2028, \x85 or a form feed, which
+    ``str.splitlines`` would cut at). A file with a UTF-16 byte-order mark, or with the NUL bytes of UTF-16
+    without one, is UTF-16. A file that is not all UTF-8 is GBK (read as GB18030, its superset) when it decodes
+    so, none of its valid UTF-8 lines reads as UTF-8 text (Chinese, or accented Latin words) and its other lines
+    read as Chinese (not Latin-1 accents misread); otherwise each line that is not UTF-8 is read as GBK when it
+    reads as Chinese (files of both joined: then also a valid UTF-8 line that is no UTF-8 text, GBK valid as
+    UTF-8 by chance), else with replacement characters, and reported, so one stray byte does not turn a UTF-8
+    file into GBK mojibake."""
+    codec = "utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else _utf16_without_bom(raw)
+    if codec:  # Windows Notepad's "Unicode"
         report.add(None, str(path), "warning", "utf16_encoding",
-                   f"file is UTF-16, not UTF-8; read as UTF-16. Convert it with: "
-                   f"iconv -f UTF-16 -t UTF-8 {path.name} > {path.name}.utf8")
-        return re.split(r"\r\n|\r|\n", raw.decode("utf-16", errors="replace"))
+                   f"file is UTF-16{'' if codec == 'utf-16' else ' without a byte-order mark'}, not UTF-8; read as "
+                   f"UTF-16. Convert it with: iconv -f {codec.upper()} -t UTF-8 {path.name} > {path.name}.utf8")
+        text = raw.decode(codec, errors="replace").removeprefix("\ufeff")
+        return [line.removeprefix("\ufeff") for line in _split_lines(text, path, report)]
     # a byte-order mark starts the file, or a line of one (files joined with cat): never part of an id
-    lines = [line.removeprefix(b"\xef\xbb\xbf") for line in re.split(rb"\r\n|\r|\n", raw)]
+    lines = [line.removeprefix(b"\xef\xbb\xbf") for line in _split_lines(raw, path, report)]
     out, bad = [], []
     for n, line in enumerate(lines, 1):
         try:
@@ -142,54 +179,80 @@ def _decode_lines(raw: bytes, path: Path, report: DataReport) -> list[str]:
     # valid UTF-8 lines: Chinese (a real UTF-8 line: GBK Chinese reads as U+0080-U+07FF letters when it happens
     # to be valid UTF-8, never as CJK), accented Latin words (café: read as GBK they would be 茅), or by-chance GBK
     valid = [n for n, line in enumerate(lines, 1) if not line.isascii() and n not in bad]
-    utf8_text = [n for n in valid if max(out[n - 1]) >= "\u0800" or _latin_text(out[n - 1])]
+    utf8_text = [n for n in valid if max(out[n - 1]) >= "\u0800" or _latin_text(out[n - 1]) or _one_script(out[n - 1])]
     if not utf8_text:
         try:
-            lines_gbk = [line.decode("gbk") for line in lines]
+            lines_gbk = [line.decode("gb18030") for line in lines]
         except UnicodeDecodeError:
             lines_gbk = []
         if lines_gbk and _looks_chinese([lines_gbk[n - 1] for n in bad]):
             report.add(None, f"{path}:{bad[0]}", "warning", "gbk_encoding",
-                       f"file is GBK-encoded, not UTF-8 (first non-UTF-8 byte on line {bad[0]}); read as GBK. "
-                       f"Convert it with: iconv -f GBK -t UTF-8 {path.name} > {path.name}.utf8")
+                       f"file is GBK-encoded, not UTF-8 (first non-UTF-8 byte on line {bad[0]}); read as GBK/GB18030. "
+                       f"Convert it with: iconv -f GB18030 -t UTF-8 {path.name} > {path.name}.utf8")
             return lines_gbk
     gbk_lines = [n for n in bad if _gbk_chinese(lines[n - 1])]
     if gbk_lines:  # UTF-8 and GBK lists joined with cat: each line as what it is, GBK Chinese valid as UTF-8 too
         gbk_lines = sorted({*gbk_lines, *(n for n in valid if n not in utf8_text and _gbk_chinese(lines[n - 1]))})
     for n in gbk_lines:
-        out[n - 1] = lines[n - 1].decode("gbk")
+        out[n - 1] = lines[n - 1].decode("gb18030")
         report.add(None, f"{path}:{n}", "warning", "gbk_encoding",
-                   f"line {n} is GBK-encoded while other lines are UTF-8; read as GBK")
+                   f"line {n} is GBK-encoded while other lines are UTF-8; read as GBK/GB18030")
     for n in sorted(set(bad) - set(gbk_lines)):
         report.add(None, f"{path}:{n}", "warning", "not_utf8", f"line {n} is not UTF-8; undecodable bytes replaced")
     return out
 
 
+def _one_script(line: str) -> bool:
+    """Whether a line's non-ASCII letters are all of one script other than Latin (Cyrillic, Greek, Hebrew,
+    Arabic...): real UTF-8 text. GBK Chinese that is valid UTF-8 by chance mixes them (去医院 reads as ȥҽԺ)."""
+    scripts = {unicodedata.name(c, "?").split()[0] for c in line if not c.isascii() and c.isalpha()}
+    return len(scripts) == 1 and scripts != {"LATIN"}
+
+
+def _ascii_letter(c: str) -> bool:
+    return c.isascii() and c.isalpha()
+
+
 def _latin_text(line: str) -> bool:
-    """Whether a line's non-ASCII characters are all accented Latin letters and Latin-1 signs (café, Beyoncé)."""
-    return all("\u00a0" <= c <= "\u024f" for c in line if not c.isascii())
+    """Whether a line reads as Latin-script words with accents (café, Beyoncé, Ça): its non-ASCII characters are
+    all accented Latin letters and Latin-1 signs, and one of them is inside or beside an ASCII-lettered word. GBK
+    Chinese valid as UTF-8 by chance (没去 reads as ûȥ, 去3楼 as ȥ3¥) has no such neighbour."""
+    if not all("\u00a0" <= c <= "\u024f" for c in line if not c.isascii()):
+        return False
+    padded = f" {line} "
+    return any(not c.isascii() and c.isalpha() and (_ascii_letter(padded[i - 1]) or _ascii_letter(padded[i + 1]))
+               for i, c in enumerate(padded))
 
 
 def _gbk_chinese(line: bytes) -> bool:
-    """Whether a line's bytes read as GBK Chinese (see :func:`_looks_chinese`)."""
+    """Whether a line's bytes read as GBK/GB18030 Chinese (see :func:`_looks_chinese`)."""
     try:
-        return _looks_chinese([line.decode("gbk")])
+        return _looks_chinese([line.decode("gb18030")])
     except UnicodeDecodeError:
         return False
 
 
 def _looks_chinese(lines: list[str]) -> bool:
-    """Most non-ASCII characters are GB2312's (both bytes >= 0xA1): real GBK Chinese is, while Latin-1 or
-    cp1252 bytes misread as GBK pair an accented letter with the ASCII letter after it (``naïve``)."""
-    chars = [c for line in lines for c in line if not c.isascii()]
-    common = 0
-    for c in chars:
-        try:
-            c.encode("gb2312")
-            common += 1
-        except UnicodeEncodeError:
-            pass
-    return bool(chars) and common >= 0.9 * len(chars)
+    """Whether nearly all (90 %) non-ASCII characters read as Chinese: GB2312's (both bytes >= 0xA1), or other
+    CJK characters (Traditional, rare name characters, GB18030's extensions) beside another non-ASCII character
+    and beside no ASCII letter. Latin-1 or cp1252 bytes misread as GBK pair an accented letter with the letter
+    after it (naïve -> na飗e, Müller -> M黮ler, Ça -> 莂): a rare character alone, or among ASCII letters."""
+    chars = 0
+    chinese = 0
+    for line in lines:
+        padded = f" {line} "
+        for i, c in enumerate(padded):
+            if c.isascii():
+                continue
+            chars += 1
+            try:
+                c.encode("gb2312")
+                chinese += 1
+            except UnicodeEncodeError:
+                near = padded[i - 1] + padded[i + 1]
+                chinese += (unicodedata.category(c) == "Lo" or unicodedata.category(c).startswith("P")) and \
+                    not near.isascii() and not any(map(_ascii_letter, near))
+    return bool(chars) and chinese >= 0.9 * chars
 
 
 def read_lines(path: str | Path, report: DataReport | None = None) -> list[tuple[int, str]]:
@@ -419,21 +482,35 @@ def _read_jsonl(path: Path, report: DataReport) -> tuple[dict[str, tuple[str, in
             report.add(None, f"{path}:{n}", "error", "malformed_line", f"not a JSON record ({e})")
             continue
         record = obj if isinstance(obj, dict) else {}
-        key = "" if record.get("key") is None else str(record["key"])
-        if not key or _SPLIT.search(key) or record.get("source") in (None, ""):
+        key = record.get("key") if isinstance(record.get("key"), (str, int)) else None
+        key = "" if key is None or isinstance(key, bool) else _unpaired(str(key))
+        source = record.get("source") if isinstance(record.get("source"), str) else ""
+        if not key or _SPLIT.search(key) or "\ufffd" in key or not source or "\ufffd" in _unpaired(source):
             # an id must be one token: it is the first column of the Kaldi files the run writes
             report.add(key or None, f"{path}:{n}", "error", "malformed_line",
-                       "a jsonl record needs a \"key\" without spaces and a \"source\"")
+                       "a jsonl record needs a \"key\" (one token) and a \"source\" (a path), both text")
             continue
-        source = str(record["source"])
         if key in wavs:
             report.add(key, f"{path}:{n}", "error", "duplicate_id",
                        f"duplicate id (first on line {wavs[key][1]}); this line is ignored")
             continue
         wavs[key] = (source, n)
-        if record.get("target") is not None:
-            texts[key] = (str(record["target"]), n)
+        target = record.get("target")
+        if isinstance(target, str):
+            texts[key] = (_unpaired(target), n)  # a cut surrogate pair: undecodable, not scored
+        elif target is not None:  # no transcript, said here (not also as a missing one)
+            report.add(key, f"{path}:{n}", "warning", "malformed_target",
+                       f"\"target\" is a {type(target).__name__}, not a text: decoded, not scored")
     return wavs, texts
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _unpaired(text: str) -> str:
+    """``text`` with lone UTF-16 surrogates (JSON ``\\ud83d`` of an emoji cut in half) replaced by U+FFFD: they
+    cannot be written to any UTF-8 file."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def check_source(data: Path) -> None:
@@ -498,6 +575,7 @@ def load_dataset(
     report.n_input = len(wavs) + sum(1 for i in report.issues if i.code in ("duplicate_id", "malformed_line")
                                      and i.where.rsplit(":", 1)[0] == str(wav_path))
 
+    malformed_targets = {i.key for i in report.issues if i.code == "malformed_target"}
     vocab_set = set(vocab) if vocab is not None else None
     # a vocabulary with BPE pieces ("he@@", "llo": Paraformer-large's, with its seg_dict) spells a word it does not
     # hold whole from its pieces' characters: a word is unknown only for a character none of them has (all words
@@ -557,13 +635,14 @@ def load_dataset(
         oov: tuple[str, ...] = ()
         if has_text:
             if key not in texts:
-                report.add(key, where, "warning", "no_text", "no transcript in text: decoded, not scored")
-            elif not texts[key][0].strip() or not score_tokens(texts[key][0]):
-                report.add(key, f"{text_path}:{texts[key][1]}", "warning", "empty_transcript",
-                           "empty transcript (after normalisation): decoded, not scored")
+                if key not in malformed_targets:  # else already said
+                    report.add(key, where, "warning", "no_text", f"no transcript in {text_path.name}: decoded, not scored")
             elif "\ufffd" in texts[key][0]:  # bytes of an unknown encoding: scoring them would count garbage
                 report.add(key, f"{text_path}:{texts[key][1]}", "warning", "undecodable_transcript",
                            "transcript holds bytes that are neither UTF-8 nor GBK: decoded, not scored")
+            elif not texts[key][0].strip() or not score_tokens(texts[key][0]):
+                report.add(key, f"{text_path}:{texts[key][1]}", "warning", "empty_transcript",
+                           "empty transcript (after normalisation): decoded, not scored")
             else:
                 text = texts[key][0]
                 if vocab_set is not None:
@@ -571,6 +650,11 @@ def load_dataset(
                                 and (spelled is None or not set(c) <= spelled))
                     oov_counter.update(oov)
         utts.append(Utterance(key, str(path), text, info.duration_s, info.samplerate, info.channels, where, oov))
+    tagged = [(n, m.group()) for t, n in texts.values() if (m := TAG.search(t))]
+    if tagged:  # what scoring drops should not go unseen: [天气] in 今天[天气]很好 was spoken
+        report.add(None, f"{text_path}:{tagged[0][0]}", "info", "tags_dropped",
+                   f"{len(tagged)} transcript(s) hold tags that scoring drops (e.g. {tagged[0][1]} on line {tagged[0][0]}): "
+                   "words in <...> or [...] without spaces are not scored")
     for key, (_, n) in texts.items():
         if key not in wavs:
             report.add(key, f"{text_path}:{n}", "warning", "text_without_audio",
@@ -666,8 +750,10 @@ def untrainable_marks(text: str, vocab: Collection[str]) -> list[str]:
 
 def training_target(text: str, vocab: Collection[str] | None = None) -> str:
     """A transcript as funasr's char tokenizer should see it: no spaces between Chinese characters (Kaldi-style
-    ``今 天``), single spaces kept between words; with ``vocab``, without the :func:`untrainable_marks` (a space
-    where one stood between words)."""
+    ``今 天``), single spaces kept between words, no invisible format characters (zero-width spaces, soft hyphens:
+    funasr would train them as ``<unk>``); with ``vocab``, without the :func:`untrainable_marks` (a space where one
+    stood between words)."""
+    text = drop_invisible(text)
     if vocab is not None:
         for a, b in reversed(_untrainable_spans(text, vocab)):
             text = text[:a] + " " + text[b:]

@@ -27,11 +27,12 @@ import jiwer
 
 from asr_workbench.fileio import atomic_write_text
 
-__all__ = ["NORMALISER", "NORMALISER_NAME", "TAG", "normalise", "tokens", "UttScore", "CerResult", "score_utterance", "corpus_cer",
+__all__ = ["NORMALISER", "NORMALISER_NAME", "TAG", "drop_invisible", "normalise", "tokens", "UttScore", "CerResult", "score_utterance", "corpus_cer",
            "aggregate", "DurationBin", "cer_by_duration", "aligned_pairs", "alignment_text", "text_cer_chunks", "write_funasr_text_cer", "Bootstrap",
            "paired_bootstrap"]
 
-NORMALISER = ("zh-char-v3: NFKC (full->half width), drop <tags>/[tags] (<unk>, <NOISE>, [LAUGHTER], <|zh|>), "
+NORMALISER = ("zh-char-v4: NFKC (full->half width), drop <tags>/[tags] (<unk>, <NOISE>, [LAUGHTER], <|zh|>), "
+              "invisible format characters (zero-width spaces and joiners, soft hyphens), "
               "punctuation and spaces, lower-case, curly apostrophes "
               "straightened; one token per CJK ideograph (every extension), kana or hangul syllable, per word of other "
               "scripts or digit run (MER for mixed text)")
@@ -47,16 +48,21 @@ TAG = re.compile(r"[<＜][^<>＜＞\s]{1,40}[>＞]|[\[［][^\[\]［］\s]{1,40}[
 _APOSTROPHES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'", "\uff07": "'"})
 
 
-def _classes() -> tuple[str, str]:
+def _classes() -> tuple[str, str, dict[int, None]]:
     """Regex character classes of the characters outside ``_CHAR`` that are letters or digits (Unicode categories
-    L, N), and of those plus combining marks (M), in one pass over the code points."""
+    L, N), and of those plus combining marks (M), and a table deleting the format characters (Cf), in one pass over
+    the code points."""
     import sys
 
     inside = re.compile(f"[{_CHAR}]")
     spans: dict[str, list[list[int]]] = {"LN": [], "LMN": []}
+    invisible: dict[int, None] = {}
     for cp in range(sys.maxunicode + 1):
         ch = chr(cp)
-        cat = unicodedata.category(ch)[0]
+        cat = unicodedata.category(ch)
+        if cat == "Cf":
+            invisible[cp] = None
+        cat = cat[0]
         if cat not in "LMN" or inside.match(ch):
             continue
         for name in (("LN", "LMN") if cat != "M" else ("LMN",)):
@@ -66,20 +72,28 @@ def _classes() -> tuple[str, str]:
                 spans[name].append([cp, cp])
     esc = lambda cp: f"\\U{cp:08x}"  # noqa: E731
     build = lambda ranges: "[" + "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges) + "]"  # noqa: E731
-    return build(spans["LN"]), build(spans["LMN"])
+    return build(spans["LN"]), build(spans["LMN"]), invisible
 
 
 # a word of any script: a letter or digit, then letters, digits and combining marks (accents, vowel signs); a mark
 # on its own (a variation selector after an ideograph or an emoji) is no token
-_LN, _LMN = _classes()
+_LN, _LMN, _INVISIBLE = _classes()
 _WORD = _LN + _LMN + "*"
 _TOKEN = re.compile(rf"[{_CHAR}]|{_WORD}(?:'{_WORD})*")
 
 
+def drop_invisible(text: str) -> str:
+    """``text`` without format characters (Unicode Cf: zero-width space, joiners and non-joiners, soft hyphen,
+    word joiner, byte-order mark, direction marks): pasted from the web or a word processor, they are not heard,
+    and would cut a word in two."""
+    return text.translate(_INVISIBLE)
+
+
 def tokens(text: str) -> list[str]:
     """Normalised scoring tokens: one per CJK ideograph, kana or hangul syllable, one per word of other scripts
-    (letters with their combining marks) or digit run; tags, punctuation and symbols are dropped."""
-    text = TAG.sub(" ", unicodedata.normalize("NFKC", text)).lower().translate(_APOSTROPHES)
+    (letters with their combining marks) or digit run; tags, invisible format characters, punctuation and symbols
+    are dropped."""
+    text = TAG.sub(" ", unicodedata.normalize("NFKC", drop_invisible(text))).lower().translate(_APOSTROPHES)
     return _TOKEN.findall(text)
 
 
@@ -179,10 +193,12 @@ def cer_by_duration(results: Sequence[dict[str, Any]], bins: int = 8) -> list[Du
 
 
 def corpus_cer(refs: Sequence[str], hyps: Sequence[str]) -> CerResult:
-    """Score hypotheses against references (raw texts; normalised here)."""
+    """Score hypotheses against references (raw texts; normalised here). A reference with no token after
+    normalisation (empty, only tags or punctuation) is not scored, as in a run's ``metrics.json``: its hypothesis's
+    words would be errors out of nothing."""
     if len(refs) != len(hyps):
         raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
-    return aggregate([score_utterance(r, h) for r, h in zip(refs, hyps)])
+    return aggregate([score_utterance(r, h) for r, h in zip(refs, hyps) if tokens(r)])
 
 
 def aligned_pairs(score: UttScore) -> list[tuple[str, str, str]]:
@@ -289,14 +305,18 @@ def _compute_wer_by_line(hyp: list[str], ref: list[str]) -> dict[str, int]:
 
 @contextmanager
 def _fast_by_line() -> Iterator[Any]:
-    """funasr's ``metrics.wer`` module with :func:`_compute_wer_by_line` in place of its own, for this block."""
+    """funasr's ``metrics.wer`` module with :func:`_compute_wer_by_line` in place of its own, and its files opened
+    as UTF-8 (it opens them in the locale's encoding: under ``LANG=C`` or a GBK locale it failed on Chinese), for
+    this block."""
     wer = _wer_module()
     original = wer.compute_wer_by_line
     wer.compute_wer_by_line = _compute_wer_by_line
+    wer.open = functools.partial(open, encoding="utf-8")  # found before the builtin by the module's code
     try:
         yield wer
     finally:
         wer.compute_wer_by_line = original
+        del wer.open
 
 
 _TAIL = re.compile(r"%WER \S+ \[ (\d+) / (\d+), (\d+) ins, (\d+) del, (\d+) sub \]\n"
