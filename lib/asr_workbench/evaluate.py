@@ -16,8 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from asr_workbench import datadir, decode, infer, modelhub, paths, runs, scoring
 from asr_workbench.finetune import export
 from asr_workbench.fileio import atomic_write_json, atomic_write_text
@@ -99,9 +97,7 @@ def compare_results(name: str, data_dir: str, ft: infer.InferResult, base: infer
 
 def _recorded_base(finetune_dir: Path) -> dict[str, Any]:
     """What a workbench fine-tune recorded of its base: ``model`` (as given), ``model_dir``, ``cache_dir``."""
-    cfg = finetune_dir / "config.yaml"
-    data = (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}) if cfg.is_file() else {}
-    rec = data.get("workbench") if isinstance(data, dict) else None
+    rec = runs.read_config(finetune_dir / "config.yaml").get("workbench")
     return rec if isinstance(rec, dict) else {}
 
 
@@ -133,10 +129,10 @@ def _tokens_of_finetune(finetune_dir: Path) -> list[str] | None:
     if own.is_dir():
         return modelhub.check_folder(own).tokens
     for cfg in (finetune_dir / "train" / "config.yaml", finetune_dir / "config.yaml"):
-        if cfg.is_file():
-            token_list = ((yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("tokenizer_conf") or {}).get("token_list")
-            if isinstance(token_list, str) and Path(token_list).is_file():
-                return modelhub.read_tokens(Path(token_list))
+        tokenizer_conf = runs.read_config(cfg).get("tokenizer_conf")
+        token_list = tokenizer_conf.get("token_list") if isinstance(tokenizer_conf, dict) else None
+        if isinstance(token_list, str) and Path(token_list).is_file():
+            return modelhub.read_tokens(Path(token_list))
     return None
 
 
@@ -171,12 +167,8 @@ def _provenance_warnings(ft_dir: Path, decoding_model_name: str, base_name: str 
 
 def _dev_set(finetune_dir: Path) -> str | None:
     """The fine-tune's own dev list (the jsonl funasr validated on), for checkpoint comparisons."""
-    cfg = finetune_dir / "config.yaml"
-    if cfg.is_file():
-        dev = (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("valid_data_set_list")
-        if dev and Path(dev).is_file():
-            return str(dev)
-    return None
+    dev = runs.read_config(finetune_dir / "config.yaml").get("valid_data_set_list")
+    return str(dev) if isinstance(dev, str) and Path(dev).is_file() else None
 
 
 def _markdown(result_sets: list[SetComparison], checkpoints: list[dict[str, Any]]) -> str:

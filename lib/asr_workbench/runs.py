@@ -27,7 +27,7 @@ from asr_workbench import paths
 from asr_workbench.fileio import atomic_write_json, atomic_write_text, jsonl_line, read_jsonl
 
 __all__ = ["check_output_dir", "prepare_output_dir", "file_sha256", "sha256_in_background", "inputs_sha256", "git_commit", "package_versions",
-           "provenance", "write_config", "write_metrics", "INDEX", "append_to_index", "read_index"]
+           "provenance", "read_config", "write_config", "write_metrics", "INDEX", "append_to_index", "read_index"]
 
 INDEX = "runs.jsonl"  # the run index, under paths.outputs_root()
 
@@ -153,6 +153,19 @@ def write_config(output_dir: Path, config: dict[str, Any]) -> Path:
     path = output_dir / "config.yaml"
     atomic_write_text(path, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
     return path
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A run's (or funasr's training) ``config.yaml``: ``path`` is the file or its folder; {} when there is none
+    or it is no mapping."""
+    path = path / "config.yaml" if path.is_dir() else path
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from e
+    return data if isinstance(data, dict) else {}
 
 
 def write_metrics(output_dir: Path, metrics: dict[str, Any]) -> Path:

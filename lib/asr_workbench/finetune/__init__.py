@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from asr_workbench import decode, modelhub, paths, runs, scoring, training
 from asr_workbench.processes import usable_cores
@@ -296,7 +295,7 @@ def _resume_warnings(cfg: dict[str, Any], train_dir: Path) -> list[str]:
     saved_file = train_dir / "config.yaml"
     if not saved_file.is_file() or not (train_dir / "model.pt").is_file():  # no checkpoint yet: nothing is restored
         return []
-    saved = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}
+    saved = runs.read_config(saved_file)
     changed = [f"{k} {saved.get(k)!r} -> {cfg.get(k)!r}" for k in ("optim", "optim_conf", "scheduler", "scheduler_conf")
                if saved.get(k) != cfg.get(k)]
     if not changed:

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from asr_workbench import runs
 from asr_workbench.fileio import atomic_write_text
 from asr_workbench.modelhub import ModelFolder, load_weights
 
@@ -215,8 +216,7 @@ def assemble_model(finetune_dir: Path, name: str, base: ModelFolder | None, requ
             training_config: Mapping[str, Any] = {}
         elif base is not None:
             template = base
-            cfg = train_dir / "config.yaml"
-            training_config = (yaml.safe_load(cfg.read_text(encoding="utf-8")) if cfg.is_file() else None) or {}
+            training_config = runs.read_config(train_dir / "config.yaml")
         else:
             raise FileNotFoundError(f"{finetune_dir}: no model/ folder to take config and tokens from; "
                                     "give modelscope_model_name (the base model) too")
