@@ -74,19 +74,25 @@ def test_sweep_failure_isolation_and_parallel_index(tmp_path, tiny_sets):
     broken = tmp_path / "broken" / "infer.yaml"
     broken.parent.mkdir()
     broken.write_text(yaml.safe_dump({"model": str(DEMO_MODEL), "data_dir": str(tmp_path / "no-such-data")}))
-    proc = _cli(["run", str(sweep), str(broken), "--jobs", "2", "-q"], tmp_path / "outputs")
+    board = tmp_path / "board" / "compare_runs.yaml"  # listed first, run last: it shows every run beside it
+    board.parent.mkdir()
+    board.write_text(yaml.safe_dump({"notebook_filter": "infer"}))
+    proc = _cli(["run", str(board), str(sweep), str(broken), "--jobs", "2", "-q"], tmp_path / "outputs")
     assert proc.returncode == 1  # one run failed ...
     index = runs.read_index(tmp_path / "outputs" / "runs.jsonl")
     status = {e["name"]: e["status"] for e in index}
+    assert status.pop("board/compare_runs") == "ok" and index[-1]["name"] == "board/compare_runs"
     assert status == {"bs.sweep/batch_size=2": "ok", "bs.sweep/batch_size=4": "ok", "broken/infer": "failed"}  # ... the others ran
+    shown = (Path(index[-1]["output_dir"]) / "compare_runs.ipynb").read_text(encoding="utf-8")
+    assert all(name.replace("/", "\\/") in shown or name in shown for name in status)
     failed = next(e for e in index if e["status"] == "failed")
     assert "DataError" in failed["error"] and "no-such-data" in failed["error"]
     assert (Path(failed["output_dir"]) / "report.html").is_file()  # the failed run is still a readable record
     ok = [e for e in index if e["status"] == "ok"]
     assert ok[0]["per_set_cer"] == ok[1]["per_set_cer"]  # batch size does not change the transcripts here
     assert "failed" in proc.stdout and "batch_size=2" in proc.stdout
-    board = leaderboard.load(str(tmp_path / "outputs" / "runs.jsonl"), notebook="infer")
-    assert "batch_size" in board.params and board.rows[-1]["status"] == "failed"
+    infer_board = leaderboard.load(str(tmp_path / "outputs" / "runs.jsonl"), notebook="infer")
+    assert "batch_size" in infer_board.params and infer_board.rows[-1]["status"] == "failed"
 
 
 def test_shipped_pipeline_and_sweep_expand():

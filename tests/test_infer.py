@@ -133,6 +133,8 @@ def test_run_command_adds_executed_notebook_and_html(tmp_path):
     assert runs.read_index(tmp_path / "outputs" / "runs.jsonl")[0]["output_dir"] == str(out)
     for name in RUN_FILES + ["infer.ipynb", "report.html", "command.txt"]:
         assert (out / name).is_file(), name
+    command = (out / "command.txt").read_text(encoding="utf-8")  # what reproduces the run, overrides included
+    assert "run params/demo/infer.yaml" in command and "data_dir=demo/data/target/dev" in command
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "hypothesis vs reference" in html  # the browser's static fallback, not an empty widget
     assert "<script" not in html and "cdnjs" not in html  # opens offline; a "$" in a transcript is not maths
