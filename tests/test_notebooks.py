@@ -46,6 +46,29 @@ def test_parameters_cell_is_annotated_literals_with_help(nb):
     assert all(p["help"] for p in params.values())
 
 
+_LOGIC = (ast.For, ast.AsyncFor, ast.While, ast.If, ast.IfExp, ast.With, ast.Try, ast.FunctionDef, ast.AsyncFunctionDef,
+          ast.ClassDef, ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp, ast.BinOp, ast.BoolOp,
+          ast.Compare, ast.Subscript)
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_cells_after_parameters_only_call_the_library(nb):
+    """No logic in cells: imports, one library call each (its result kept in a name, or displayed), and no
+    parameter overwritten (papermill records the parameters; a cell that rebinds one makes the record lie)."""
+    data = json.loads(nb.read_text(encoding="utf-8"))
+    code = [c for c in data["cells"] if c["cell_type"] == "code"]
+    params = set(batch.notebook_parameters(nb))
+    for cell in code[1:]:
+        tree = ast.parse("".join(cell["source"]))
+        logic = [type(n).__name__ for n in ast.walk(tree) if isinstance(n, _LOGIC)]
+        assert not logic, f"{nb.name}: {logic} in {''.join(cell['source'])!r}"
+        for stmt in tree.body:
+            assert isinstance(stmt, (ast.Import, ast.ImportFrom, ast.Expr, ast.Assign)), ast.dump(stmt)
+            assert isinstance(stmt, (ast.Import, ast.ImportFrom)) or isinstance(stmt.value, ast.Call), ast.dump(stmt)
+            rebound = {t.id for t in getattr(stmt, "targets", []) if isinstance(t, ast.Name)} & params
+            assert not rebound, f"{nb.name}: a cell rebinds parameter(s) {rebound}"
+
+
 @pytest.mark.parametrize("params_file", PARAMS, ids=lambda p: str(p.relative_to(REPO)))
 def test_params_file_keys_are_notebook_parameters(params_file):
     nb = batch.notebook_for(params_file)
