@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from asr_workbench import datadir, evaluate, infer, modelhub, scoring
+from asr_workbench import datadir, evaluate, infer, modelhub, runs, scoring
 from asr_workbench.finetune import export
 from asr_workbench.modelhub import check_folder
 from conftest import DEMO_DATA, DEMO_MODEL, REPO, subset
@@ -242,3 +242,94 @@ def test_settings_that_would_fail_late_fail_before_decoding(tmp_path, notebook_f
     r = evaluate.run(output_dir=str(tmp_path / "h"), finetune_dir=str(ft), test_sets={"t": data}, n_bootstrap=100,
                      device="cpu", progress=False)
     assert r.base_dir == cache / "models" / "myorg--tiny" / "snapshots" / "master" and r.sets[0].base["cer"] is not None
+
+
+def test_checkpoints_that_do_not_fit_the_model_are_refused(tmp_path, notebook_finetune):
+    """funasr loads the weights that fit and leaves the rest random: a checkpoint of another architecture, or a
+    dictionary funasr does not unwrap, decoded as noise (CER 200 %) without a word."""
+    ft_out, _ = notebook_finetune
+    ft = tmp_path / "ft"
+    shutil.copytree(ft_out / "train", ft / "train")
+    state = modelhub.load_weights(ft_out / "train" / "model.pt.best")
+    torch.save({"model_state": state, "optimizer": {}}, ft / "train" / "model.pt.ep7")
+    torch.save({k: (torch.zeros(3, *v.shape[1:]) if k.startswith("decoder.") and v.dim() else v)
+                for k, v in state.items()}, ft / "train" / "model.pt.ep9")
+    base = check_folder(DEMO_MODEL)
+    with pytest.raises(ValueError, match=r"model.pt.ep7 does not fit the model of .*holds 0 of the model's"):
+        export.assemble_model(ft, "model.pt.ep7", base, [], tmp_path / "a")
+    with pytest.raises(ValueError, match=r"model.pt.ep9 does not fit .*weights have another shape \(e.g. decoder\."):
+        export.assemble_model(ft, "model.pt.ep9", base, [], tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_what_the_fine_tune_recorded_finds_its_base_checkpoint_and_dev_list(tmp_path, notebook_finetune, monkeypatch):
+    """The recorded base folder is used under any cache; a base replaced since the fine-tune is said; "auto" is the
+    checkpoint the fine-tune exported; a moved fine-tune finds its own dev list; one without model/ lists its
+    checkpoints; a cut checkpoint is named."""
+    ft_out, _ = notebook_finetune
+    ft = tmp_path / "moved-ft"
+    shutil.copytree(ft_out, ft)
+    config = yaml.safe_load((ft / "config.yaml").read_text(encoding="utf-8"))
+    assert config["workbench"]["model_sha256"] == runs.file_sha256(DEMO_MODEL / "model.pt")  # its base copy's
+    old_dev = config["valid_data_set_list"]
+    config["valid_data_set_list"] = str(tmp_path / "gone" / "lists" / Path(old_dev).name)
+    config["workbench"].update(model="someorg/somemodel", model_dir=str(DEMO_MODEL), cache_dir=None)
+    (ft / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "empty-cache"))
+    base, notes = evaluate._open_base(ft, None, None, needed=True)  # no cache holds someorg/somemodel
+    assert base is not None and base.path == DEMO_MODEL and not notes
+    assert evaluate._dev_set(ft) == str(ft / "lists" / Path(old_dev).name)
+    changed = tmp_path / "changed-base"
+    shutil.copytree(DEMO_MODEL, changed)
+    state = modelhub.load_weights(changed / "model.pt")
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, changed / "model.pt")
+    warnings = evaluate._provenance_warnings(ft, "model", "someorg/somemodel", None, check_folder(changed))
+    assert any("not the ones this fine-tune started from" in w for w in warnings)
+    assert not any("started from" in w for w in
+                   evaluate._provenance_warnings(ft, "model", "someorg/somemodel", None, check_folder(DEMO_MODEL)))
+    metrics = json.loads((ft / "metrics.json").read_text(encoding="utf-8"))
+    assert evaluate._own_checkpoint(ft, ft / "train", "auto") == metrics["checkpoint"] == "model.pt.avg2"
+    shutil.rmtree(ft / "model")
+    with pytest.raises(FileNotFoundError, match=r"no model/ folder .*: model.pt.best, model.pt.avg2, .*model.pt.ep1"):
+        export.find_checkpoint(ft, "model")
+    (ft / "train" / "model.pt.ep3").write_bytes((ft / "train" / "model.pt.ep1").read_bytes()[:50000])
+    with pytest.raises(modelhub.ModelError, match=r"model.pt.ep3: not a readable PyTorch checkpoint"):
+        export.assemble_model(ft, "model.pt.ep3", check_folder(DEMO_MODEL), [], tmp_path / "cut")
+
+
+def test_required_files_and_the_evaluation_folder(tmp_path, notebook_finetune):
+    """A base without decoding.yaml costs no copy of the fine-tuned model; a required file in a sub-folder is
+    copied with it; a name outside the folder is refused; the evaluation never writes into the base model; a
+    fine-tune still running is said."""
+    ft_out, _ = notebook_finetune
+    own = tmp_path / "ft"
+    shutil.copytree(ft_out / "model", own / "model")
+    (own / "model" / "decoding.yaml").unlink()
+    base_dir = tmp_path / "base"
+    shutil.copytree(DEMO_MODEL, base_dir)
+    (base_dir / "decoding.yaml").unlink()
+    (base_dir / "lm").mkdir()
+    (base_dir / "lm" / "lm.yaml").write_text("lm: tiny\n")
+    base = check_folder(base_dir)
+    assert export.assemble_model(own, "model", base, evaluate.REQUIRED_FILES, tmp_path / "a") == own / "model"
+    assert not (tmp_path / "a").exists()
+    folder = export.assemble_model(own, "model", base, ["lm/lm.yaml"], tmp_path / "b")
+    assert folder == tmp_path / "b" and (folder / "lm" / "lm.yaml").read_text() == "lm: tiny\n"
+    assert (folder / "model.pt").stat().st_ino == (own / "model" / "model.pt").stat().st_ino  # linked, not copied
+    assert not (own / "model" / "lm").exists()
+    with pytest.raises(ValueError, match=r"'\.\./x' is not a file name inside a model folder"):
+        export.assemble_model(own, "model", base, ["../x"], tmp_path / "c")
+    data = str(subset(DEMO_DATA / "target/test", tmp_path / "data", 2))
+    with pytest.raises(ValueError, match="never writes into a model folder"):
+        evaluate.run(output_dir=str(base_dir / "eval"), finetune_dir=str(ft_out), test_sets={"t": data},
+                     modelscope_model_name=str(base_dir), compare_with_base=False, device="cpu", progress=False)
+    assert not (base_dir / "eval").exists()
+    lock = runs.lock_folder(own)  # as a batch run holds its folder while the fine-tune trains
+    try:
+        assert runs.folder_in_use(own).startswith("pid ")
+        r = evaluate.run(output_dir=str(tmp_path / "e"), finetune_dir=str(own), test_sets={"t": data},
+                         compare_with_base=False, n_bootstrap=100, device="cpu", progress=False)
+        assert any("is still running (pid" in w for w in r.warnings)
+    finally:
+        lock.close()
+    assert runs.folder_in_use(own) is None

@@ -15,7 +15,6 @@ finished run is appended to ``outputs/runs.jsonl`` (under a file lock: runs may 
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import itertools
 import json
@@ -39,7 +38,6 @@ __all__ = ["RunSpec", "RunRecord", "notebook_for", "notebook_parameters", "load_
            "export_html", "expand", "load_pipeline", "load_sweep", "execute", "run_all", "run_notebook",
            "append_index"]
 
-_LOCK_FILE = ".asr_workbench_lock"  # in a run folder while a batch run writes it (an flock, not its existence)
 _REF = re.compile(r"\$\{([A-Za-z0-9_\-]+)\.([A-Za-z0-9_]+)\}")
 _PIPELINE_KEYS, _STEP_KEYS, _SWEEP_KEYS = {"description", "steps"}, {"name", "params", "notebook", "with"}, \
     {"description", "base", "notebook", "grid", "with"}
@@ -537,7 +535,7 @@ def execute(spec: RunSpec, hide_code: bool = False, progress: bool = True) -> Ru
         protect = [paths.resolve(model)] if isinstance(model, str) and model else []
         protect += [paths.resolve(ft) / sub for sub in ("model", "train")] if isinstance(ft, str) and ft else []
         runs.check_output_dir(out, _RUN_KINDS.get(spec.notebook.stem), [p for p in protect if p.is_dir()])
-        lock = _lock_folder(out)
+        lock = runs.lock_folder(out)
     except (OSError, ValueError) as e:
         return RunRecord(spec.name, spec.notebook, out, executed, None, "failed", f"{type(e).__name__}: {e}", 0.0, t0,
                          spec.params)
@@ -545,26 +543,6 @@ def execute(spec: RunSpec, hide_code: bool = False, progress: bool = True) -> Ru
         return _execute_locked(spec, out, executed, t0, hide_code, progress)
     finally:
         lock.close()
-
-
-def _lock_folder(out: Path) -> Any:
-    """An exclusive lock on a run folder for one run (the open file; closing it, or the process ending, releases it):
-    two commands given the same fixed output_dir mixed their partial files and reports. ValueError when held."""
-    out.mkdir(parents=True, exist_ok=True)
-    f = open(out / _LOCK_FILE, "a+", encoding="utf-8")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip()
-        f.close()
-        raise ValueError(f"output_dir {out} is in use by another run ({holder or 'another process'}); wait for it, "
-                         "or choose another output_dir") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
-    f.flush()
-    return f
 
 
 def _execute_locked(spec: RunSpec, out: Path, executed: Path, t0: float, hide_code: bool, progress: bool) -> RunRecord:

@@ -11,6 +11,7 @@ unchanged utterances, and a warning for every set that got significantly worse
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -113,9 +114,12 @@ def _open_base(finetune_dir: Path, given: str | None, cache_dir: str | None,
     name = _base_model_name(finetune_dir, given)
     if not name:
         return None, []
+    recorded = _recorded_base(finetune_dir)
+    where = recorded.get("model_dir")
+    if not given and isinstance(where, str) and Path(where).is_dir():  # where it was: under any cache or none
+        name = where
     try:
-        return modelhub.open_model(name, cache_dir=cache_dir or (None if given else
-                                                                 _recorded_base(finetune_dir).get("cache_dir")),
+        return modelhub.open_model(name, cache_dir=cache_dir or (None if given else recorded.get("cache_dir")),
                                    allow_download=bool(given) or needed), []  # not 0.9 GB that nothing reads
     except modelhub.ModelError as e:
         if given or needed:
@@ -158,6 +162,12 @@ def _provenance_warnings(ft_dir: Path, decoding_model_name: str, base_name: str 
         raise ValueError(f"the base model {base.path} has another vocabulary ({len(base.tokens)} tokens) than the "
                          f"fine-tune in {ft_dir} ({len(trained)}): its config and tokens would turn every transcript "
                          "into garbage; give the base the fine-tune started from as modelscope_model_name")
+    started = _recorded_base(ft_dir).get("model_sha256")
+    if base is not None and started and base.weights is not None and base.weights.is_file() \
+            and runs.file_sha256(base.weights) != started:
+        out.append(f"the base model's weights {base.weights} are not the ones this fine-tune started from (sha256 "
+                   f"{started[:12]}... in {ft_dir / 'config.yaml'}): it was replaced since (a rerun of the fine-tune "
+                   "it came from? an updated download?), and the base CERs are another model's")
     metrics, config = ft_dir / "metrics.json", ft_dir / "config.yaml"
     if decoding_model_name == "model" and metrics.is_file() and config.is_file() \
             and config.stat().st_mtime > metrics.stat().st_mtime + 1:
@@ -165,10 +175,28 @@ def _provenance_warnings(ft_dir: Path, decoding_model_name: str, base_name: str 
     return out
 
 
+def _own_checkpoint(finetune_dir: Path, train_dir: Path, name: str) -> str:
+    """``auto`` as the fine-tune notebook means it: the checkpoint its export took (``metrics.json``), else its
+    n-best average when there is one, else ``model.pt.best``; other names as given."""
+    if name != "auto":
+        return name
+    try:
+        recorded = json.loads((finetune_dir / "metrics.json").read_text(encoding="utf-8")).get("checkpoint")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if isinstance(recorded, str) and (train_dir / recorded).is_file():
+        return recorded
+    avg_n = (runs.read_config(finetune_dir / "config.yaml").get("train_conf") or {}).get("avg_nbest_model")
+    return export.checkpoint_path(train_dir, "auto", avg_n if isinstance(avg_n, int) else None).name
+
+
 def _dev_set(finetune_dir: Path) -> str | None:
     """The fine-tune's own dev list (the jsonl funasr validated on), for checkpoint comparisons."""
     dev = runs.read_config(finetune_dir / "config.yaml").get("valid_data_set_list")
-    return str(dev) if isinstance(dev, str) and Path(dev).is_file() else None
+    if not isinstance(dev, str):
+        return None
+    moved = finetune_dir / "lists" / Path(dev).name  # the folder was moved or copied: its own lists/
+    return dev if Path(dev).is_file() else str(moved) if moved.is_file() else None
 
 
 def _markdown(result_sets: list[SetComparison], checkpoints: list[dict[str, Any]]) -> str:
@@ -230,7 +258,7 @@ def run(
     ft_dir = paths.resolve(finetune_dir)
     if not ft_dir.is_dir():
         raise FileNotFoundError(f"finetune_dir {ft_dir} does not exist")
-    out = runs.prepare_output_dir(output_dir, "evaluate", protect=[ft_dir / "model", ft_dir / "train"])
+    runs.check_output_dir(output_dir, "evaluate", protect=[ft_dir / "model", ft_dir / "train"])
     if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 100:
         raise ValueError(f"n_bootstrap must be an integer >= 100 (resamples behind each 95% interval), got {n_bootstrap!r}")
     for name in [decoding_model_name, *(compare_checkpoints or [])]:
@@ -262,9 +290,18 @@ def run(
         raise ValueError("compare_with_base needs modelscope_model_name (the base model): it is not recorded in "
                          f"{ft_dir / 'config.yaml'}")
     train_dir = ft_dir / "train" if (ft_dir / "train").is_dir() else ft_dir
-    for ckpt in compare_checkpoints or []:  # all found before hours of decoding, not after
-        export.checkpoint_path(train_dir, ckpt)
+    decoding_model_name = _own_checkpoint(ft_dir, train_dir, decoding_model_name)
+    compare_checkpoints = [_own_checkpoint(ft_dir, train_dir, c) for c in compare_checkpoints or []]
+    for ckpt in [decoding_model_name, *compare_checkpoints]:  # all found before hours of decoding, not after
+        export.find_checkpoint(ft_dir, ckpt)
+    # the run folder only now that everything is found: a typo leaves no empty folder; never inside the base
+    out = runs.prepare_output_dir(output_dir, "evaluate",
+                                  protect=[ft_dir / "model", ft_dir / "train", *([base.path] if base else [])])
     warnings = base_notes + _provenance_warnings(ft_dir, decoding_model_name, base_name, modelscope_model_name, base)
+    holder = runs.folder_in_use(ft_dir)
+    if holder:
+        warnings.append(f"the fine-tune in {ft_dir} is still running ({holder}): its checkpoints and model/ may be "
+                        "replaced after this evaluation read them")
     if data_dir and test_sets:
         warnings.append(f"data_dir and test_sets are both given: {len(sets)} sets are decoded ({', '.join(sets)}); "
                         "test_sets: {} decodes data_dir alone")
@@ -274,7 +311,12 @@ def run(
                   progress=progress)
     dev_name = decode.resolve_device(device)
     ft_model = decode.load_model(str(model_dir), device=dev_name)
+    unfit = decode.weight_notes(ft_model)
+    if unfit:  # funasr left those weights random: every figure below would describe noise
+        raise ValueError(f"the fine-tuned model {model_dir} does not load whole: {'; '.join(unfit)}")
     base_model = decode.load_model(str(base.path), device=dev_name) if compare_with_base and base else None
+    if base_model is not None:
+        warnings += [f"base model: {n}" for n in decode.weight_notes(base_model)]
     results: list[SetComparison] = []
     for name, folder in sets.items():
         ft_res = infer.run(str(model_dir), folder, str(out / name / "finetuned"), loaded_model=ft_model, **common)
@@ -282,7 +324,12 @@ def run(
                     if base_model is not None and base is not None else None)
         results.append(compare_results(name, str(paths.resolve(folder)), ft_res, base_res, n_bootstrap, seed))
     checkpoints = []
-    dev = _dev_set(ft_dir) or next(iter(sets.values()))
+    dev = _dev_set(ft_dir)
+    if compare_checkpoints and dev is None:
+        dev = next(iter(sets.values()))
+        warnings.append(f"the fine-tune's dev list is gone (valid_data_set_list of {ft_dir / 'config.yaml'}): "
+                        f"checkpoints are compared on the test set {next(iter(sets))} instead, and a checkpoint "
+                        "chosen on test data flatters it")
     for ckpt in compare_checkpoints or []:
         folder = export.assemble_model(ft_dir, ckpt, base, required, out / "models" / ckpt)
         res = infer.run(str(folder), dev, str(out / "checkpoints" / ckpt), **common)

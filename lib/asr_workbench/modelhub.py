@@ -248,15 +248,24 @@ def resolve_helper_model(name: str, cache_dir: str | os.PathLike[str] | None = N
 def load_weights(path: str | os.PathLike[str], mmap: bool = False) -> dict[str, Any]:
     """The weights of a funasr checkpoint or model.pt (``weights_only``), unwrapped as funasr's loader unwraps
     them (``state_dict``, ``model_state_dict``, ``model``). ``mmap``: map the file instead of reading it (for a
-    look at names and shapes; an old-format file is read whole)."""
+    look at names and shapes; an old-format file is read whole). A file torch cannot read is a
+    :class:`ModelError` naming it."""
+    import pickle
+
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except RuntimeError:
-        if not mmap:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)  # not a zip file: cannot be mapped
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError) as e:
+        if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):
             raise
-        state = torch.load(path, map_location="cpu", weights_only=True)  # not a zip file: cannot be mapped
+        raise ModelError(f"{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__}): "
+                         "a file cut short (a training killed while saving it?), or another format") from e
     for wrapper in ("state_dict", "model_state_dict", "model"):
         state = state[wrapper] if isinstance(state, dict) and wrapper in state else state
     return state

@@ -27,9 +27,11 @@ from asr_workbench import paths
 from asr_workbench.fileio import atomic_write_json, atomic_write_text, jsonl_line, read_jsonl
 
 __all__ = ["check_output_dir", "prepare_output_dir", "file_sha256", "sha256_in_background", "inputs_sha256", "git_commit", "package_versions",
-           "provenance", "read_config", "write_config", "write_metrics", "INDEX", "append_to_index", "read_index"]
+           "provenance", "read_config", "write_config", "write_metrics", "INDEX", "append_to_index", "read_index", "LOCK_FILE",
+           "lock_folder", "folder_in_use"]
 
 INDEX = "runs.jsonl"  # the run index, under paths.outputs_root()
+LOCK_FILE = ".asr_workbench_lock"  # in a run folder while a batch run writes it (an flock, not its existence)
 
 _PACKAGES = ("asr-workbench", "funasr", "modelscope", "torch", "torchaudio", "jiwer", "papermill", "numpy")
 
@@ -231,3 +233,37 @@ def read_index(index: str | Path | None = None) -> list[dict[str, Any]]:
         warnings.warn(f"{path}: {len(bad)} line(s) are not run records (cut off by a crash? edited?), e.g. line "
                       f"{bad[0]}; those runs are not shown", stacklevel=2)
     return out
+
+
+def lock_folder(out: Path) -> Any:
+    """An exclusive lock on a run folder for one run (the open file; closing it, or the process ending, releases it):
+    two commands given the same fixed output_dir mixed their partial files and reports. ValueError when held."""
+    out.mkdir(parents=True, exist_ok=True)
+    f = open(out / LOCK_FILE, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        raise ValueError(f"output_dir {out} is in use by another run ({holder or 'another process'}); wait for it, "
+                         "or choose another output_dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+    f.flush()
+    return f
+
+
+def folder_in_use(out: Path) -> str | None:
+    """Who holds ``out``'s run lock (:func:`lock_folder`: "pid 123 on host"), or None when no run writes it."""
+    lock = out / LOCK_FILE
+    if not lock.is_file():
+        return None
+    with open(lock, encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f.read().strip() or "another process"
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None

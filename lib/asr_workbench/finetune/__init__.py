@@ -231,7 +231,11 @@ def plan(
         listed = " ".join(f"{c}({n})" for c, n in train.oov.most_common(30))
         warnings.append(f"{sum(train.oov.values())} transcript tokens are not in the model's vocabulary and train as "
                         f"<unk>: {listed}")
+    # the base's weights as they were: an evaluation compares against this base, which may be replaced later (the
+    # fine-tune it came from rerun, an updated download)
+    base_sha256 = runs.file_sha256(base.weights) if base.weights is not None and base.weights.is_file() else None
     runs.write_config(out, {**cfg, "workbench": {"model": model, "model_dir": str(base.path), "cache_dir": cache_dir,
+                                                 "model_sha256": base_sha256,
                                                  "data_path": str(data), "dataset_type": dataset_type,
                                                  "batch_bins": batch_bins, "nproc": nproc, "device": dev_name,
                                                  "steps_per_epoch": per_epoch, "total_steps": total,

@@ -24,7 +24,7 @@ from asr_workbench import runs
 from asr_workbench.fileio import atomic_write_text
 from asr_workbench.modelhub import ModelFolder, load_weights
 
-__all__ = ["TRAINING_KEYS", "checkpoint_path", "list_checkpoints", "export_model_folder", "strip_optimizer_state",
+__all__ = ["TRAINING_KEYS", "checkpoint_path", "list_checkpoints", "present_checkpoints", "find_checkpoint", "export_model_folder", "strip_optimizer_state",
            "path_free", "assemble_model"]
 
 # what a fine-tuned config.yaml keeps from the training config, besides the base architecture
@@ -45,6 +45,16 @@ def _epoch_of(name: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+def present_checkpoints(train_dir: Path) -> list[str]:
+    """Every checkpoint file a name may pick in ``train_dir``, for messages: funasr 1.x's (:func:`list_checkpoints`,
+    and ``model.pt``, the last epoch's, kept for resuming) and FunASR 0.x's (``valid.acc.ave_10best.pth``,
+    ``3epoch.pth``, ``*.pb``)."""
+    if not train_dir.is_dir():
+        return []
+    old = sorted(p.name for p in train_dir.iterdir() if p.is_file() and p.suffix in (".pth", ".pb"))
+    return list_checkpoints(train_dir) + (["model.pt"] if (train_dir / "model.pt").is_file() else []) + old
+
+
 def checkpoint_path(train_dir: Path, name: str = "auto", avg_n: int | None = None) -> Path:
     """The checkpoint file for ``name``: ``auto`` is this run's n-best average (``model.pt.avg{avg_n}``)
     when present, else ``model.pt.best``."""
@@ -53,8 +63,27 @@ def checkpoint_path(train_dir: Path, name: str = "auto", avg_n: int | None = Non
         name = avg.name if avg_n and avg.is_file() else "model.pt.best"
     path = train_dir / name
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint {name} in {train_dir} (present: {', '.join(list_checkpoints(train_dir)) or 'none'})")
+        raise FileNotFoundError(f"no checkpoint {name} in {train_dir} (present: {', '.join(present_checkpoints(train_dir)) or 'none'})")
     return path
+
+
+def _check_fits(state: Mapping[str, Any], template: ModelFolder, ckpt: Path) -> None:
+    """Refuse a checkpoint that is not the template model's: funasr would load the weights that fit and leave the
+    rest random (another architecture, a dictionary of other things), and decode garbage without a word."""
+    if template.weights is None or not template.weights.is_file():
+        return
+    want = {k.removeprefix("module."): v for k, v in load_weights(template.weights, mmap=True).items()
+            if hasattr(v, "shape")}
+    names = {k.removeprefix("module."): v for k, v in state.items() if hasattr(v, "shape")}
+    shared = [k for k in want if k in names]
+    other = [f"{k}: {tuple(names[k].shape)} in {ckpt.name}, {tuple(want[k].shape)} in {template.weights}"
+             for k in shared if tuple(names[k].shape) != tuple(want[k].shape)]
+    if len(shared) < len(want) / 2 or other:
+        raise ValueError(f"{ckpt} does not fit the model of {template.path}: "
+                         + (f"{len(other)} weights have another shape (e.g. {other[0]})" if other else
+                            f"it holds {len(shared)} of the model's {len(want)} weights (its top-level names: "
+                            f"{', '.join(list(state)[:5])})")
+                         + ": another architecture, or not this fine-tune's base model (modelscope_model_name)?")
 
 
 def path_free(value: Any) -> Any:
@@ -76,7 +105,9 @@ def export_model_folder(base: ModelFolder, train_dir: Path, checkpoint: str, out
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    torch.save(load_weights(ckpt), tmp / "model.pt")
+    state = load_weights(ckpt)
+    _check_fits(state, base, ckpt)
+    torch.save(state, tmp / "model.pt")
     conf_json = base.path / "configuration.json"
     metas: dict[str, Any] = {}
     if conf_json.is_file():
@@ -178,6 +209,15 @@ def strip_optimizer_state(train_dir: Path) -> list[str]:
     return done
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link to ``src`` (same disk), else a copy: an evaluation's completed model folder costs no second
+    copy of the weights."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 # files that do one job under either name: a model with tokens.txt needs no tokens.json
 _SAME_ROLE = {"tokens.json": ("tokens.txt",), "tokens.txt": ("tokens.json",)}
 
@@ -185,6 +225,21 @@ _SAME_ROLE = {"tokens.json": ("tokens.txt",), "tokens.txt": ("tokens.json",)}
 def _has(folder: Path, name: str) -> bool:
     """Whether ``folder`` holds the required file ``name``, or one that does its job (:data:`_SAME_ROLE`)."""
     return any((folder / n).exists() for n in (name, *_SAME_ROLE.get(name, ())))
+
+
+def find_checkpoint(finetune_dir: Path, name: str) -> Path:
+    """What ``name`` picks in a fine-tune output: ``model`` its self-contained ``model/`` folder, another name a
+    checkpoint of ``finetune_dir/train/`` (or of ``finetune_dir`` itself: funasr's trainer run by hand).
+    ``FileNotFoundError`` listing what there is otherwise."""
+    train_dir = finetune_dir / "train" if (finetune_dir / "train").is_dir() else finetune_dir
+    if name != "model":
+        return checkpoint_path(train_dir, name)
+    if not (finetune_dir / "model").is_dir():
+        present = present_checkpoints(train_dir)
+        raise FileNotFoundError(f"{finetune_dir}: no model/ folder (a fine-tune that did not finish, or funasr's "
+                                "trainer run by hand); name one of its checkpoints in decoding_model_name instead"
+                                + (f": {', '.join(present)}" if present else f" (none in {train_dir} either)"))
+    return finetune_dir / "model"
 
 
 def assemble_model(finetune_dir: Path, name: str, base: ModelFolder | None, required_files: list[str], out: Path) -> Path:
@@ -198,16 +253,18 @@ def assemble_model(finetune_dir: Path, name: str, base: ModelFolder | None, requ
     from asr_workbench.modelhub import check_folder
 
     own = finetune_dir / "model"
+    for f in required_files:
+        if not f or Path(f).is_absolute() or ".." in Path(f).parts:
+            raise ValueError(f"required_files: {f!r} is not a file name inside a model folder")
+    find_checkpoint(finetune_dir, name)
     if name == "model":
-        if not own.is_dir():
-            raise FileNotFoundError(f"{finetune_dir}: no model/ folder (not a workbench fine-tune?); name a funasr "
-                                    "checkpoint in decoding_model_name instead, e.g. model.pt.best")
         folder = own
-        missing = [f for f in required_files if not _has(folder, f)]
-        if missing:  # complete a copy, never the fine-tune's own folder
+        # complete a copy (hard links where the disk allows: no second copy of the weights), never the fine-tune's
+        # own folder; only for a file the base has (decoding.yaml is optional: no copy for its sake alone)
+        if any(not _has(own, f) and base is not None and (base.path / f).exists() for f in required_files):
             if out.exists():
                 shutil.rmtree(out)
-            shutil.copytree(own, out)
+            shutil.copytree(own, out, copy_function=_link_or_copy)
             folder = out
     else:
         train_dir = finetune_dir / "train" if (finetune_dir / "train").is_dir() else finetune_dir
@@ -227,8 +284,12 @@ def assemble_model(finetune_dir: Path, name: str, base: ModelFolder | None, requ
     for f in required_files:
         if _has(folder, f):
             continue
-        if base is not None and (base.path / f).is_file():
-            shutil.copyfile(base.path / f, folder / f)
+        if base is not None and (base.path / f).exists() and folder != own:
+            (folder / f).parent.mkdir(parents=True, exist_ok=True)  # lm/lm.yaml: its sub-folder too
+            if (base.path / f).is_dir():
+                shutil.copytree(base.path / f, folder / f)
+            else:
+                shutil.copyfile(base.path / f, folder / f)
         elif f not in OPTIONAL_FILES:  # decoding.yaml / finetune.yaml only carry defaults
             still.append(f)
     if still:
