@@ -427,9 +427,9 @@ def test_cer_figures_name_their_normaliser_and_sweeps_plot_in_value_order(tmp_pa
             for d, n, e in ((1.0, 10, 1), (1.5, 2, 2), (3.0, 6, 3))]
     ax = report.cer_vs_duration(rows, bins=2).axes[0]
     assert name in ax.get_ylabel()
-    # the points are the utterances' CERs, the line each bin's corpus CER at the bin's middle
+    # the points are the utterances' CERs, the line each bin's corpus CER at its mean duration
     assert [list(p) for p in ax.collections[0].get_offsets()] == [[1.0, 10.0], [1.5, 100.0], [3.0, 50.0]]
-    assert list(ax.lines[0].get_xdata()) == [1.5, 2.5] and list(ax.lines[0].get_ydata()) == [25.0, 50.0]
+    assert list(ax.lines[0].get_xdata()) == [1.25, 3.0] and list(ax.lines[0].get_ydata()) == [25.0, 50.0]
 
 
 def test_reserved_folders_go_again_when_nothing_runs_in_them(tmp_path, monkeypatch):
@@ -670,3 +670,17 @@ def test_pipeline_references_to_defaults_resolve_and_malformed_ones_are_refused(
             {"name": "again", "params": "params/demo/infer.yaml", "with": {"output_dir": ref}}]}))
         with pytest.raises(ValueError, match=r"is not a reference; write \$\{step.parameter\}"):
             batch.expand([bad])
+
+
+def test_leaderboard_table_shows_the_best_rows_and_says_how_many_more(tmp_path):
+    """A 2000-run index made a 3 MB table of every run: the best max_rows are shown, the rest counted."""
+    from asr_workbench import report
+
+    index = tmp_path / "runs.jsonl"
+    for i in range(5):
+        rec = batch.RunRecord(f"r{i}", Path("notebooks/infer.ipynb"), tmp_path / f"r{i}", tmp_path / "x.ipynb", None,
+                              "ok", None, 1.0, 0.0, {"batch_size": i + 1}, {"cer": 0.5 - 0.1 * i, "data_dir": "d/a"})
+        batch.append_index(rec, index)
+    html = str(report.leaderboard_table(leaderboard.load(str(index)), max_rows=2))
+    assert html.count("<tr>") == 3 and ">r4<" in html and ">r3<" in html and ">r0<" not in html  # header + best 2
+    assert "3 more row(s)" in html and html.count("text-align") == 1  # one style for the table, not one per cell

@@ -650,7 +650,7 @@ def test_audio_damaged_inside_is_skipped_with_its_line_and_the_rest_decodes(tmp_
     # its player in the report is scaled to full scale, not a clipped square wave
     from asr_workbench import audio
 
-    played, _ = sf.read(io.BytesIO(audio.playable_wav(loud)))
+    played, _ = sf.read(io.BytesIO(audio.playable(loud).data))
     assert np.mean(np.abs(played) > 0.999) < 0.01 and np.abs(played).max() > 0.9
 
 
@@ -727,3 +727,28 @@ def test_resume_fingerprint_changes_when_audio_is_replaced(tmp_path):
     shutil.copy(DEMO_DATA / "target/test/audio/tgt_ts_00001.flac", wav)
     os.utime(wav, ns=(1, 1))
     assert infer._fingerprint(mf, {}, items) != before
+
+
+def test_report_players_embed_at_most_the_first_20_seconds(tmp_path):
+    """Ten 10-minute files made a 256 MB report whose output timed out the run: a player embeds the first 20 s
+    (FLAC), and says so; an HTML table's plain-text copy in the notebook is one line, not the HTML again."""
+    import base64
+
+    from IPython.lib.pretty import pretty
+
+    from asr_workbench import report
+    from asr_workbench.report import tables
+
+    sr = 16000
+    long_file = tmp_path / "long.wav"
+    sf.write(str(long_file), 0.1 * np.sin(2 * np.pi * 220 * np.arange(45 * sr) / sr), sr, subtype="PCM_16")
+    player = tables.audio_html(str(long_file))
+    assert "first 20 s of 45 s" in player
+    data = base64.b64decode(re.search(r"data:audio/flac;base64,([^']+)'", player).group(1))
+    clip, rate = sf.read(io.BytesIO(data))
+    assert (len(clip), rate) == (20 * sr, sr)
+    short = tables.audio_html(str(sorted((DEMO_DATA / "target/test/audio").iterdir())[0]))
+    assert "first" not in short and "data:audio/flac;base64," in short
+    table = report.worst_table([{"key": "u", "scored": True, "errors": 1, "cer": 0.5, "ref_tokens": 2,
+                                 "ref_norm": "今 天", "hyp_norm": "今 年", "audio": str(long_file)}])
+    assert pretty(table) == f"<HTML, {len(table):,} characters>"

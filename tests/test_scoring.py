@@ -138,18 +138,21 @@ def test_text_cer_chunks_split_by_work_in_order():
 
 
 def test_cer_by_duration_bins_by_hand():
-    """Two bins over 1-3 s: [1, 2) holds the 1 s and 1.5 s utterances, [2, 3] the 2 s and the 3 s one (upper edge);
-    unscored rows count nowhere; each bin's CER is its errors over its tokens, not a mean of utterance CERs."""
+    """Bins of equal numbers of utterances, shortest first: one long outlier shares the last bin (equal-width bins
+    put everything else in the first and left six empty); a duration is never split; unscored rows count nowhere;
+    a bin's CER is its errors over its tokens, not a mean of utterance CERs."""
     rows = [{"scored": True, "duration_s": 1.0, "ref_tokens": 10, "errors": 1},
             {"scored": True, "duration_s": 1.5, "ref_tokens": 2, "errors": 2},
             {"scored": True, "duration_s": 2.0, "ref_tokens": 4, "errors": 0},
-            {"scored": True, "duration_s": 3.0, "ref_tokens": 6, "errors": 3},
+            {"scored": True, "duration_s": 600.0, "ref_tokens": 6, "errors": 3},
             {"scored": False, "duration_s": 1.2}]
     b = scoring.cer_by_duration(rows, bins=2)
-    assert [(x.low, x.high, x.utterances, x.ref_tokens, x.errors) for x in b] == [(1.0, 2.0, 2, 12, 3), (2.0, 3.0, 2, 10, 3)]
+    assert [(x.low, x.high, x.mean_s, x.utterances, x.ref_tokens, x.errors) for x in b] == [
+        (1.0, 1.5, 1.25, 2, 12, 3), (2.0, 600.0, 301.0, 2, 10, 3)]
     assert b[0].cer == 3 / 12 and b[1].cer == 3 / 10
     one = scoring.cer_by_duration(rows[:1] * 3, bins=8)  # one duration: one bin
     assert len(one) == 1 and one[0].utterances == 3 and one[0].cer == 0.1
+    assert [x.utterances for x in scoring.cer_by_duration(rows[:4], bins=8)] == [1, 1, 1, 1]  # no empty bins
     assert scoring.cer_by_duration([{"scored": False, "duration_s": 1.0}]) == []
     empty = scoring.cer_by_duration([{"scored": True, "duration_s": 1.0, "ref_tokens": 0, "errors": 0},
                                      {"scored": True, "duration_s": 2.0, "ref_tokens": 3, "errors": 1}], bins=2)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-__all__ = ["SAMPLE_RATE", "AudioError", "AudioInfo", "probe", "load", "load_checked", "level_warning", "playable_wav"]
+__all__ = ["SAMPLE_RATE", "AudioError", "AudioInfo", "probe", "load", "load_checked", "level_warning", "PLAYER_SECONDS", "Playable", "playable"]
 
 SAMPLE_RATE = 16000
 
@@ -102,13 +102,30 @@ def level_warning(samples: np.ndarray) -> str | None:
     return None
 
 
-def playable_wav(path: str | Path) -> bytes:
-    """The file as a 16 kHz 16-bit WAV for a player in a report; samples beyond full scale (an over-scaled float
-    file) scaled down to it, or they would play as a clipped full-volume square wave."""
+PLAYER_SECONDS = 20.0  # what a report embeds of one file: 10 players of 10-minute files made a 256 MB report
+
+
+@dataclass(frozen=True)
+class Playable:
+    """Audio for a player in a report: FLAC bytes (lossless: what was decoded, about half a WAV's size)."""
+
+    data: bytes
+    seconds: float  # the whole file's length
+    clipped_to: float | None  # the player's length when shorter than the file
+
+    mime = "audio/flac"
+
+
+def playable(path: str | Path, max_seconds: float = PLAYER_SECONDS) -> Playable:
+    """The file's first ``max_seconds`` at 16 kHz, 16-bit FLAC, for a player in a report; samples beyond full
+    scale (an over-scaled float file) scaled down to it, or they would play as a clipped full-volume square wave."""
     import io
 
     x = load(path)
-    peak = _peak(x)
+    seconds = len(x) / SAMPLE_RATE
+    keep = int(max_seconds * SAMPLE_RATE)
+    clip = x[:keep]
+    peak = _peak(clip)
     buf = io.BytesIO()
-    sf.write(buf, x / peak if peak > 1.0 else x, SAMPLE_RATE, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
+    sf.write(buf, clip / peak if peak > 1.0 else clip, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return Playable(buf.getvalue(), seconds, max_seconds if len(x) > keep else None)

@@ -566,8 +566,10 @@ def _execute_locked(spec: RunSpec, out: Path, executed: Path, t0: float, hide_co
                           f"# papermill {shlex.quote(str(spec.notebook))} {shlex.quote(str(executed))} "
                           + " ".join(f"-y {shlex.quote(yaml.safe_dump({k: v}, default_flow_style=True, sort_keys=False, allow_unicode=True).strip())}"
                                      for k, v in spec.params.items()) + "\n")
+        # iopub_timeout: nbclient's 4 s for the last output of a cell failed runs whose report output was large
         papermill.execute_notebook(str(spec.notebook), str(attempt), parameters=spec.params,
-                                   cwd=str(paths.repo_root()), progress_bar=progress, kernel_name="python3")
+                                   cwd=str(paths.repo_root()), progress_bar=progress, kernel_name="python3",
+                                   iopub_timeout=120)
     except PapermillExecutionError as e:
         status, error = "failed", f"cell {e.exec_count}: {e.ename}: {e.evalue}"
     except Exception as e:  # the kernel died, a parameter could not be injected...

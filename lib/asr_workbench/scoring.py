@@ -163,8 +163,9 @@ def aggregate(scores: Sequence[UttScore]) -> CerResult:
 class DurationBin:
     """Utterances of one duration range and their corpus CER (errors / reference tokens; None without tokens)."""
 
-    low: float
+    low: float  # shortest and longest utterance of the bin, seconds
     high: float
+    mean_s: float
     utterances: int
     ref_tokens: int
     errors: int
@@ -176,19 +177,22 @@ class DurationBin:
 
 def cer_by_duration(results: Sequence[dict[str, Any]], bins: int = 8) -> list[DurationBin]:
     """Corpus CER per duration bin of the scored rows of ``results.jsonl`` (``duration_s``, ``errors``,
-    ``ref_tokens``): ``bins`` equal widths from the shortest to the longest utterance, the last holding its upper
-    edge; one bin when every utterance has the same duration."""
-    rows = [r for r in results if r.get("scored")]
-    if not rows:
-        return []
-    lo, hi = min(r["duration_s"] for r in rows), max(r["duration_s"] for r in rows)
-    bins = max(1, bins) if hi > lo else 1
-    width = (hi - lo) / bins
-    out = []
-    for b in range(bins):
-        low, high = lo + b * width, (lo + (b + 1) * width if b < bins - 1 else hi)
-        sel = [r for r in rows if low <= r["duration_s"] < high or (b == bins - 1 and r["duration_s"] == hi)]
-        out.append(DurationBin(low, high, len(sel), sum(r["ref_tokens"] for r in sel), sum(r["errors"] for r in sel)))
+    ``ref_tokens``): ``bins`` bins of equal numbers of utterances, shortest first (one long outlier gets a bin of
+    its neighbours, not seven empty ones beside it); utterances of one duration stay in one bin."""
+    rows = sorted((r for r in results if r.get("scored")), key=lambda r: r["duration_s"])
+    out: list[DurationBin] = []
+    start = 0
+    for b in range(max(1, bins)):
+        end = max(start + 1, round(len(rows) * (b + 1) / max(1, bins)))
+        while end < len(rows) and rows[end]["duration_s"] == rows[end - 1]["duration_s"]:
+            end += 1  # a duration is never split over two bins
+        sel = rows[start:end]
+        if not sel:
+            break
+        d = [r["duration_s"] for r in sel]
+        out.append(DurationBin(d[0], d[-1], sum(d) / len(d), len(sel), sum(r["ref_tokens"] for r in sel),
+                               sum(r["errors"] for r in sel)))
+        start = end
     return out
 
 

@@ -77,7 +77,8 @@ def error_types_bar(metrics: dict[str, Any], title: str = "") -> plt.Figure:
 
 
 def cer_vs_duration(results: Sequence[dict[str, Any]], bins: int = 8, normaliser: str = NORMALISER) -> plt.Figure:
-    """Per-utterance CER against duration, with the corpus CER of each duration bin."""
+    """Per-utterance CER against duration, with the corpus CER of each duration bin (equal numbers of utterances,
+    at their mean duration)."""
     setup_cjk_font()
     rows = [r for r in results if r.get("scored")]
     fig, ax = plt.subplots(figsize=(6, 3.4))
@@ -88,7 +89,7 @@ def cer_vs_duration(results: Sequence[dict[str, Any]], bins: int = 8, normaliser
     # exact errors/tokens, as the bins use (the stored cer is rounded)
     ax.scatter(d, [100 * r["errors"] / r["ref_tokens"] for r in rows], s=12, alpha=0.5, label="utterance")
     filled = [b for b in cer_by_duration(rows, bins) if b.cer is not None]
-    xs, ys = [(b.low + b.high) / 2 for b in filled], [100 * b.cer for b in filled]
+    xs, ys = [b.mean_s for b in filled], [100 * b.cer for b in filled]
     ax.plot(xs, ys, "o-", color="#d62728", label="corpus CER per bin")
     ax.set_xlabel("duration (s)")
     ax.set_ylabel(_cer_label([normaliser]))

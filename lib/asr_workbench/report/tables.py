@@ -32,6 +32,10 @@ class Html(str):
     def _repr_html_(self) -> str:
         return no_maths(self)
 
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        # the plain-text form saved beside the HTML in the notebook: a line, not the whole HTML a second time
+        p.text(f"<HTML, {len(self):,} characters>")
+
 
 def config_html(config: dict[str, Any]) -> Html:
     """The resolved settings of a run, as the YAML saved in ``config.yaml``."""
@@ -44,11 +48,13 @@ def config_html(config: dict[str, Any]) -> Html:
 
 def table_html(header: Sequence[str], rows: Sequence[Sequence[Any]], raw_cols: Sequence[int] = ()) -> Html:
     """A plain HTML table; cells are escaped except the columns in ``raw_cols`` (already HTML)."""
-    head = "".join(f"<th style='text-align:left'>{html.escape(str(h))}</th>" for h in header)
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join(
-        "<tr>" + "".join(f"<td style='text-align:left'>{c if i in raw_cols else html.escape(str(c))}</td>"
-                         for i, c in enumerate(r)) + "</tr>" for r in rows)
-    return Html(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        "<tr>" + "".join(f"<td>{c if i in raw_cols else html.escape(str(c))}</td>" for i, c in enumerate(r)) + "</tr>"
+        for r in rows)
+    # one style for the table, not one per cell (half of a 2000-run leaderboard's bytes)
+    return Html(f"<style>table.awb th, table.awb td {{text-align:left}}</style>"
+                f"<table class='awb'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 
 def summary_table(metrics: dict[str, Any]) -> Html:
@@ -104,10 +110,15 @@ def diff_html(ref_norm: str, hyp_norm: str) -> str:
 
 
 def audio_html(path: str) -> str:
-    """An inline audio player (16 kHz WAV, base64) for a file of any supported format."""
-    from asr_workbench.audio import playable_wav
+    """An inline audio player (16 kHz FLAC, base64; the first :data:`audio.PLAYER_SECONDS` of a longer file, said
+    under it) for a file of any supported format."""
+    from asr_workbench.audio import playable
 
-    return f"<audio controls preload='none' src='data:audio/wav;base64,{base64.b64encode(playable_wav(path)).decode()}'></audio>"
+    clip = playable(path)
+    note = (f"<br><span style='font-size:smaller'>first {clip.clipped_to:.0f} s of {clip.seconds:.0f} s</span>"
+            if clip.clipped_to else "")
+    return (f"<audio controls preload='none' src='data:{clip.mime};base64,{base64.b64encode(clip.data).decode()}'>"
+            f"</audio>{note}")
 
 
 def worst_table(results: Sequence[dict[str, Any]], n: int = 10, audio: bool = True) -> Html:
@@ -214,16 +225,16 @@ def checkpoint_table(checkpoints: Sequence[dict[str, Any]]) -> Html:
     return table_html(["checkpoint", "dev CER", "data"], rows)
 
 
-def leaderboard_table(board: Any, links_from: str | Path | None = None) -> Html:
+def leaderboard_table(board: Any, links_from: str | Path | None = None, max_rows: int = 200) -> Html:
     """The leaderboard: CER, the parameters that differ between runs, RTF, links to the HTML reports: relative to
     ``links_from`` (the folder this table's own report goes to), so they still work in a copied outputs folder;
-    without it, file URLs."""
+    without it, file URLs. The best ``max_rows`` rows; how many more there are is said."""
     if not board.rows:
         return Html("<p>No runs in the index yet (asr-workbench run ... appends to outputs/runs.jsonl).</p>")
     base = paths.resolve(links_from) if links_from else None
     rows = []
     mixed = len(board.normalisers) > 1
-    for r in board.rows:
+    for r in board.rows[:max_rows]:
         href = (quote(os.path.relpath(r["html"], base)) if base else Path(r["html"]).as_uri()) if r.get("html") else None
         link = f"<a href='{html.escape(href)}'>report</a>" if href else "-"
         rows.append((html.escape(r["name"]), html.escape(r["notebook"]), html.escape(r["data"]),
@@ -236,4 +247,7 @@ def leaderboard_table(board: Any, links_from: str | Path | None = None) -> Html:
     table = table_html(["run", "notebook", "data", cer, *(["normaliser"] if mixed else []), *board.params, "RTF",
                         "status", "started", "report"], rows, raw_cols=cols)
     notes = "".join(f"<p style='color:#c00'>Note: {html.escape(n)}</p>" for n in board.notes)
-    return Html(notes + str(table))
+    more = len(board.rows) - len(rows)
+    tail = (f"<p>... {more} more row(s), worse or failed: all of them with <code>asr-workbench leaderboard</code>, or "
+            "narrowed with notebook_filter / data_filter</p>" if more > 0 else "")
+    return Html(notes + str(table) + tail)

@@ -36,22 +36,25 @@ class Browser:
     def widget(self) -> Any:
         import ipywidgets as w
 
-        from asr_workbench.audio import playable_wav
+        from asr_workbench.audio import playable
 
         labels = [(f"{r['key']}  ({r['cer'] * 100:.0f}%)" if r.get("scored") else r["key"], i)
                   for i, r in enumerate(self.results)]
         pick = w.Dropdown(options=labels, description="utterance", layout=w.Layout(width="60%"))
-        player = w.Audio(autoplay=False, format="wav")
+        player = w.Audio(autoplay=False, format="flac")
         text = w.HTML()
 
         def show(_: Any = None) -> None:
             r = self.results[pick.value]
-            player.value = playable_wav(r["audio"])
+            clip = playable(r["audio"])
+            player.value = clip.data
             ref = html.escape(r.get("ref") or "(no reference)")
             diff = diff_html(r["ref_norm"], r["hyp_norm"]) if r.get("scored") else ""
             text.value = no_maths(f"<b>ref</b>: {ref}<br><b>hyp</b>: {html.escape(r['hyp'])}<br>{diff}"
                                   + (f"<br>CER {r['cer'] * 100:.1f} % ({r['errors']}/{r['ref_tokens']})"
-                                     if r.get("scored") else ""))
+                                     if r.get("scored") else "")
+                                  + (f"<br>(the player holds the first {clip.clipped_to:.0f} s of {clip.seconds:.0f} s)"
+                                     if clip.clipped_to else ""))
 
         pick.observe(show, names="value")
         if self.results:
