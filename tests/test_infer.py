@@ -752,3 +752,47 @@ def test_report_players_embed_at_most_the_first_20_seconds(tmp_path):
     table = report.worst_table([{"key": "u", "scored": True, "errors": 1, "cer": 0.5, "ref_tokens": 2,
                                  "ref_norm": "今 天", "hyp_norm": "今 年", "audio": str(long_file)}])
     assert pretty(table) == f"<HTML, {len(table):,} characters>"
+
+
+def test_vad_model_path_is_deterministic_checked_and_says_what_it_found(tmp_path):
+    """Long audio through a vad_model (a local FSMN-VAD folder): its frontend's random dither made a file's
+    transcript depend on what was decoded before it; a folder missing its weights decoded with random ones; a file
+    without speech came back empty without a word."""
+    from fsmn_vad import build_vad
+
+    vad = build_vad(tmp_path / "vad")
+    clips = sorted((DEMO_DATA / "target/test/audio").iterdir())[:6]
+    data = tmp_path / "data"
+    data.mkdir()
+    silence = np.zeros(16000, dtype=np.float32)
+    for name, part in (("a", clips[:3]), ("b", clips[3:])):
+        wave = np.concatenate([x for c in part for x in (sf.read(str(c), dtype="float32")[0], silence)])
+        sf.write(str(data / f"{name}.wav"), wave, 16000, subtype="PCM_16")
+    (data / "wav.scp").write_text("a a.wav\nb b.wav\n")
+    both = infer.run(str(DEMO_MODEL), str(data), str(tmp_path / "both"), vad_model=str(vad), device="cpu",
+                     batch_size=4, progress=False)
+    (data / "wav.scp").write_text("b b.wav\n")
+    alone = infer.run(str(DEMO_MODEL), str(data), str(tmp_path / "alone"), vad_model=str(vad), device="cpu",
+                      progress=False)
+    assert both.results[1]["hyp"] and both.results[1]["hyp"] == alone.results[0]["hyp"]
+    # the VAD's frontend adds no random dither of its own (it hears the seeded one in the waveform), generate after
+    # generate (funasr restores its frontend from a copy made at loading)
+    model = decode.load_model(str(DEMO_MODEL), device="cpu", vad_model=str(vad))
+    for _ in range(2):
+        model.generate(input=str(data / "b.wav"))
+        assert model.vad_kwargs["frontend"].dither == 0.0
+    assert any("batch_size is not used" in n for n in both.metrics["notes"])
+    import torch
+
+    from asr_workbench import processes
+
+    assert torch.get_num_threads() == processes.thread_budget()  # funasr's generate() set every core's worth
+    deaf = build_vad(tmp_path / "deaf", kind="silence")
+    r = infer.run(str(DEMO_MODEL), str(data), str(tmp_path / "deaf-run"), vad_model=str(deaf), device="cpu",
+                  progress=False)
+    assert r.results[0]["hyp"] == "" and [i.code for i in r.report.issues if i.key == "b"] == ["no_speech"]
+    (vad / "model.pt").unlink()
+    with pytest.raises(modelhub.ModelError, match=r"vad_model .*vad: .*model.pt"):
+        infer.run(str(DEMO_MODEL), str(data), str(tmp_path / "no-weights"), vad_model=str(vad), device="cpu",
+                  progress=False)
+    assert not (tmp_path / "no-weights").exists()

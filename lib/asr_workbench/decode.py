@@ -32,7 +32,7 @@ from typing import Any
 
 from asr_workbench import attention
 from asr_workbench.fileio import jsonl_line, read_jsonl
-from asr_workbench.processes import die_with, usable_cores
+from asr_workbench.processes import die_with, thread_budget
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,8 @@ class Hypothesis:
     text: str
     duration_s: float
     error: str = ""  # why the audio could not be decoded (then ``text`` is empty): see audio.AudioError
-    warning: str = ""  # what decoding found wrong with the audio's level (audio.level_warning)
+    warning: str = ""  # what decoding found wrong with the audio's level (audio.level_warning), or no speech found
+    warning_code: str = "audio_level"  # the data report's code for ``warning``
 
 
 @dataclass
@@ -128,10 +129,12 @@ def check_device(device: str) -> None:
 
 
 def load_model(model_dir: str, device: str = "cpu", ncpu: int | None = None, **kwargs: Any) -> Any:
-    """A ``funasr.AutoModel`` on ``device``, updates disabled, no output files written by funasr."""
+    """A ``funasr.AutoModel`` on ``device``, updates disabled, no output files written by funasr; ``ncpu``: the
+    torch threads funasr sets (at loading and at every ``generate()``), by default this process's thread budget
+    (funasr's own default is 4, whatever the machine)."""
     import io
 
-    extra = {"ncpu": ncpu} if ncpu else {}
+    extra = {"ncpu": ncpu or thread_budget()}
     chatter = io.StringIO()  # funasr prints banners and INFO/WARNING lines while loading; errors still raise
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
@@ -142,11 +145,16 @@ def load_model(model_dir: str, device: str = "cpu", ncpu: int | None = None, **k
             # built without the frontend's random dither: funasr keeps a copy of the frontend as built and restores
             # it before every generate(), so switching it off afterwards would not last (decoding adds it seeded)
             conf = {**kwargs.pop("frontend_conf", {}), "dither": 0.0}
+            if kwargs.get("vad_model"):  # its frontend too: it hears the waveform with the seeded dither added
+                vad = dict(kwargs.pop("vad_kwargs", None) or {})
+                kwargs["vad_kwargs"] = {**vad, "frontend_conf": {**(vad.get("frontend_conf") or {}), "dither": 0.0}}
             try:
                 model = AutoModel(model=model_dir, device=resolve_device(device), disable_update=True,
                                   disable_pbar=True, log_level="ERROR", frontend_conf=conf, **extra, **kwargs)
             except Exception as e:  # e.g. a truncated model.pt: torch's message names no file
-                raise RuntimeError(f"funasr could not load the model in {model_dir}: {_load_error(e)}") from e
+                raise RuntimeError(f"funasr could not load the model in {model_dir}"
+                                   + (f" or its vad_model {kwargs['vad_model']}" if kwargs.get("vad_model") else "")
+                                   + f": {_load_error(e)}") from e
     finally:
         logging.disable(previous)
     trained_dither(model)
@@ -239,14 +247,20 @@ def weight_notes(model: Any) -> list[str]:
     """What funasr's loader only prints (and the workbench's quiet loading hides): model weights its checkpoint
     lacks (left random) and weights of another shape (skipped: a tokens file that does not match the
     checkpoint's vocabulary, for one). Empty when every weight loaded."""
+    notes = _unloaded_weights(model.model, model.kwargs.get("init_param"))
+    if getattr(model, "vad_model", None) is not None:  # the vad_model's too: random weights segment at random
+        notes += [f"vad_model: {n}" for n in _unloaded_weights(model.vad_model, (model.vad_kwargs or {}).get("init_param"))]
+    return notes
+
+
+def _unloaded_weights(net: Any, path: Any) -> list[str]:
     from asr_workbench.modelhub import load_weights
 
-    path = model.kwargs.get("init_param")
     if not path or not Path(str(path)).is_file():
         return []
     state = load_weights(path, mmap=True)
     missing, other = [], []
-    for key, want in model.model.state_dict().items():
+    for key, want in net.state_dict().items():
         got = state.get(key, state.get(f"module.{key}"))
         if got is None:
             missing.append(key)
@@ -306,6 +320,9 @@ def option_notes(model_config: dict[str, Any], opts: DecodeOptions) -> list[str]
     alone = _unbatched(cls)
     if alone and (opts.batch_size > 1 or opts.batch_seconds):
         notes.append(f"decoded one utterance at a time, whatever batch_size says: {alone[0]}")
+    if opts.vad_model and opts.batch_size > 1:
+        notes.append("with vad_model each file is decoded on its own, its speech segments batched up to "
+                     "batch_seconds of audio (300 s by default): batch_size is not used")
     if opts.extra.get("hotword") and cls is not None and cls.__name__ not in ("SeacoParaformer", "ContextualParaformer"):
         notes.append(f"hotword is ignored: {cls.__name__} has no hotword biasing (SeacoParaformer and "
                      "ContextualParaformer have)")
@@ -404,7 +421,12 @@ def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: D
                     res = model.generate(input=wave, batch_size_s=opts.batch_seconds or 300, **kw)
                 except Exception as e:
                     raise RuntimeError(f"funasr could not decode {key} ({path}) with its vad_model: {e!r}") from e
-                sink([Hypothesis(key, " ".join(r.get("text", "") for r in res).strip(), dur, warning=problem)])
+                text = " ".join(r.get("text", "") for r in res).strip()
+                if not text:  # funasr returns nothing for a file without a speech segment
+                    sink([Hypothesis(key, "", dur, warning="the vad_model found no speech in it: empty transcript"
+                                     + (f" ({problem})" if problem else ""), warning_code="no_speech")])
+                else:
+                    sink([Hypothesis(key, text, dur, warning=problem)])
         return
     from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
@@ -501,7 +523,7 @@ def plan_workers(model: Any, opts: DecodeOptions, kw: dict[str, Any]) -> tuple[i
     device = next(model.model.parameters()).device
     if device.type == "cuda":
         return opts.workers or 1, 0
-    budget = int(os.environ.get("OMP_NUM_THREADS") or 0) or usable_cores()
+    budget = thread_budget()
     workers = opts.workers or max(1, min(budget, 4))
     return workers, max(1, budget // workers)
 
@@ -599,7 +621,8 @@ def _read_partial(path: Path, fingerprint: str) -> dict[str, Hypothesis]:
     for _, h in records:
         if not isinstance(h, dict) or not isinstance(h.get("key"), str):
             break
-        out[h["key"]] = Hypothesis(h["key"], h["text"], h["duration_s"], h.get("error", ""), h.get("warning", ""))
+        out[h["key"]] = Hypothesis(h["key"], h["text"], h["duration_s"], h.get("error", ""), h.get("warning", ""),
+                                   h.get("warning_code") or "audio_level")
     return out
 
 
@@ -684,7 +707,8 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
     one_by_one: list[str] = []  # per batch funasr could not decode whole: an utterance without a token, or its first
     if n_proc == 1 or len(todo) < 2:
         if model is None:
-            model = load_model(model_dir, device=device, ncpu=usable_cores(),
+            # funasr sets torch's threads to ncpu at every generate() (the vad_model path): the budget, not every core
+            model = load_model(model_dir, device=device, ncpu=thread_budget(),
                                **({"vad_model": opts.vad_model} if opts.vad_model else {}))
         notes = weight_notes(model)
         for note in notes:
@@ -702,7 +726,8 @@ def decode(model_dir: str, items: Sequence[tuple[str, str, float]], opts: Decode
         n_used = 1
     else:
         n_used = min(n_proc, len(todo))
-        shards = [todo[i::n_used] for i in range(n_used)]  # round-robin keeps shard lengths balanced
+        by_length = sorted(todo, key=lambda it: -it[2])  # dealt round-robin, longest first: shards of equal audio
+        shards = [by_length[i::n_used] for i in range(n_used)]
         # <partial>.part<i> / .items<i>: names that extend the partial file's, so no pattern can match it
         parts = [partial_file.with_name(f"{partial_file.name}.part{i}") for i in range(n_used)]
         lists = [partial_file.with_name(f"{partial_file.name}.items{i}") for i in range(n_used)]

@@ -165,7 +165,7 @@ def _audio_issues(ds: datadir.DataSet, hyps: list[decode.Hypothesis]) -> list[de
         if h.error:
             ds.report.add(h.key, where[h.key], "error", "undecodable_audio", f"{h.error}: not decoded ({audio[h.key]})")
         elif h.warning:
-            ds.report.add(h.key, where[h.key], "warning", "audio_level", h.warning)
+            ds.report.add(h.key, where[h.key], "warning", h.warning_code, h.warning)
     return [h for h in hyps if not h.error]
 
 
@@ -235,7 +235,8 @@ def run(
     """
     mf = modelhub.open_model(model, cache_dir=cache_dir)
     out = runs.check_output_dir(output_dir, "infer", protect=[mf.path])  # made once the data is read
-    vad_dir = str(modelhub.resolve_helper_model(vad_model, cache_dir)) if vad_model else None
+    vad = modelhub.resolve_helper_model(vad_model, cache_dir) if vad_model else None
+    vad_dir = str(vad.path) if vad else None
     settings = resolve_decoding(mf.decoding, {"batch_size": batch_size, "ctc_weight": ctc_weight,
                                               "beam_size": beam_size}, decoding_overrides, str(mf.path / "decoding.yaml"))
     devices = _device_list(devices)
@@ -261,7 +262,8 @@ def run(
         raise datadir.DataError(f"{data_path}: nothing to decode: {ds.report.n_input} input line(s), each with an error "
                                 f"(see {failed_report})" if ds.report.n_input else
                                 f"{data_path}: nothing to decode: the audio list is empty")
-    notes = list(mf.warnings) + decode.option_notes(mf.config, opts)
+    notes = list(mf.warnings) + [f"vad_model: {w}" for w in (vad.warnings if vad else ())] \
+        + decode.option_notes(mf.config, opts)
     if precision != "fp32" and not decode.resolve_device(devices[0] if devices else device).startswith("cuda"):
         notes.append(f"precision {precision} is ignored: autocast is used on a GPU only; this run decodes in fp32")
     config = {
@@ -285,6 +287,9 @@ def run(
                                               # what the features are made from: results decoded before the
                                               # seeded dither, or with another frontend, are not resumed
                                               "frontend_conf": mf.config.get("frontend_conf"),
+                                              # the VAD's weights: a rebuilt VAD folder segments anew
+                                              "vad_weights": runs.file_sha256(vad.weights)
+                                              if vad and vad.weights and vad.weights.is_file() else None,
                                               "dither": "seeded"}, items),
                             model=loaded_model, progress=progress)
     except BaseException:  # a model that fails to load, a shard, an interrupt: this attempt's report, beside

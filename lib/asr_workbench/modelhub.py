@@ -167,6 +167,9 @@ def read_tokens(path: Path) -> list[str]:
     return [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+_CMVN_FRONTENDS = ("WavFrontend", "wav_frontend", "WavFrontendOnline", "wav_frontend_online")  # read am.mvn
+
+
 def check_folder(path: Path, source: str = "folder", model_id: str | None = None) -> ModelFolder:
     """Check that every file funasr will need is there (funasr itself fails cryptically otherwise)."""
     if not path.is_dir():
@@ -211,10 +214,10 @@ def check_folder(path: Path, source: str = "folder", model_id: str | None = None
                 missing.append("bpe.model (its SentencepiecesTokenizer's model)")
         elif config.get("tokenizer") and not any((path / t).is_file() for t in ("tokens.json", "tokens.txt")):
             missing.append("tokens.json or tokens.txt")
-        if config.get("frontend") in ("WavFrontend", "wav_frontend") and not (path / "am.mvn").is_file() \
+        if config.get("frontend") in _CMVN_FRONTENDS and not (path / "am.mvn").is_file() \
                 and not (config.get("frontend_conf") or {}).get("cmvn_file"):
             warnings.append("am.mvn (funasr's fallback cmvn_file: features will not be mean/variance normalised)")
-    elif config.get("frontend") in ("WavFrontend", "wav_frontend") and "frontend_conf.cmvn_file" not in metas \
+    elif config.get("frontend") in _CMVN_FRONTENDS and "frontend_conf.cmvn_file" not in metas \
             and not (config.get("frontend_conf") or {}).get("cmvn_file"):
         warnings.append("a cmvn_file (configuration.json's file_path_metas and config.yaml's frontend_conf name none: "
                         "features will not be mean/variance normalised)")
@@ -235,14 +238,21 @@ def open_model(model: str, cache_dir: str | os.PathLike[str] | None = None, revi
     return check_folder(path, source, None if source == "folder" else model)
 
 
-def resolve_helper_model(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The local folder of a model funasr loads beside the main one (``vad_model``): a folder, a ModelScope id
-    or one of funasr's short names (``fsmn-vad`` is ``iic/speech_fsmn_vad_zh-cn-16k-common-pytorch``), found in
+def resolve_helper_model(name: str, cache_dir: str | os.PathLike[str] | None = None,
+                         role: str = "vad_model") -> ModelFolder:
+    """The checked local folder of a model funasr loads beside the main one (``vad_model``): a folder, a ModelScope
+    id or one of funasr's short names (``fsmn-vad`` is ``iic/speech_fsmn_vad_zh-cn-16k-common-pytorch``), found in
     the cache or downloaded like the main model, so an offline machine fails with one message naming the id and
-    the cache (funasr itself would try the hub under the short name and end in "not registered")."""
+    the cache (funasr itself would try the hub under the short name and end in "not registered"); a folder funasr
+    would load with random weights or fail on, after the data is read, is a :class:`ModelError` naming ``role``."""
     from funasr.download.name_maps_from_hub import name_maps_ms
 
-    return resolve_model_dir(name_maps_ms.get(name, name), cache_dir)[0]
+    hub_id = name_maps_ms.get(name, name)
+    try:
+        path, source = resolve_model_dir(hub_id, cache_dir)
+        return check_folder(path, source, hub_id if source != "folder" else None)
+    except ModelError as e:
+        raise ModelError(f"{role} {name}" + (f" ({hub_id})" if hub_id != name else "") + f": {e}") from e
 
 
 def load_weights(path: str | os.PathLike[str], mmap: bool = False) -> dict[str, Any]:

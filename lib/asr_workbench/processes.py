@@ -7,7 +7,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-__all__ = ["die_with", "usable_cores"]
+__all__ = ["die_with", "usable_cores", "thread_budget"]
 
 
 def die_with(parent: int) -> Callable[[], None] | None:
@@ -34,3 +34,12 @@ def die_with(parent: int) -> Callable[[], None] | None:
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity where the platform has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def thread_budget() -> int:
+    """Threads this process may use: ``OMP_NUM_THREADS`` (1 in shard processes and parallel batch runs) when set,
+    else the usable cores."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS") or 0)) if os.environ.get("OMP_NUM_THREADS") else usable_cores()
+    except ValueError:
+        return usable_cores()
