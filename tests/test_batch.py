@@ -684,3 +684,27 @@ def test_leaderboard_table_shows_the_best_rows_and_says_how_many_more(tmp_path):
     html = str(report.leaderboard_table(leaderboard.load(str(index)), max_rows=2))
     assert html.count("<tr>") == 3 and ">r4<" in html and ">r3<" in html and ">r0<" not in html  # header + best 2
     assert "3 more row(s)" in html and html.count("text-align") == 1  # one style for the table, not one per cell
+
+
+def test_cer_against_a_parameter_joins_the_best_run_of_each_value(tmp_path):
+    """Runs sharing a learning rate but not their epochs made a sawtooth line: the line joins the best of each
+    value, every run is a dot; 40 values label about 12 ticks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from asr_workbench import report
+
+    index = tmp_path / "runs.jsonl"
+    for i, (lr, epochs, cer) in enumerate(((1e-4, 1, 0.5), (1e-4, 5, 0.3), (3e-4, 1, 0.4), (3e-4, 5, 0.45))):
+        rec = batch.RunRecord(f"r{i}", Path("notebooks/infer.ipynb"), tmp_path / f"r{i}", tmp_path / "x.ipynb", None,
+                              "ok", None, 1.0, 0.0, {"lr": lr, "max_epoch": epochs}, {"cer": cer, "data_dir": "d/a"})
+        batch.append_index(rec, index)
+    ax = report.cer_vs_parameter(leaderboard.load(str(index)), "lr").axes[0]
+    assert list(ax.lines[0].get_xdata()) == [0, 1] and list(ax.lines[0].get_ydata()) == [30.0, 40.0]
+    assert len(ax.collections[0].get_offsets()) == 4 and "best run per value" in ax.get_title()
+    for i in range(40):
+        batch.append_index(batch.RunRecord(f"s{i}", Path("notebooks/infer.ipynb"), tmp_path / f"s{i}",
+                                           tmp_path / "x.ipynb", None, "ok", None, 1.0, 0.0, {"lr": 1e-5 * (i + 1)},
+                                           {"cer": 0.2, "data_dir": "d/b"}), index)
+    ax = report.cer_vs_parameter(leaderboard.load(str(index), data="b"), "lr").axes[0]
+    assert len(ax.get_xticks()) == 40 and sum(bool(t.get_text()) for t in ax.get_xticklabels()) <= 14

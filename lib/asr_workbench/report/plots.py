@@ -157,7 +157,8 @@ def utterance_scatter(sets: Sequence[Any]) -> plt.Figure:
 
 
 def cer_vs_parameter(board: Any, parameter: str | None) -> plt.Figure:
-    """CER of the runs against one swept parameter, a line per data set."""
+    """CER of the runs against one swept parameter, in value order: a line per data set through the best run of each
+    value, and every run as a dot where several share a value."""
     setup_cjk_font()
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     rows = [r for r in board.rows if r.get("cer") is not None and parameter and parameter in r["parameters"]]
@@ -169,11 +170,22 @@ def cer_vs_parameter(board: Any, parameter: str | None) -> plt.Figure:
     values = sorted({json.dumps(r["parameters"][parameter], sort_keys=True, default=str): r["parameters"][parameter]
                      for r in rows}.values(), key=_order)
     where = {json.dumps(v, sort_keys=True, default=str): i for i, v in enumerate(values)}
+    several = False
     for data in sorted({r["data"] for r in rows}):
         pts = sorted((where[json.dumps(r["parameters"][parameter], sort_keys=True, default=str)], r["cer"] * 100)
                      for r in rows if r["data"] == data)
-        ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", label=_literal(data))
-    ax.set_xticks(range(len(values)), [_literal(v) for v in values])
+        best: dict[int, float] = {}
+        for x, y in pts:  # runs that share the value but differ otherwise (epochs, batch): the line joins the best
+            best[x] = min(y, best.get(x, y))
+        several |= len(best) < len(pts)
+        line = ax.plot(list(best), list(best.values()), "o-", label=_literal(data))[0]
+        if len(best) < len(pts):
+            ax.scatter([x for x, _ in pts], [y for _, y in pts], s=10, alpha=0.35, color=line.get_color())
+    step = -(-len(values) // 12)  # at most about 12 labels: 40 learning rates overlapped into a black bar
+    ax.set_xticks(range(len(values)), [_literal(v) if i % step == 0 else "" for i, v in enumerate(values)],
+                  rotation=30 if len(values) > 6 else 0, ha="right" if len(values) > 6 else "center")
+    if several:
+        ax.set_title("line: the best run per value; dots: every run", fontsize=8)
     ax.set(xlabel=_literal(parameter), ylabel=_cer_label([r.get("normaliser") or "" for r in rows]))
     ax.legend(fontsize=8)
     fig.tight_layout()
