@@ -238,6 +238,7 @@ def test_gbk_text_is_detected_and_read(tmp_path):
 
 @pytest.mark.parametrize("texts, codec", [
     (["臺灣的門", "電腦與書", "車站見"], "gbk"),  # Traditional: GBK's extension, not GB2312 (車站見 is valid UTF-8 too)
+    (["今天下午开会", "一", "一些", "小学"], "gbk"),  # valid UTF-8 of one script by chance: 一些 -> һЩ, 小学 -> Сѧ
     (["北京", "王喆", "朱镕基"], "gbk"),  # name characters outside GB2312
     (["北京的门上午八点开", "去3楼", "没去"], "gbk"),  # lines valid as UTF-8 by chance: 去3楼 -> ȥ3¥, 没去 -> ûȥ
     (["吉野家𠮷", "北京"], "gb18030"),  # GB18030's four-byte characters
@@ -259,19 +260,24 @@ def test_latin1_words_are_not_read_as_gbk_characters(tmp_path):
     assert [i.code for i in report.issues] == ["not_utf8", "not_utf8"]
 
 
-def test_utf8_lines_of_other_scripts_stay_utf8_beside_gbk_lines(tmp_path):
-    lines = datadir.read_lines(_write(tmp_path, "u0 x\n", "u0 привет\nu1 да\nu2 γειά σου\n".encode()
-                                      + "u3 今天下午\n".encode("gbk")) / "text", report := datadir.DataReport())
-    assert [line for _, line in lines] == ["u0 привет", "u1 да", "u2 γειά σου", "u3 今天下午"]
-    assert [(i.code, i.where.rsplit("/", 1)[-1]) for i in report.issues] == [("gbk_encoding", "text:4")]
+def test_utf8_lines_of_other_scripts_and_latin_signs_stay_utf8_beside_gbk_lines(tmp_path):
+    lines = datadir.read_lines(_write(tmp_path, "u0 x\n", "u0 привет\nu1 γειά σου\nu2 25°C\nu3 Lui è qui\n".encode()
+                                      + "u4 今天下午\n".encode("gbk")) / "text", report := datadir.DataReport())
+    assert [line for _, line in lines] == ["u0 привет", "u1 γειά σου", "u2 25°C", "u3 Lui è qui", "u4 今天下午"]
+    assert [(i.code, i.where.rsplit("/", 1)[-1]) for i in report.issues] == [("gbk_encoding", "text:5")]
 
 
 def test_a_carriage_return_inside_a_line_is_a_space_and_lines_count_newlines(tmp_path):
-    """A lone \\r in a file of \\n lines (a pasted remnant) cut the reference short and made its tail an id."""
-    lines = datadir.read_lines(_write(tmp_path, "u0 x\n", "u0 车站的门\r下午三点\r\nu1 北京\n") / "text",
+    """A lone \\r in a file of \\n lines (a pasted remnant) cut the reference short and made its tail an id; lone
+    \\r line ends (old Mac, a final \\n appended) and \\r\\r\\n ends stay line ends, unreported."""
+    lines = datadir.read_lines(_write(tmp_path, "u0 x\n", "u0 车站的门\r下午三点\r\nu1 北京\nu2 上\r午\n") / "text",
                                report := datadir.DataReport())
-    assert lines == [(1, "u0 车站的门 下午三点"), (2, "u1 北京")]
+    assert lines == [(1, "u0 车站的门 下午三点"), (2, "u1 北京"), (3, "u2 上 午")]
     assert [(i.code, i.where.rsplit("/", 1)[-1]) for i in report.issues] == [("carriage_return", "text:1")]
+    assert "2 line(s)" in report.issues[0].reason
+    for raw in ("u0 a\ru1 b\ru2 c\n", "u0 a\r\r\nu1 b\r\r\nu2 c\r\r\n"):
+        lines = datadir.read_lines(_write(tmp_path, "u0 x\n", raw) / "text", report := datadir.DataReport())
+        assert [line for _, line in lines] == ["u0 a", "u1 b", "u2 c"] and not report.issues
 
 
 @pytest.mark.parametrize("raw", ["u0 今天\nu1 hello\n".encode("utf-16-le"), "u0 今天\nu1 hello\n".encode("utf-16-be"),

@@ -215,6 +215,7 @@ def test_settings_that_would_fail_late_fail_before_decoding(tmp_path, notebook_f
                                        encoding="utf-8")
     with pytest.raises(ValueError, match="has another vocabulary"):
         run("d", modelscope_model_name=str(other), decoding_model_name="model.pt.ep1")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "d").exists()  # refused before the run folder is made
     with pytest.raises(ValueError, match="never writes into a model folder"):  # the fine-tune's own model
         evaluate.run(output_dir=str(ft_out / "model" / "eval"), finetune_dir=str(ft_out), test_sets={"t": data},
                      device="cpu", progress=False)
@@ -259,7 +260,7 @@ def test_checkpoints_that_do_not_fit_the_model_are_refused(tmp_path, notebook_fi
         export.assemble_model(ft, "model.pt.ep7", base, [], tmp_path / "a")
     with pytest.raises(ValueError, match=r"model.pt.ep9 does not fit .*weights have another shape \(e.g. decoder\."):
         export.assemble_model(ft, "model.pt.ep9", base, [], tmp_path / "b")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ft"]  # nothing written, not even a .partial folder
 
 
 def test_what_the_fine_tune_recorded_finds_its_base_checkpoint_and_dev_list(tmp_path, notebook_finetune, monkeypatch):
@@ -289,6 +290,8 @@ def test_what_the_fine_tune_recorded_finds_its_base_checkpoint_and_dev_list(tmp_
                    evaluate._provenance_warnings(ft, "model", "someorg/somemodel", None, check_folder(DEMO_MODEL)))
     metrics = json.loads((ft / "metrics.json").read_text(encoding="utf-8"))
     assert evaluate._own_checkpoint(ft, ft / "train", "auto") == metrics["checkpoint"] == "model.pt.avg2"
+    (ft / "metrics.json").write_text(json.dumps({**metrics, "checkpoint": "model.pt.ep1"}))  # what the export took
+    assert evaluate._own_checkpoint(ft, ft / "train", "auto") == "model.pt.ep1"
     shutil.rmtree(ft / "model")
     with pytest.raises(FileNotFoundError, match=r"no model/ folder .*: model.pt.best, model.pt.avg2, .*model.pt.ep1"):
         export.find_checkpoint(ft, "model")

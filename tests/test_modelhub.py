@@ -75,9 +75,10 @@ def test_vad_model_short_name_resolves_through_the_cache(tmp_path):
     without it a clear error names the id and the cache at once (funasr itself ends in "not registered")."""
     target = tmp_path / "models" / "iic--speech_fsmn_vad_zh-cn-16k-common-pytorch" / "snapshots" / "master"
     shutil.copytree(DEMO_MODEL, target)  # any folder: the lookup is what is tested, not the VAD model
-    assert modelhub.resolve_helper_model("fsmn-vad", cache_dir=str(tmp_path)).resolve() == target.resolve()
+    assert modelhub.resolve_helper_model("fsmn-vad", cache_dir=str(tmp_path)).path.resolve() == target.resolve()
     t = time.time()
-    with pytest.raises(modelhub.ModelError, match=r"'iic/speech_fsmn_vad_zh-cn-16k-common-pytorch' is not in the "
+    with pytest.raises(modelhub.ModelError, match=r"vad_model fsmn-vad \(iic/speech_fsmn_vad_zh-cn-16k-common-pytorch\)"
+                                                  r": .*'iic/speech_fsmn_vad_zh-cn-16k-common-pytorch' is not in the "
                                                   r"ModelScope cache"):
         modelhub.resolve_helper_model("fsmn-vad", cache_dir=str(tmp_path / "empty"))
     assert time.time() - t < 10

@@ -102,7 +102,7 @@ def level_warning(samples: np.ndarray) -> str | None:
     return None
 
 
-PLAYER_SECONDS = 20.0  # what a report embeds of one file: 10 players of 10-minute files made a 256 MB report
+PLAYER_SECONDS = 30.0  # what a report embeds of one file: 10 players of 10-minute files made a 256 MB report
 
 
 @dataclass(frozen=True)
@@ -116,14 +116,15 @@ class Playable:
     mime = "audio/flac"
 
 
-def playable(path: str | Path, max_seconds: float = PLAYER_SECONDS) -> Playable:
-    """The file's first ``max_seconds`` at 16 kHz, 16-bit FLAC, for a player in a report; samples beyond full
-    scale (an over-scaled float file) scaled down to it, or they would play as a clipped full-volume square wave."""
+def playable(path: str | Path, max_seconds: float | None = PLAYER_SECONDS) -> Playable:
+    """The file's first ``max_seconds`` (None: all of it) at 16 kHz, 16-bit FLAC, for a player in a report; samples
+    beyond full scale (an over-scaled float file) scaled down to it, or they would play as a clipped full-volume
+    square wave."""
     import io
 
     x = load(path)
     seconds = len(x) / SAMPLE_RATE
-    keep = int(max_seconds * SAMPLE_RATE)
+    keep = len(x) if max_seconds is None else int(max_seconds * SAMPLE_RATE)
     clip = x[:keep]
     peak = _peak(clip)
     buf = io.BytesIO()

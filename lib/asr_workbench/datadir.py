@@ -132,21 +132,20 @@ def _utf16_without_bom(raw: bytes) -> str | None:
 
 
 def _split_lines(text: AnyStr, path: Path, report: DataReport) -> list[AnyStr]:
-    """Lines ending at \n or \r\n, or at \r in a file without \n (old Mac); a lone \r inside a line of a
-    file with \n ends (a cut-and-paste remnant) is a space, reported: lines are numbered as ``sed -n`` and
-    editors that count \n number them."""
+    """Lines ending at \n (any \r before it dropped: \r\n, \r\r\n), or at \r in a file of mostly lone \r
+    line ends (old Mac, perhaps with a final \n added); a lone \r inside a line of a \n file (a cut-and-paste
+    remnant) is a space, said once per file: lines are numbered as ``sed -n`` numbers them."""
     nl, cr, space = ("\n", "\r", " ") if isinstance(text, str) else (b"\n", b"\r", b" ")
-    if nl not in text:
-        return text.split(cr)
-    lines = text.split(nl)
-    for n, line in enumerate(lines, 1):
-        line = line.removesuffix(cr)
-        if cr in line:
-            report.add(None, f"{path}:{n}", "warning", "carriage_return",
-                       f"line {n} holds a carriage return (\\r) inside it; read as a space")
-            line = line.replace(cr, space)
-        lines[n - 1] = line
-    return lines
+    lines = [line.rstrip(cr) for line in text.split(nl)]
+    inside = [n for n, line in enumerate(lines, 1) if cr in line]
+    if not inside:
+        return lines
+    if sum(line.count(cr) for line in lines) >= 2 * (len(lines) - 1):  # twice as many lone \r as \n: line ends
+        return [part for line in lines for part in line.split(cr)]
+    report.add(None, f"{path}:{inside[0]}", "warning", "carriage_return",
+               f"{len(inside)} line(s) hold a carriage return (\\r) inside them, first line {inside[0]}; each read "
+               "as a space")
+    return [line.replace(cr, space) for line in lines]
 
 
 def _decode_lines(raw: bytes, path: Path, report: DataReport) -> list[str]:
@@ -179,7 +178,8 @@ def _decode_lines(raw: bytes, path: Path, report: DataReport) -> list[str]:
     # valid UTF-8 lines: Chinese (a real UTF-8 line: GBK Chinese reads as U+0080-U+07FF letters when it happens
     # to be valid UTF-8, never as CJK), accented Latin words (café: read as GBK they would be 茅), or by-chance GBK
     valid = [n for n, line in enumerate(lines, 1) if not line.isascii() and n not in bad]
-    utf8_text = [n for n in valid if max(out[n - 1]) >= "\u0800" or _latin_text(out[n - 1]) or _one_script(out[n - 1])]
+    utf8_text = [n for n in valid if max(out[n - 1]) >= "\u0800" or _latin_text(out[n - 1])
+                 or (_one_script(out[n - 1]) and not _gb2312_reading(lines[n - 1]))]
     if not utf8_text:
         try:
             lines_gbk = [line.decode("gb18030") for line in lines]
@@ -204,9 +204,29 @@ def _decode_lines(raw: bytes, path: Path, report: DataReport) -> list[str]:
 
 def _one_script(line: str) -> bool:
     """Whether a line's non-ASCII letters are all of one script other than Latin (Cyrillic, Greek, Hebrew,
-    Arabic...): real UTF-8 text. GBK Chinese that is valid UTF-8 by chance mixes them (去医院 reads as ȥҽԺ)."""
+    Arabic...), as real UTF-8 text is. GBK Chinese that is valid UTF-8 by chance mostly mixes them (去医院 reads
+    as ȥҽԺ), but not always (一些 reads as һЩ): see :func:`_gb2312_reading`."""
     scripts = {unicodedata.name(c, "?").split()[0] for c in line if not c.isascii() and c.isalpha()}
     return len(scripts) == 1 and scripts != {"LATIN"}
+
+
+def _gb2312_reading(line: bytes) -> bool:
+    """Whether a line read as GBK is nearly all (90 %) GB2312 characters: common simplified Chinese (小学, 一些).
+    Cyrillic or Greek UTF-8 text read as GBK is not (their bytes 0x80-0xA0 make rare or no characters)."""
+    try:
+        chars = [c for c in line.decode("gb18030") if not c.isascii()]
+    except UnicodeDecodeError:
+        return False
+    common = sum(1 for c in chars if _in_gb2312(c))
+    return bool(chars) and common >= 0.9 * len(chars)
+
+
+def _in_gb2312(c: str) -> bool:
+    try:
+        c.encode("gb2312")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _ascii_letter(c: str) -> bool:
@@ -214,14 +234,13 @@ def _ascii_letter(c: str) -> bool:
 
 
 def _latin_text(line: str) -> bool:
-    """Whether a line reads as Latin-script words with accents (café, Beyoncé, Ça): its non-ASCII characters are
-    all accented Latin letters and Latin-1 signs, and one of them is inside or beside an ASCII-lettered word. GBK
-    Chinese valid as UTF-8 by chance (没去 reads as ûȥ, 去3楼 as ȥ3¥) has no such neighbour."""
+    """Whether a line reads as Latin-script text (café, Lui è qui, 25°C): its non-ASCII characters are all accented
+    Latin letters and Latin-1 signs, and its transcript (after the id) has ASCII letters. GBK Chinese valid as UTF-8
+    by chance (没去 reads as ûȥ, 去3楼 as ȥ3¥) has none."""
     if not all("\u00a0" <= c <= "\u024f" for c in line if not c.isascii()):
         return False
-    padded = f" {line} "
-    return any(not c.isascii() and c.isalpha() and (_ascii_letter(padded[i - 1]) or _ascii_letter(padded[i + 1]))
-               for i, c in enumerate(padded))
+    parts = line.split(maxsplit=1)
+    return any(map(_ascii_letter, parts[-1] if len(parts) > 1 else line))
 
 
 def _gbk_chinese(line: bytes) -> bool:
@@ -245,10 +264,9 @@ def _looks_chinese(lines: list[str]) -> bool:
             if c.isascii():
                 continue
             chars += 1
-            try:
-                c.encode("gb2312")
+            if _in_gb2312(c):
                 chinese += 1
-            except UnicodeEncodeError:
+            else:
                 near = padded[i - 1] + padded[i + 1]
                 chinese += (unicodedata.category(c) == "Lo" or unicodedata.category(c).startswith("P")) and \
                     not near.isascii() and not any(map(_ascii_letter, near))

@@ -423,7 +423,8 @@ def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: D
                     raise RuntimeError(f"funasr could not decode {key} ({path}) with its vad_model: {e!r}") from e
                 text = " ".join(r.get("text", "") for r in res).strip()
                 if not text:  # funasr returns nothing for a file without a speech segment
-                    sink([Hypothesis(key, "", dur, warning="the vad_model found no speech in it: empty transcript"
+                    sink([Hypothesis(key, "", dur, warning="empty transcript: the vad_model found no speech in it, "
+                                     "or the model recognised none in what it found"
                                      + (f" ({problem})" if problem else ""), warning_code="no_speech")])
                 else:
                     sink([Hypothesis(key, text, dur, warning=problem)])

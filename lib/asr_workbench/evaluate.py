@@ -141,11 +141,13 @@ def _tokens_of_finetune(finetune_dir: Path) -> list[str] | None:
 
 
 def _provenance_warnings(ft_dir: Path, decoding_model_name: str, base_name: str | None, given: str | None,
-                         base: modelhub.ModelFolder | None) -> list[str]:
+                         base: modelhub.ModelFolder | None, compared: bool = True) -> list[str]:
     """What does not fit together: a base model with another vocabulary than the fine-tune (fails: every
-    transcript would be garbage), another base than the one recorded, a config.yaml rewritten after the model."""
+    transcript would be garbage), another base than the one recorded, the recorded base's weights replaced since
+    (when it is ``compared``), a config.yaml rewritten after the model."""
     out = []
     recorded = _base_model_name(ft_dir, None)
+    same = True  # the base evaluated is the one recorded
     if given and recorded and given != recorded and base is not None:
         try:  # the same model may be named by its id or by its folder in the cache
             where = _recorded_base(ft_dir).get("model_dir")
@@ -163,7 +165,7 @@ def _provenance_warnings(ft_dir: Path, decoding_model_name: str, base_name: str 
                          f"fine-tune in {ft_dir} ({len(trained)}): its config and tokens would turn every transcript "
                          "into garbage; give the base the fine-tune started from as modelscope_model_name")
     started = _recorded_base(ft_dir).get("model_sha256")
-    if base is not None and started and base.weights is not None and base.weights.is_file() \
+    if compared and same and base is not None and started and base.weights is not None and base.weights.is_file() \
             and runs.file_sha256(base.weights) != started:
         out.append(f"the base model's weights {base.weights} are not the ones this fine-tune started from (sha256 "
                    f"{started[:12]}... in {ft_dir / 'config.yaml'}): it was replaced since (a rerun of the fine-tune "
@@ -294,10 +296,11 @@ def run(
     compare_checkpoints = [_own_checkpoint(ft_dir, train_dir, c) for c in compare_checkpoints or []]
     for ckpt in [decoding_model_name, *compare_checkpoints]:  # all found before hours of decoding, not after
         export.find_checkpoint(ft_dir, ckpt)
+    warnings = base_notes + _provenance_warnings(ft_dir, decoding_model_name, base_name, modelscope_model_name, base,
+                                                 compared=compare_with_base)
     # the run folder only now that everything is found: a typo leaves no empty folder; never inside the base
     out = runs.prepare_output_dir(output_dir, "evaluate",
                                   protect=[ft_dir / "model", ft_dir / "train", *([base.path] if base else [])])
-    warnings = base_notes + _provenance_warnings(ft_dir, decoding_model_name, base_name, modelscope_model_name, base)
     holder = runs.folder_in_use(ft_dir)
     if holder:
         warnings.append(f"the fine-tune in {ft_dir} is still running ({holder}): its checkpoints and model/ may be "

@@ -101,12 +101,12 @@ def export_model_folder(base: ModelFolder, train_dir: Path, checkpoint: str, out
     import torch
 
     ckpt = checkpoint_path(train_dir, checkpoint)
+    state = load_weights(ckpt)
+    _check_fits(state, base, ckpt)  # before anything is written: a refused checkpoint leaves no folder
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    state = load_weights(ckpt)
-    _check_fits(state, base, ckpt)
     torch.save(state, tmp / "model.pt")
     conf_json = base.path / "configuration.json"
     metas: dict[str, Any] = {}

@@ -36,7 +36,7 @@ class Browser:
     def widget(self) -> Any:
         import ipywidgets as w
 
-        from asr_workbench.audio import playable
+        from asr_workbench.audio import PLAYER_SECONDS, playable
 
         labels = [(f"{r['key']}  ({r['cer'] * 100:.0f}%)" if r.get("scored") else r["key"], i)
                   for i, r in enumerate(self.results)]
@@ -44,9 +44,10 @@ class Browser:
         player = w.Audio(autoplay=False, format="flac")
         text = w.HTML()
 
-        def show(_: Any = None) -> None:
+        def show(change: Any = None) -> None:
             r = self.results[pick.value]
-            clip = playable(r["audio"])
+            # the first utterance's audio is saved with the notebook: clipped; one picked by hand plays whole
+            clip = playable(r["audio"], max_seconds=None if change is not None else PLAYER_SECONDS)
             player.value = clip.data
             ref = html.escape(r.get("ref") or "(no reference)")
             diff = diff_html(r["ref_norm"], r["hyp_norm"]) if r.get("scored") else ""
