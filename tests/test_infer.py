@@ -796,3 +796,16 @@ def test_vad_model_path_is_deterministic_checked_and_says_what_it_found(tmp_path
         infer.run(str(DEMO_MODEL), str(data), str(tmp_path / "no-weights"), vad_model=str(vad), device="cpu",
                   progress=False)
     assert not (tmp_path / "no-weights").exists()
+
+
+def test_what_the_model_says_on_empty_references_is_counted(tmp_path):
+    """A reference that is only a tag (a noise or silence utterance) is not in the CER, but the model's words on it
+    were counted nowhere: a model that talks over noise looked as good as one that stays quiet."""
+    data = subset(DEMO_DATA / "target/test", tmp_path / "data", 3)
+    lines = (data / "text").read_text(encoding="utf-8").splitlines()
+    (data / "text").write_text("\n".join([lines[0].split()[0] + " <NOISE>", *lines[1:]]) + "\n", encoding="utf-8")
+    r = infer.run(str(DEMO_MODEL), str(data), str(tmp_path / "out"), device="cpu", progress=False)
+    said = len(r.results[0]["hyp_norm"].split())
+    assert said > 0  # the demo model says something on any speech
+    assert r.metrics["empty_reference"] == {"utterances": 1, "hyp_tokens": said} and r.metrics["n_scored"] == 2
+    assert any(f"the model said {said} token(s)" in n for n in r.metrics["notes"])

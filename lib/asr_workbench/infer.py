@@ -323,8 +323,17 @@ def run(
     # one (an error only in text, a duplicate transcript, is not a skipped input)
     skipped = sorted({i.key for i in ds.report.errors if i.key and i.key not in decoded
                       and i.where.rsplit(":", 1)[0] == wav_list})
+    # references that are empty once normalised (silence, noise, tags only): not in the CER (no token to divide by),
+    # but what the model said on them is counted (Kaldi's compute-wer counts it as insertions)
+    empty_refs = {i.key for i in ds.report.issues if i.code == "empty_transcript"}
+    said = sum(len(r["hyp_norm"].split()) for r in rows if r["key"] in empty_refs)
+    if said:
+        notes.append(f"{sum(r['key'] in empty_refs for r in rows)} utterance(s) have an empty reference (silence, "
+                     f"noise, tags only) and are not in the CER; the model said {said} token(s) on them (Kaldi's "
+                     "compute-wer would count these as insertions): see empty_reference in metrics.json")
     metrics: dict[str, Any] = {
         "cer": round(cer.cer, 6) if cer else None,
+        "empty_reference": {"utterances": sum(r["key"] in empty_refs for r in rows), "hyp_tokens": said},
         "sub": cer.substitutions if cer else None, "del": cer.deletions if cer else None,
         "ins": cer.insertions if cer else None, "ref_tokens": cer.ref_tokens if cer else None,
         "normaliser": scoring.NORMALISER, "has_text": ds.has_text,
