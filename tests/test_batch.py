@@ -53,6 +53,10 @@ def test_pipeline_steps_feed_each_other_and_leave_run_folders(pipeline_run, tiny
     assert all(e["status"] == "ok" for e in index)
     ft, ev = index[1], index[2]
     assert ev["parameters"]["finetune_dir"] == ft["output_dir"]
+    # the evaluation's row carries what its fine-tune trained with (a sweep's test CERs against finetune.lr)
+    trained = yaml.safe_load((Path(ft["output_dir"]) / "config.yaml").read_text(encoding="utf-8"))
+    assert ev["parameters"]["finetune.lr"] == trained["optim_conf"]["lr"] and ev["parameters"]["finetune.max_epoch"] == 1
+    assert "finetune.lr" not in ft["parameters"] and "finetune.lr" not in index[0]["parameters"]
     for e in index:
         out = Path(e["output_dir"])
         assert out.parent == outputs  # fresh run folders go under the outputs root

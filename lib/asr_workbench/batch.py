@@ -622,7 +622,9 @@ def _index_entry(rec: RunRecord) -> dict[str, Any]:
     return {"name": rec.name, "status": rec.status, "notebook": rec.notebook.stem, "output_dir": str(rec.output_dir),
             "html": str(rec.html) if rec.html else None, "started": datetime.fromtimestamp(rec.started).isoformat(timespec="seconds"),
             "seconds": rec.seconds, "error": rec.error, "primary_cer": m.get("cer"), "per_set_cer": per_set,
-            "rtf": m.get("rtf"), "normaliser": m.get("normaliser"), "parameters": rec.params}
+            "rtf": m.get("rtf"), "normaliser": m.get("normaliser"),
+            # an evaluation also carries what its fine-tune trained with: test CER against finetune.lr
+            "parameters": {**rec.params, **{f"finetune.{k}": v for k, v in (m.get("finetune_settings") or {}).items()}}}
 
 
 def append_index(rec: RunRecord, index: Path | None = None) -> None:

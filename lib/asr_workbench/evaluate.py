@@ -177,6 +177,20 @@ def _provenance_warnings(ft_dir: Path, decoding_model_name: str, base_name: str 
     return out
 
 
+def _training_settings(finetune_dir: Path) -> dict[str, Any]:
+    """The settings the fine-tune trained with (its config.yaml, as funasr read it), for the run index: a sweep of
+    fine-tunes is compared on test sets by its evaluations (``finetune.lr`` on the leaderboard)."""
+    cfg = runs.read_config(finetune_dir / "config.yaml")
+    section = lambda name: cfg.get(name) if isinstance(cfg.get(name), dict) else {}  # noqa: E731
+    train, optim, data = section("train_conf"), section("optim_conf"), section("dataset_conf")
+    found = {"lr": optim.get("lr"), "optim": cfg.get("optim"), "scheduler": cfg.get("scheduler"),
+             "max_epoch": train.get("max_epoch"), "accum_grad": train.get("accum_grad"),
+             "batch_bins": data.get("batch_size"), "batch_type": data.get("batch_type"),
+             "keep_nbest_models": train.get("keep_nbest_models"), "specaug": cfg.get("specaug"),
+             "freeze_param": cfg.get("freeze_param"), "seed": cfg.get("seed")}
+    return {k: v for k, v in found.items() if v is not None}
+
+
 def _own_checkpoint(finetune_dir: Path, train_dir: Path, name: str) -> str:
     """``auto`` as the fine-tune notebook means it: the checkpoint its export took (``metrics.json``), else its
     n-best average when there is one, else ``model.pt.best``; other names as given."""
@@ -363,6 +377,7 @@ def run(
                             "compare_with_base": compare_with_base, "compare_checkpoints": compare_checkpoints or [],
                             "n_bootstrap": n_bootstrap, "seed": seed, **{k: v for k, v in common.items() if k != "progress"}})
     runs.write_metrics(out, {"cer": results[0].finetuned["cer"], "normaliser": scoring.NORMALISER,
+                             "finetune_settings": _training_settings(ft_dir),
                              "per_set_cer": {s.name: s.finetuned["cer"] for s in results},
                              "per_set_data_dir": {s.name: s.data_dir for s in results},
                              "per_set_base_cer": {s.name: (s.base or {}).get("cer") for s in results},
