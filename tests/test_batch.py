@@ -712,3 +712,10 @@ def test_cer_against_a_parameter_joins_the_best_run_of_each_value(tmp_path):
                                            {"cer": 0.2, "data_dir": "d/b"}), index)
     ax = report.cer_vs_parameter(leaderboard.load(str(index), data="b"), "lr").axes[0]
     assert len(ax.get_xticks()) == 40 and sum(bool(t.get_text()) for t in ax.get_xticklabels()) <= 14
+
+
+def test_a_parameter_of_one_notebook_is_a_column_only_when_it_varies():
+    """A board of every notebook showed each notebook's parameters as columns of 'None' for the others."""
+    entries = [{"parameters": {"lr": 1e-4, "batch_size": 8}}, {"parameters": {"lr": 3e-4}},
+               {"parameters": {"finetune.lr": 1e-4, "output_dir": "a"}}, {"parameters": {"finetune.lr": 1e-4}}]
+    assert leaderboard.varying_parameters(entries) == ["lr"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asr_workbench import datadir
+from asr_workbench import datadir, scoring
 from conftest import DEMO_DATA
 
 SRC = sorted((DEMO_DATA / "base/test/audio").iterdir())
@@ -242,6 +242,7 @@ def test_gbk_text_is_detected_and_read(tmp_path):
     (["北京", "王喆", "朱镕基"], "gbk"),  # name characters outside GB2312
     (["北京的门上午八点开", "去3楼", "没去"], "gbk"),  # lines valid as UTF-8 by chance: 去3楼 -> ȥ3¥, 没去 -> ûȥ
     (["吉野家𠮷", "北京"], "gb18030"),  # GB18030's four-byte characters
+    (["一", "小学"], "gbk"),  # every line valid UTF-8 by chance (һ, Сѧ): no undecodable line to give it away
 ])
 def test_gbk_files_beyond_gb2312_are_read_whole(tmp_path, texts, codec):
     """A GBK file is read as GBK (GB18030) whole, whatever its characters: none scored as mojibake."""
@@ -482,3 +483,17 @@ def test_tags_that_scoring_drops_are_said_once_per_file(tmp_path):
     [issue] = [i for i in ds.report.issues if i.code == "tags_dropped"]
     assert issue.severity == "info" and issue.where.endswith("text:2") and "2 transcript(s)" in issue.reason
     assert "[天气]" in issue.reason and [u.text for u in ds.scored][1] == "今天[天气]很好"
+
+
+def test_training_targets_read_transcripts_as_scoring_does():
+    """NFKC first: a Kangxi radical pasted from a PDF (⽇), a compatibility ideograph, full-width letters were
+    trained as <unk> or dropped as symbols while scoring read them as the vocabulary's characters; an upper-case
+    letter is lower-cased for a vocabulary of lower-case letters; a word of a character vocabulary's letters is
+    spelled, not unknown."""
+    vocab = {"日", "月", "我", "零", "点", "a", "b", "c", "1", "2"}
+    assert datadir.training_target("⽇⽉我\uf9b2点", vocab) == "日月我零点"
+    assert datadir.training_target("ＡＢＣ１２我", vocab) == "abc12我"
+    assert datadir.training_target("ABC我", {"我", "A", "b"}) == "ABC我"  # upper case in the vocabulary: kept
+    assert datadir.training_target("﹤NOISE﹥我", vocab) == "我"  # a small-form tag is a tag after NFKC
+    for raw in ("⽇⽉我\uf9b2点", "ＡＢＣ１２我"):  # what is trained is what is scored
+        assert scoring.normalise(raw) == scoring.normalise(datadir.training_target(raw, vocab))

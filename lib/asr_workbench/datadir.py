@@ -173,26 +173,33 @@ def _decode_lines(raw: bytes, path: Path, report: DataReport) -> list[str]:
         except UnicodeDecodeError:
             out.append(line.decode("utf-8", errors="replace"))
             bad.append(n)
-    if not bad:
-        return out
     # valid UTF-8 lines: Chinese (a real UTF-8 line: GBK Chinese reads as U+0080-U+07FF letters when it happens
     # to be valid UTF-8, never as CJK), accented Latin words (café: read as GBK they would be 茅), or by-chance GBK
     valid = [n for n, line in enumerate(lines, 1) if not line.isascii() and n not in bad]
-    utf8_text = [n for n in valid if max(out[n - 1]) >= "\u0800" or _latin_text(out[n - 1])
-                 or (_one_script(out[n - 1]) and not _gb2312_reading(lines[n - 1]))]
-    if not utf8_text:
+
+    def utf8_text(n: int) -> bool:
+        return (max(out[n - 1]) >= "\u0800" or _latin_text(out[n - 1])
+                or (_one_script(out[n - 1]) and not _gb2312_reading(lines[n - 1])))
+
+    if not bad and (not valid or any(map(utf8_text, valid))):  # stops at the first real UTF-8 line
+        return out
+    texts = [n for n in valid if utf8_text(n)]
+    if not texts:  # a GBK file, also one whose every line happens to be valid UTF-8 (一 reads as һ, 小学 as Сѧ)
         try:
             lines_gbk = [line.decode("gb18030") for line in lines]
         except UnicodeDecodeError:
             lines_gbk = []
-        if lines_gbk and _looks_chinese([lines_gbk[n - 1] for n in bad]):
-            report.add(None, f"{path}:{bad[0]}", "warning", "gbk_encoding",
-                       f"file is GBK-encoded, not UTF-8 (first non-UTF-8 byte on line {bad[0]}); read as GBK/GB18030. "
+        first = (bad or valid)[0]
+        if lines_gbk and _looks_chinese([lines_gbk[n - 1] for n in (bad or valid)]):
+            report.add(None, f"{path}:{first}", "warning", "gbk_encoding",
+                       f"file is GBK-encoded, not UTF-8 (first GBK line: {first}); read as GBK/GB18030. "
                        f"Convert it with: iconv -f GB18030 -t UTF-8 {path.name} > {path.name}.utf8")
             return lines_gbk
+    if not bad:
+        return out
     gbk_lines = [n for n in bad if _gbk_chinese(lines[n - 1])]
     if gbk_lines:  # UTF-8 and GBK lists joined with cat: each line as what it is, GBK Chinese valid as UTF-8 too
-        gbk_lines = sorted({*gbk_lines, *(n for n in valid if n not in utf8_text and _gbk_chinese(lines[n - 1]))})
+        gbk_lines = sorted({*gbk_lines, *(n for n in valid if n not in texts and _gbk_chinese(lines[n - 1]))})
     for n in gbk_lines:
         out[n - 1] = lines[n - 1].decode("gb18030")
         report.add(None, f"{path}:{n}", "warning", "gbk_encoding",
@@ -605,8 +612,9 @@ def load_dataset(
     # a vocabulary with BPE pieces ("he@@", "llo": Paraformer-large's, with its seg_dict) spells a word it does not
     # hold whole from its pieces' characters: a word is unknown only for a character none of them has (all words
     # were called unknown)
-    spelled = {c for t in vocab_set or () if not (t.startswith("<") and t.endswith(">")) for c in t.removesuffix("@@")} \
-        if vocab_set is not None and any(t.endswith("@@") for t in vocab_set) else None
+    # (a character vocabulary spells any word of its characters too: funasr's char tokenizer splits it)
+    spelled = {c for t in vocab_set for c in t.removesuffix("@@") if not (t.startswith("<") and t.endswith(">"))} \
+        if vocab_set is not None else None
     oov_counter: Counter[str] = Counter()
     used_cwd = False
     utts: list[Utterance] = []
@@ -778,11 +786,15 @@ def untrainable_marks(text: str, vocab: Collection[str]) -> list[str]:
 
 
 def training_target(text: str, vocab: Collection[str] | None = None) -> str:
-    """A transcript as funasr's char tokenizer should see it: no spaces between Chinese characters (Kaldi-style
-    ``今 天``), single spaces kept between words, no invisible format characters (zero-width spaces, soft hyphens:
-    funasr would train them as ``<unk>``); with ``vocab``, without the :func:`untrainable_marks` (a space where one
+    """A transcript as funasr's char tokenizer should see it, in the form scoring reads it: NFKC (full-width
+    letters and digits, compatibility ideographs, Kangxi radicals pasted from a PDF: the vocabulary's characters,
+    not ``<unk>``), no invisible format characters (zero-width spaces, soft hyphens), Latin letters lower-cased
+    when the vocabulary has lower-case letters only, no spaces between Chinese characters (Kaldi-style ``今 天``),
+    single spaces kept between words; with ``vocab``, without the :func:`untrainable_marks` (a space where one
     stood between words)."""
-    text = drop_invisible(text)
+    text = unicodedata.normalize("NFKC", drop_invisible(text))
+    if vocab is not None and _lower_case_only(vocab):
+        text = text.lower()
     if vocab is not None:
         for a, b in reversed(_untrainable_spans(text, vocab)):
             text = text[:a] + " " + text[b:]
@@ -795,6 +807,12 @@ def training_record(u: Utterance, vocab: Collection[str] | None = None) -> dict[
     target = training_target(u.text or "", vocab)
     return {"key": u.key, "source": u.audio, "source_len": int(u.duration_s * 100), "target": target,
             "target_len": len(score_tokens(target)) or len(target)}
+
+
+def _lower_case_only(vocab: Collection[str]) -> bool:
+    """Whether the vocabulary's Latin letters are all lower-case (Paraformer's: an upper-case letter is ``<unk>``)."""
+    letters = {c for t in vocab if not (t.startswith("<") and t.endswith(">")) for c in t if c.isascii() and c.isalpha()}
+    return bool(letters) and all(c.islower() for c in letters)
 
 
 def write_jsonl(utterances: Sequence[Utterance], out: str | Path, vocab: Collection[str] | None = None) -> Path:

@@ -14,10 +14,11 @@ _IGNORED = {"output_dir"}
 
 
 def varying_parameters(entries: list[dict[str, Any]]) -> list[str]:
-    """Parameter names whose values differ between the runs (the interesting columns)."""
+    """Parameter names whose values differ between the runs that have them (the interesting columns: a parameter
+    of one notebook only, the same in all its runs, is no column on a board of every notebook)."""
     keys = sorted({k for e in entries for k in e.get("parameters", {})} - _IGNORED)
-    return [k for k in keys if len({json.dumps(e.get("parameters", {}).get(k), sort_keys=True, default=str)
-                                    for e in entries}) > 1]
+    return [k for k in keys if len({json.dumps(e["parameters"][k], sort_keys=True, default=str)
+                                    for e in entries if k in e.get("parameters", {})}) > 1]
 
 
 @dataclass
