@@ -589,3 +589,16 @@ def test_trainer_dies_with_the_process_that_launched_it(tmp_path):
     else:
         os.kill(child, signal.SIGKILL)
         pytest.fail("the child outlived its parent")
+
+
+def test_a_transcript_file_read_through_a_conversion_is_a_plan_warning(tmp_path, tiny_data):
+    """A GBK train text was read right but said only in the data report: the plan's warnings name it."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    text = data / "train" / "text"
+    text.write_bytes(text.read_text(encoding="utf-8").encode("gbk"))
+    p = finetune.plan(str(DEMO_MODEL), str(data), str(tmp_path / "ft"), max_epoch=1)
+    assert any("transcript file problem(s) were read around" in w and "GBK-encoded" in w for w in p.warnings)
+    targets = [json.loads(x)["target"] for x in p.train.jsonl.read_text(encoding="utf-8").splitlines()]
+    assert targets == [datadir.training_target(u.text, p.base.tokens) for u in p.train.dataset.scored]
+    assert all(u.text and not u.oov for u in p.train.dataset.scored)  # read as GBK: the vocabulary's characters

@@ -227,6 +227,11 @@ def plan(
         warnings.append(f"{sum((train.marks + dev.marks).values())} tags (<NOISE>, [LAUGHTER]: not scored), punctuation "
                         f"marks and symbols the model's vocabulary lacks are left out of the training targets (funasr "
                         f"would train each as <unk>, or a tag's letters): {listed}")
+    converted = [i for split in (train, dev) for i in split.dataset.report.issues if i.code in _TEXT_READ_CODES]
+    if converted:  # a transcript file read through a guess: what is trained should be looked at once
+        warnings.append(f"{len(converted)} transcript file problem(s) were read around (encoding, line ends), e.g. "
+                        f"{converted[0].where}: {converted[0].reason.split('. Convert')[0]}; the training targets are "
+                        f"in {out / 'lists'}")
     if train.oov:
         listed = " ".join(f"{c}({n})" for c, n in train.oov.most_common(30))
         warnings.append(f"{sum(train.oov.values())} transcript tokens are not in the model's vocabulary and train as "
@@ -290,6 +295,10 @@ def _check_batch_fits(batch: int, batch_bins: int | None, dataset_type: str,
             raise ValueError(f"{given} makes batches of {batch} frames, shorter than the shortest {split.name} "
                              f"utterance ({shortest.key}, {shortest.where}: {frames} frames of 10 ms): funasr would "
                              "make an empty batch and fail; raise batch_bins")
+
+
+# data report codes of a transcript file read through a conversion or a guess
+_TEXT_READ_CODES = ("gbk_encoding", "utf16_encoding", "not_utf8", "carriage_return", "undecodable_transcript")
 
 
 def _resume_warnings(cfg: dict[str, Any], train_dir: Path) -> list[str]:
