@@ -602,3 +602,16 @@ def test_a_transcript_file_read_through_a_conversion_is_a_plan_warning(tmp_path,
     targets = [json.loads(x)["target"] for x in p.train.jsonl.read_text(encoding="utf-8").splitlines()]
     assert targets == [datadir.training_target(u.text, p.base.tokens) for u in p.train.dataset.scored]
     assert all(u.text and not u.oov for u in p.train.dataset.scored)  # read as GBK: the vocabulary's characters
+
+
+def test_data_path_of_funasr_jsonl_lists(tmp_path, tiny_data):
+    """FunASR 1.x users keep train.jsonl / val.jsonl (key, source, target): a data_path of those fine-tunes too."""
+    data = tmp_path / "jsonl-data"
+    data.mkdir()
+    datadir.write_jsonl_from_dir(tiny_data / "train", data / "train.jsonl")
+    datadir.write_jsonl_from_dir(tiny_data / "validation", data / "val.jsonl")
+    p = finetune.plan(str(DEMO_MODEL), str(data), str(tmp_path / "ft"), max_epoch=1)
+    assert (p.train.folder, p.dev.folder) == (data / "train.jsonl", data / "val.jsonl")
+    assert (p.train.n_utts, p.dev.n_utts) == (12, 4)
+    with pytest.raises(FileNotFoundError, match=r"no train/wav.scp, nor train.jsonl"):
+        finetune.plan(str(DEMO_MODEL), str(tmp_path / "ft"), str(tmp_path / "ft2"), max_epoch=1)

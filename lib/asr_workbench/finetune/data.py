@@ -54,12 +54,16 @@ class SplitData:
 
 
 def find_split(data_path: Path, name: str) -> Path:
-    """``data_path/train``; for dev also ``validation/`` (FunASR 0.x's name)."""
-    names = [name] + (["validation", "valid"] if name == "dev" else [])
+    """``data_path/train`` (a folder with wav.scp) or ``data_path/train.jsonl`` (FunASR's list); for dev also
+    ``validation``/``valid``/``val`` (FunASR 0.x's folder name, FunASR 1.x's ``val.jsonl``)."""
+    names = [name] + (["validation", "valid", "val"] if name == "dev" else [])
     for n in names:
         if (data_path / n / "wav.scp").is_file():
             return data_path / n
-    raise FileNotFoundError(f"{data_path}: no {' or '.join(n + '/wav.scp' for n in names)}")
+        if (data_path / f"{n}.jsonl").is_file():
+            return data_path / f"{n}.jsonl"
+    raise FileNotFoundError(f"{data_path}: no {' or '.join(n + '/wav.scp' for n in names)}, "
+                            f"nor {' or '.join(n + '.jsonl' for n in names)}")
 
 
 def funasr_skips(record: Mapping[str, Any], dataset_conf: Mapping[str, Any]) -> str | None:
