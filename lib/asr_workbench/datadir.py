@@ -218,14 +218,12 @@ def _one_script(line: str) -> bool:
 
 
 def _gb2312_reading(line: bytes) -> bool:
-    """Whether a line read as GBK is nearly all (90 %) GB2312 characters: common simplified Chinese (小学, 一些).
+    """Whether a line read as GBK is nearly all GB2312 characters: common simplified Chinese (小学, 一些).
     Cyrillic or Greek UTF-8 text read as GBK is not (their bytes 0x80-0xA0 make rare or no characters)."""
     try:
-        chars = [c for c in line.decode("gb18030") if not c.isascii()]
+        return _looks_chinese([line.decode("gb18030")], gb2312_only=True)
     except UnicodeDecodeError:
         return False
-    common = sum(1 for c in chars if _in_gb2312(c))
-    return bool(chars) and common >= 0.9 * len(chars)
 
 
 def _in_gb2312(c: str) -> bool:
@@ -258,11 +256,12 @@ def _gbk_chinese(line: bytes) -> bool:
         return False
 
 
-def _looks_chinese(lines: list[str]) -> bool:
-    """Whether nearly all (90 %) non-ASCII characters read as Chinese: GB2312's (both bytes >= 0xA1), or other
-    CJK characters (Traditional, rare name characters, GB18030's extensions) beside another non-ASCII character
-    and beside no ASCII letter. Latin-1 or cp1252 bytes misread as GBK pair an accented letter with the letter
-    after it (naïve -> na飗e, Müller -> M黮ler, Ça -> 莂): a rare character alone, or among ASCII letters."""
+def _looks_chinese(lines: list[str], gb2312_only: bool = False) -> bool:
+    """Whether nearly all (90 %) non-ASCII characters read as Chinese: GB2312's (both bytes >= 0xA1), or (unless
+    ``gb2312_only``) other CJK characters (Traditional, rare name characters, GB18030's extensions) beside another
+    non-ASCII character and beside no ASCII letter. Latin-1 or cp1252 bytes misread as GBK pair an accented letter
+    with the letter after it (naïve -> na飗e, Müller -> M黮ler, Ça -> 莂): a rare character alone, or among ASCII
+    letters."""
     chars = 0
     chinese = 0
     for line in lines:
@@ -273,7 +272,7 @@ def _looks_chinese(lines: list[str]) -> bool:
             chars += 1
             if _in_gb2312(c):
                 chinese += 1
-            else:
+            elif not gb2312_only:
                 near = padded[i - 1] + padded[i + 1]
                 chinese += (unicodedata.category(c) == "Lo" or unicodedata.category(c).startswith("P")) and \
                     not near.isascii() and not any(map(_ascii_letter, near))

@@ -326,14 +326,15 @@ def run(
     # references that are empty once normalised (silence, noise, tags only): not in the CER (no token to divide by),
     # but what the model said on them is counted (Kaldi's compute-wer counts it as insertions)
     empty_refs = {i.key for i in ds.report.issues if i.code == "empty_transcript"}
-    said = sum(len(r["hyp_norm"].split()) for r in rows if r["key"] in empty_refs)
+    on_empty = [r for r in rows if r["key"] in empty_refs]
+    said = sum(len(r["hyp_norm"].split()) for r in on_empty)
     if said:
-        notes.append(f"{sum(r['key'] in empty_refs for r in rows)} utterance(s) have an empty reference (silence, "
+        notes.append(f"{len(on_empty)} utterance(s) have an empty reference (silence, "
                      f"noise, tags only) and are not in the CER; the model said {said} token(s) on them (Kaldi's "
                      "compute-wer would count these as insertions): see empty_reference in metrics.json")
     metrics: dict[str, Any] = {
         "cer": round(cer.cer, 6) if cer else None,
-        "empty_reference": {"utterances": sum(r["key"] in empty_refs for r in rows), "hyp_tokens": said},
+        "empty_reference": {"utterances": len(on_empty), "hyp_tokens": said},
         "sub": cer.substitutions if cer else None, "del": cer.deletions if cer else None,
         "ins": cer.insertions if cer else None, "ref_tokens": cer.ref_tokens if cer else None,
         "normaliser": scoring.NORMALISER, "has_text": ds.has_text,

@@ -40,6 +40,6 @@ def thread_budget() -> int:
     """Threads this process may use: ``OMP_NUM_THREADS`` (1 in shard processes and parallel batch runs) when set,
     else the usable cores."""
     try:
-        return max(1, int(os.environ.get("OMP_NUM_THREADS") or 0)) if os.environ.get("OMP_NUM_THREADS") else usable_cores()
-    except ValueError:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
         return usable_cores()
