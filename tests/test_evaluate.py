@@ -336,3 +336,33 @@ def test_required_files_and_the_evaluation_folder(tmp_path, notebook_finetune):
     finally:
         lock.close()
     assert runs.folder_in_use(own) is None
+
+
+def test_a_rerun_that_fails_leaves_the_finished_evaluation_whole(tmp_path, notebook_finetune):
+    """A rerun into a finished evaluation's folder sets it aside and puts it back when it fails: no comparison
+    beside sets of another run; the failed rerun's decoding is kept (``.unfinished/``) and resumed; a rerun that
+    succeeds leaves no set of the earlier one."""
+    ft_out, _ = notebook_finetune
+    a = str(subset(DEMO_DATA / "target/test", tmp_path / "a", 2))
+    b = str(subset(DEMO_DATA / "base/test", tmp_path / "b", 2))
+    bad = subset(DEMO_DATA / "target/test", tmp_path / "bad", 2)
+    with open(bad / "wav.scp", "a", encoding="utf-8") as f:
+        f.write(f"gone {tmp_path / 'gone.wav'}\n")
+    out = tmp_path / "eval"
+    kw = dict(output_dir=str(out), finetune_dir=str(ft_out), compare_with_base=False, n_bootstrap=100, device="cpu",
+              progress=False, on_bad_input="fail")
+    evaluate.run(test_sets={"a": a, "b": b}, **kw)
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in
+              [out / "metrics.json", out / "comparison.json", out / "a/finetuned/results.jsonl"]}
+    with pytest.raises(datadir.DataError, match="gone"):
+        evaluate.run(test_sets={"a": a, "c": str(bad)}, **kw)
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in before} == before
+    assert (out / "b/finetuned/results.jsonl").is_file() and not (out / "c").exists()
+    assert (out / evaluate.UNFINISHED / "a/finetuned/results.jsonl").is_file()
+    assert not (out / evaluate.PREVIOUS).exists()
+    evaluate._set_aside(out)  # a rerun killed after setting the finished one aside: the next run puts it back first
+    assert not (out / "metrics.json").exists()
+    r = evaluate.run(test_sets={"a": a, "d": b}, **kw)
+    assert [s.name for s in r.sets] == ["a", "d"] and (out / "d/finetuned/results.jsonl").is_file()
+    assert not any((out / n).exists() for n in ("b", evaluate.PREVIOUS, evaluate.UNFINISHED))
+    assert json.loads((out / "metrics.json").read_text())["per_set_cer"].keys() == {"a", "d"}

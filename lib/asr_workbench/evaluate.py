@@ -11,11 +11,13 @@ unchanged utterances, and a warning for every set that got significantly worse
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from asr_workbench import datadir, decode, infer, modelhub, paths, runs, scoring
 from asr_workbench.finetune import export
@@ -60,6 +62,67 @@ class EvalResult:
     checkpoints: list[dict[str, Any]]
     warnings: list[str]
     comparison: dict[str, Any]
+
+
+_PRODUCTS = ("metrics.json", "comparison.json", "comparison.md", "config.yaml", "models", "checkpoints")
+PREVIOUS, UNFINISHED = ".previous", ".unfinished"  # a finished evaluation set aside; a failed rerun's partial work
+
+
+def _present_products(out: Path) -> list[str]:
+    """What an evaluation wrote in ``out``: its files, models/, checkpoints/ and its sets' folders."""
+    sets = [d.name for d in out.iterdir() if d.is_dir() and not d.name.startswith(".")
+            and ((d / "finetuned").is_dir() or (d / "base").is_dir())]
+    return [n for n in _PRODUCTS if (out / n).exists()] + [n for n in sets if n not in _PRODUCTS]
+
+
+def _move(names: list[str], src: Path, dst: Path) -> None:
+    dst.mkdir(exist_ok=True)
+    for n in names:
+        target = dst / n
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        (src / n).rename(target)
+
+
+def _set_aside(out: Path) -> None:
+    """Before a rerun into ``out``: a finished evaluation there moves to ``.previous/`` (whole, to come back if this
+    run fails: its comparison must not end up beside some sets of another run), and a failed rerun's partial work
+    (``.unfinished/``) comes back in place, so its decoding resumes."""
+    _restore(out)  # a rerun killed before it could put things back
+    if (out / "metrics.json").is_file():
+        _move(_present_products(out), out, out / PREVIOUS)
+        unfinished = out / UNFINISHED
+        if unfinished.is_dir():
+            _move([p.name for p in unfinished.iterdir()], unfinished, out)
+            shutil.rmtree(unfinished)
+
+
+def _restore(out: Path) -> None:
+    """A rerun failed: its partial work goes to ``.unfinished/`` and the finished evaluation it set aside comes back."""
+    previous = out / PREVIOUS
+    if not previous.is_dir():
+        return  # the first run into out: its partial work stays in place, to resume
+    _move(_present_products(out), out, out / UNFINISHED)
+    _move([p.name for p in previous.iterdir()], previous, out)
+    shutil.rmtree(previous)
+
+
+@contextlib.contextmanager
+def _rerun_guard(out: Path) -> Iterator[None]:
+    """Sets a finished evaluation in ``out`` aside while this one runs; puts it back if this one fails."""
+    previous = out / PREVIOUS
+    if previous.is_dir() and (out / "metrics.json").is_file():  # a rerun finished but was stopped before tidying
+        shutil.rmtree(previous)
+    _set_aside(out)
+    try:
+        yield
+    except BaseException:
+        _restore(out)
+        raise
+    for name in (PREVIOUS, UNFINISHED):
+        shutil.rmtree(out / name, ignore_errors=True)
 
 
 def _summary(m: dict[str, Any]) -> dict[str, Any]:
@@ -315,72 +378,73 @@ def run(
     # the run folder only now that everything is found: a typo leaves no empty folder; never inside the base
     out = runs.prepare_output_dir(output_dir, "evaluate",
                                   protect=[ft_dir / "model", ft_dir / "train", *([base.path] if base else [])])
-    holder = runs.folder_in_use(ft_dir)
-    if holder:
-        warnings.append(f"the fine-tune in {ft_dir} is still running ({holder}): its checkpoints and model/ may be "
-                        "replaced after this evaluation read them")
-    if data_dir and test_sets:
-        warnings.append(f"data_dir and test_sets are both given: {len(sets)} sets are decoded ({', '.join(sets)}); "
-                        "test_sets: {} decodes data_dir alone")
-    model_dir = export.assemble_model(ft_dir, decoding_model_name, base, required, out / "models" / decoding_model_name)
-    common = dict(batch_size=batch_size, ctc_weight=ctc_weight, beam_size=beam_size, device=device,
-                  decoding_overrides=decoding_overrides, on_bad_input=on_bad_input, cache_dir=cache_dir,
-                  progress=progress)
-    dev_name = decode.resolve_device(device)
-    ft_model = decode.load_model(str(model_dir), device=dev_name)
-    unfit = decode.weight_notes(ft_model)
-    if unfit:  # funasr left those weights random: every figure below would describe noise
-        raise ValueError(f"the fine-tuned model {model_dir} does not load whole: {'; '.join(unfit)}")
-    base_model = decode.load_model(str(base.path), device=dev_name) if compare_with_base and base else None
-    if base_model is not None:
-        warnings += [f"base model: {n}" for n in decode.weight_notes(base_model)]
-    results: list[SetComparison] = []
-    for name, folder in sets.items():
-        ft_res = infer.run(str(model_dir), folder, str(out / name / "finetuned"), loaded_model=ft_model, **common)
-        base_res = (infer.run(str(base.path), folder, str(out / name / "base"), loaded_model=base_model, **common)
-                    if base_model is not None and base is not None else None)
-        results.append(compare_results(name, str(paths.resolve(folder)), ft_res, base_res, n_bootstrap, seed))
-    checkpoints = []
-    dev = _dev_set(ft_dir)
-    if compare_checkpoints and dev is None:
-        dev = next(iter(sets.values()))
-        warnings.append(f"the fine-tune's dev list is gone (valid_data_set_list of {ft_dir / 'config.yaml'}): "
-                        f"checkpoints are compared on the test set {next(iter(sets))} instead, and a checkpoint "
-                        "chosen on test data flatters it")
-    for ckpt in compare_checkpoints or []:
-        folder = export.assemble_model(ft_dir, ckpt, base, required, out / "models" / ckpt)
-        res = infer.run(str(folder), dev, str(out / "checkpoints" / ckpt), **common)
-        checkpoints.append({"name": ckpt, "cer": res.metrics["cer"], "data": dev, "output_dir": str(res.output_dir)})
-    warnings += [f"{s.name}: the fine-tuned model is worse than the base beyond the 95% interval "
-                f"(CER {s.base['cer'] * 100:.2f} % -> {s.finetuned['cer'] * 100:.2f} %, change "
-                f"[{s.delta.low * 100:+.2f}, {s.delta.high * 100:+.2f}] points): it forgot this domain"
-                for s in results if s.worse and s.base and s.delta and len(s.pairs) >= MIN_PAIRS_FOR_WARNING]
-    warnings += [f"{s.name}: only {len(s.pairs)} utterances scored by both models: too few to tell whether "
-                 "fine-tuning made it worse" for s in results if s.base and 0 < len(s.pairs) < MIN_PAIRS_FOR_WARNING]
-    warnings += [f"{s.name}: nothing was scored (no transcripts in its text file, or none for these utterances): "
-                 "decoded, not compared" for s in results if not s.pairs and s.finetuned.get("cer") is None]
-    comparison = {
-        "normaliser": scoring.NORMALISER, "finetune_dir": str(ft_dir), "decoding_model_name": decoding_model_name,
-        "model_dir": str(model_dir), "base_model": base_name, "base_dir": str(base.path) if base else None,
-        "n_bootstrap": n_bootstrap, "seed": seed, "warnings": warnings,
-        "sets": [{"name": s.name, "data_dir": s.data_dir, "finetuned": s.finetuned, "base": s.base,
-                  "delta_cer": asdict(s.delta) if s.delta else None, "worse": s.worse, "improved": s.improved,
-                  "regressed": s.regressed, "unchanged": s.unchanged,
-                  "most_improved": [p["key"] for p in s.most_improved],
-                  "most_regressed": [p["key"] for p in s.most_regressed]} for s in results],
-        "checkpoints": checkpoints,
-    }
-    atomic_write_json(out / "comparison.json", comparison)
-    atomic_write_text(out / "comparison.md", _markdown(results, checkpoints))
-    runs.write_config(out, {"finetune_dir": str(ft_dir), "decoding_model_name": decoding_model_name,
-                            "modelscope_model_name": base_name, "required_files": required, "test_sets": sets,
-                            "compare_with_base": compare_with_base, "compare_checkpoints": compare_checkpoints or [],
-                            "n_bootstrap": n_bootstrap, "seed": seed, **{k: v for k, v in common.items() if k != "progress"}})
-    runs.write_metrics(out, {"cer": results[0].finetuned["cer"], "normaliser": scoring.NORMALISER,
-                             "finetune_settings": _training_settings(ft_dir),
-                             "per_set_cer": {s.name: s.finetuned["cer"] for s in results},
-                             "per_set_data_dir": {s.name: s.data_dir for s in results},
-                             "per_set_base_cer": {s.name: (s.base or {}).get("cer") for s in results},
-                             "warnings": warnings, "model_dir": str(model_dir),
-                             "provenance": runs.provenance(model_dir / "model.pt")})
+    with _rerun_guard(out):
+        holder = runs.folder_in_use(ft_dir)
+        if holder:
+            warnings.append(f"the fine-tune in {ft_dir} is still running ({holder}): its checkpoints and model/ may be "
+                            "replaced after this evaluation read them")
+        if data_dir and test_sets:
+            warnings.append(f"data_dir and test_sets are both given: {len(sets)} sets are decoded ({', '.join(sets)}); "
+                            "test_sets: {} decodes data_dir alone")
+        model_dir = export.assemble_model(ft_dir, decoding_model_name, base, required, out / "models" / decoding_model_name)
+        common = dict(batch_size=batch_size, ctc_weight=ctc_weight, beam_size=beam_size, device=device,
+                      decoding_overrides=decoding_overrides, on_bad_input=on_bad_input, cache_dir=cache_dir,
+                      progress=progress)
+        dev_name = decode.resolve_device(device)
+        ft_model = decode.load_model(str(model_dir), device=dev_name)
+        unfit = decode.weight_notes(ft_model)
+        if unfit:  # funasr left those weights random: every figure below would describe noise
+            raise ValueError(f"the fine-tuned model {model_dir} does not load whole: {'; '.join(unfit)}")
+        base_model = decode.load_model(str(base.path), device=dev_name) if compare_with_base and base else None
+        if base_model is not None:
+            warnings += [f"base model: {n}" for n in decode.weight_notes(base_model)]
+        results: list[SetComparison] = []
+        for name, folder in sets.items():
+            ft_res = infer.run(str(model_dir), folder, str(out / name / "finetuned"), loaded_model=ft_model, **common)
+            base_res = (infer.run(str(base.path), folder, str(out / name / "base"), loaded_model=base_model, **common)
+                        if base_model is not None and base is not None else None)
+            results.append(compare_results(name, str(paths.resolve(folder)), ft_res, base_res, n_bootstrap, seed))
+        checkpoints = []
+        dev = _dev_set(ft_dir)
+        if compare_checkpoints and dev is None:
+            dev = next(iter(sets.values()))
+            warnings.append(f"the fine-tune's dev list is gone (valid_data_set_list of {ft_dir / 'config.yaml'}): "
+                            f"checkpoints are compared on the test set {next(iter(sets))} instead, and a checkpoint "
+                            "chosen on test data flatters it")
+        for ckpt in compare_checkpoints or []:
+            folder = export.assemble_model(ft_dir, ckpt, base, required, out / "models" / ckpt)
+            res = infer.run(str(folder), dev, str(out / "checkpoints" / ckpt), **common)
+            checkpoints.append({"name": ckpt, "cer": res.metrics["cer"], "data": dev, "output_dir": str(res.output_dir)})
+        warnings += [f"{s.name}: the fine-tuned model is worse than the base beyond the 95% interval "
+                    f"(CER {s.base['cer'] * 100:.2f} % -> {s.finetuned['cer'] * 100:.2f} %, change "
+                    f"[{s.delta.low * 100:+.2f}, {s.delta.high * 100:+.2f}] points): it forgot this domain"
+                    for s in results if s.worse and s.base and s.delta and len(s.pairs) >= MIN_PAIRS_FOR_WARNING]
+        warnings += [f"{s.name}: only {len(s.pairs)} utterances scored by both models: too few to tell whether "
+                     "fine-tuning made it worse" for s in results if s.base and 0 < len(s.pairs) < MIN_PAIRS_FOR_WARNING]
+        warnings += [f"{s.name}: nothing was scored (no transcripts in its text file, or none for these utterances): "
+                     "decoded, not compared" for s in results if not s.pairs and s.finetuned.get("cer") is None]
+        comparison = {
+            "normaliser": scoring.NORMALISER, "finetune_dir": str(ft_dir), "decoding_model_name": decoding_model_name,
+            "model_dir": str(model_dir), "base_model": base_name, "base_dir": str(base.path) if base else None,
+            "n_bootstrap": n_bootstrap, "seed": seed, "warnings": warnings,
+            "sets": [{"name": s.name, "data_dir": s.data_dir, "finetuned": s.finetuned, "base": s.base,
+                      "delta_cer": asdict(s.delta) if s.delta else None, "worse": s.worse, "improved": s.improved,
+                      "regressed": s.regressed, "unchanged": s.unchanged,
+                      "most_improved": [p["key"] for p in s.most_improved],
+                      "most_regressed": [p["key"] for p in s.most_regressed]} for s in results],
+            "checkpoints": checkpoints,
+        }
+        atomic_write_json(out / "comparison.json", comparison)
+        atomic_write_text(out / "comparison.md", _markdown(results, checkpoints))
+        runs.write_config(out, {"finetune_dir": str(ft_dir), "decoding_model_name": decoding_model_name,
+                                "modelscope_model_name": base_name, "required_files": required, "test_sets": sets,
+                                "compare_with_base": compare_with_base, "compare_checkpoints": compare_checkpoints or [],
+                                "n_bootstrap": n_bootstrap, "seed": seed, **{k: v for k, v in common.items() if k != "progress"}})
+        runs.write_metrics(out, {"cer": results[0].finetuned["cer"], "normaliser": scoring.NORMALISER,
+                                 "finetune_settings": _training_settings(ft_dir),
+                                 "per_set_cer": {s.name: s.finetuned["cer"] for s in results},
+                                 "per_set_data_dir": {s.name: s.data_dir for s in results},
+                                 "per_set_base_cer": {s.name: (s.base or {}).get("cer") for s in results},
+                                 "warnings": warnings, "model_dir": str(model_dir),
+                                 "provenance": runs.provenance(model_dir / "model.pt")})
     return EvalResult(out, model_dir, base.path if base else None, results, checkpoints, warnings, comparison)
