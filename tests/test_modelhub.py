@@ -181,3 +181,23 @@ def test_weights_under_another_name_are_the_ones_hashed(tmp_path):
     assert mf.weights == folder / "model.pb"
     assert runs.provenance(mf.weights)["model_sha256"] == runs.file_sha256(DEMO_MODEL / "model.pt")
     assert modelhub.open_model(str(DEMO_MODEL)).weights == DEMO_MODEL / "model.pt"
+
+
+def test_a_file_is_hashed_once_until_it_changes(tmp_path):
+    """Weights hashed again in one process (an evaluation: per set and for its checks) are not read again unless
+    the file changed; a changed file (new content, new time) is hashed anew."""
+    import hashlib
+    import os
+
+    from asr_workbench import runs
+
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"a" * 1000)
+    first = runs.file_sha256(f)
+    assert first == hashlib.sha256(b"a" * 1000).hexdigest()
+    st = f.stat()
+    f.write_bytes(b"b" * 1000)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and time, same inode: taken as unchanged
+    assert runs.file_sha256(f) == first
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert runs.file_sha256(f) == hashlib.sha256(b"b" * 1000).hexdigest()

@@ -81,13 +81,22 @@ def prepare_output_dir(output_dir: str | Path, kind: str | None = None, protect:
     return out
 
 
+_SHA256_SEEN: dict[tuple[int, int, int, int], str] = {}  # (device, inode, size, mtime) -> hash, for this process
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes."""
+    """SHA-256 of a file's bytes; a file already hashed by this process, unchanged since (same inode, size and
+    modification time), is not read again (an evaluation hashes its base for each set and for its checks)."""
+    st = os.stat(path)
+    seen = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if seen in _SHA256_SEEN:
+        return _SHA256_SEEN[seen]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
-    return h.hexdigest()
+    _SHA256_SEEN[seen] = h.hexdigest()
+    return _SHA256_SEEN[seen]
 
 
 def sha256_in_background(path: Path | None) -> Callable[[], str | None]:

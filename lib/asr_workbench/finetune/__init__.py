@@ -137,6 +137,9 @@ def plan(
     decode.check_device(device)  # cuda on a machine without one: funasr's trainer would run on the CPU, unsaid
     base = modelhub.open_model(model, cache_dir=cache_dir)
     _check_trainable(base, finetune_overrides)
+    # the base's weights as they are now, hashed while the data is read: an evaluation compares against this base,
+    # which may be replaced later (the fine-tune it came from rerun, an updated download)
+    base_sha256 = runs.sha256_in_background(base.weights)
     data = paths.resolve(data_path)
     out = runs.check_output_dir(output_dir, "finetune", protect=[base.path])
     kept = {"the base model": base.path, "data_path": data,
@@ -236,11 +239,8 @@ def plan(
         listed = " ".join(f"{c}({n})" for c, n in train.oov.most_common(30))
         warnings.append(f"{sum(train.oov.values())} transcript tokens are not in the model's vocabulary and train as "
                         f"<unk>: {listed}")
-    # the base's weights as they were: an evaluation compares against this base, which may be replaced later (the
-    # fine-tune it came from rerun, an updated download)
-    base_sha256 = runs.file_sha256(base.weights) if base.weights is not None and base.weights.is_file() else None
     runs.write_config(out, {**cfg, "workbench": {"model": model, "model_dir": str(base.path), "cache_dir": cache_dir,
-                                                 "model_sha256": base_sha256,
+                                                 "model_sha256": base_sha256(),
                                                  "data_path": str(data), "dataset_type": dataset_type,
                                                  "batch_bins": batch_bins, "nproc": nproc, "device": dev_name,
                                                  "steps_per_epoch": per_epoch, "total_steps": total,
