@@ -122,6 +122,24 @@ def test_executed_notebook_shows_report_without_errors(papermill_run):
     assert nb["metadata"]["papermill"]["parameters"]["output_dir"] == str(papermill_run)
 
 
+
+def test_the_browser_shows_the_worst_utterances_first(papermill_run):
+    """The report's static browser and the widget's list start with the utterances with the most errors, not
+    with the first lines of wav.scp; the static one says how many it leaves out."""
+    import re
+
+    from asr_workbench.report import browser
+
+    rows = _results(papermill_run)
+    b = browser(rows)
+    b.static_rows = 5
+    shown = re.findall(r"<tr><td>([^<]+)</td>", b.static_html())
+    errors = {r["key"]: r["errors"] for r in rows if r["scored"]}
+    assert len(shown) == 5 and [errors[k] for k in shown] == sorted(errors.values(), reverse=True)[:5]
+    assert max(errors.values()) > min(errors.values())  # else any order would pass
+    assert f"The 5 of {len(rows)} utterances with the most errors" in b.static_html()
+    assert [r["key"] for r in b.results][:5] == shown
+
 def test_run_command_adds_executed_notebook_and_html(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "asr_workbench", "run", "params/demo/infer.yaml", "-q",

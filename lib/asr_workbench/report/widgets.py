@@ -18,10 +18,11 @@ __all__ = ["Browser", "browser"]
 
 
 class Browser:
-    """Pick an utterance -> its audio, reference, hypothesis and diff."""
+    """Pick an utterance (worst first) -> its audio, reference, hypothesis and diff."""
 
     def __init__(self, results: Sequence[dict[str, Any]], static_rows: int = 50) -> None:
-        self.results = list(results)
+        # worst first: most errors, then highest CER; correct ones, then unscored ones, in input order
+        self.results = sorted(results, key=lambda r: (not r.get("scored"), -r.get("errors", 0), -r.get("cer", 0)))
         self.static_rows = static_rows
 
     def static_html(self) -> str:
@@ -29,9 +30,10 @@ class Browser:
                  diff_html(r["ref_norm"], r["hyp_norm"]) if r.get("scored") else html.escape(r["hyp"]))
                 for r in self.results[: self.static_rows]]
         more = len(self.results) - len(rows)
-        tail = f"<p>... {more} more utterances in results.jsonl</p>" if more > 0 else ""
-        return no_maths(table_html(["key", f"CER ({NORMALISER_NAME})", "duration", "hypothesis vs reference"], rows,
-                                   raw_cols=(3,)) + tail)
+        head = (f"<p>The {len(rows)} of {len(self.results)} utterances with the most errors; all are in "
+                "results.jsonl.</p>" if more > 0 else "")
+        return no_maths(head + table_html(["key", f"CER ({NORMALISER_NAME})", "duration", "hypothesis vs reference"],
+                                          rows, raw_cols=(3,)))
 
     def widget(self) -> Any:
         import ipywidgets as w
