@@ -827,3 +827,34 @@ def test_what_the_model_says_on_empty_references_is_counted(tmp_path):
     assert said > 0  # the demo model says something on any speech
     assert r.metrics["empty_reference"] == {"utterances": 1, "hyp_tokens": said} and r.metrics["n_scored"] == 2
     assert any(f"the model said {said} token(s)" in n for n in r.metrics["notes"])
+
+
+def test_a_run_holds_its_folder_and_waits_for_none(tmp_path):
+    """A notebook run (the library call, not only `asr-workbench run`) holds its folder while it writes, so an
+    evaluation sees a fine-tune still running; a folder another process holds is refused before anything is
+    written."""
+    import threading
+
+    data = subset(DEMO_DATA / "base/test", tmp_path / "data", 2)
+    out = tmp_path / "run"
+    other = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                              "from asr_workbench import runs; f = runs.lock_folder(Path(sys.argv[1])); "
+                              "print('held', flush=True); time.sleep(120)", str(out)],
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert other.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match=r"in use by another run \(pid \d+"):
+            infer.run(model=str(DEMO_MODEL), data_dir=str(data), output_dir=str(out), device="cpu", progress=False)
+        assert not (out / "config.yaml").exists()
+    finally:
+        other.kill()
+        other.wait()
+    seen: list[str | None] = []
+    worker = threading.Thread(target=infer.run, kwargs=dict(model=str(DEMO_MODEL), data_dir=str(data),
+                                                             output_dir=str(out), device="cpu", progress=False))
+    worker.start()
+    while worker.is_alive():
+        seen.append(runs.folder_in_use(out))
+        time.sleep(0.01)
+    assert f"pid {os.getpid()} on {os.uname().nodename}" in seen and (out / "metrics.json").is_file()
+    assert runs.folder_in_use(out) is None

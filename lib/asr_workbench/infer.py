@@ -252,104 +252,105 @@ def run(
     data_path = paths.resolve(data_dir)
     ds = datadir.load_dataset(data_path, vocab=mf.tokens, on_bad_input=on_bad_input, vad_model=vad_model)
     runs.prepare_output_dir(out, "infer", protect=[mf.path])
-    # a folder holding a finished run keeps its files (metrics, results, config, data report) until this run has
-    # its own: a run that fails leaves them as they were, with its data report beside them as *.failed.jsonl
-    finished = (out / "metrics.json").is_file()
-    failed_report = out / ("data_report.failed.jsonl" if finished else "data_report.jsonl")
-    (out / "data_report.failed.jsonl").unlink(missing_ok=True)  # an earlier attempt's, perhaps of other data
-    if not ds.utterances:
-        ds.report.write_jsonl(failed_report)
-        raise datadir.DataError(f"{data_path}: nothing to decode: {ds.report.n_input} input line(s), each with an error "
-                                f"(see {failed_report})" if ds.report.n_input else
-                                f"{data_path}: nothing to decode: the audio list is empty")
-    notes = list(mf.warnings) + [f"vad_model: {w}" for w in (vad.warnings if vad else ())] \
-        + decode.option_notes(mf.config, opts)
-    if precision != "fp32" and not decode.resolve_device(devices[0] if devices else device).startswith("cuda"):
-        notes.append(f"precision {precision} is ignored: autocast is used on a GPU only; this run decodes in fp32")
-    config = {
-        "model": model, "model_dir": str(mf.path), "model_source": mf.source,
-        "data_dir": str(data_path), "output_dir": str(out),
-        "decoding": settings, "device": decode.resolve_device(device), "devices": devices, "njob": njob,
-        "on_bad_input": on_bad_input, "vad_model": vad_model, "vad_model_dir": vad_dir, "cache_dir": cache_dir,
-        "precision": precision, "attention": opts.attention, "normaliser": scoring.NORMALISER, "notes": notes,
-    }
-    if not finished:  # a fresh folder: this run's settings and data report can be read while it decodes
+    with runs.hold_folder(out):  # no other run writes here meanwhile
+        # a folder holding a finished run keeps its files (metrics, results, config, data report) until this run has
+        # its own: a run that fails leaves them as they were, with its data report beside them as *.failed.jsonl
+        finished = (out / "metrics.json").is_file()
+        failed_report = out / ("data_report.failed.jsonl" if finished else "data_report.jsonl")
+        (out / "data_report.failed.jsonl").unlink(missing_ok=True)  # an earlier attempt's, perhaps of other data
+        if not ds.utterances:
+            ds.report.write_jsonl(failed_report)
+            raise datadir.DataError(f"{data_path}: nothing to decode: {ds.report.n_input} input line(s), each with an error "
+                                    f"(see {failed_report})" if ds.report.n_input else
+                                    f"{data_path}: nothing to decode: the audio list is empty")
+        notes = list(mf.warnings) + [f"vad_model: {w}" for w in (vad.warnings if vad else ())] \
+            + decode.option_notes(mf.config, opts)
+        if precision != "fp32" and not decode.resolve_device(devices[0] if devices else device).startswith("cuda"):
+            notes.append(f"precision {precision} is ignored: autocast is used on a GPU only; this run decodes in fp32")
+        config = {
+            "model": model, "model_dir": str(mf.path), "model_source": mf.source,
+            "data_dir": str(data_path), "output_dir": str(out),
+            "decoding": settings, "device": decode.resolve_device(device), "devices": devices, "njob": njob,
+            "on_bad_input": on_bad_input, "vad_model": vad_model, "vad_model_dir": vad_dir, "cache_dir": cache_dir,
+            "precision": precision, "attention": opts.attention, "normaliser": scoring.NORMALISER, "notes": notes,
+        }
+        if not finished:  # a fresh folder: this run's settings and data report can be read while it decodes
+            ds.report.write_jsonl(out / "data_report.jsonl")
+            runs.write_config(out, config)
+
+        items = [(u.key, u.audio, u.duration_s) for u in ds.utterances]
+        weights_sha256 = runs.sha256_in_background(mf.weights)  # read beside the decoding, not after it
+        partial = out / ".hyps.partial.jsonl"
+        try:
+            dec = decode.decode(str(mf.path), items, opts, partial,
+                                _fingerprint(mf, {**settings, "vad_model": vad_model, "devices": devices,
+                                                  "precision": precision, "attention": opts.attention,
+                                                  # what the features are made from: results decoded before the
+                                                  # seeded dither, or with another frontend, are not resumed
+                                                  "frontend_conf": mf.config.get("frontend_conf"),
+                                                  # the VAD's weights: a rebuilt VAD folder segments anew
+                                                  "vad_weights": runs.file_sha256(vad.weights)
+                                                  if vad and vad.weights and vad.weights.is_file() else None,
+                                                  "dither": "seeded"}, items),
+                                model=loaded_model, progress=progress)
+        except BaseException:  # a model that fails to load, a shard, an interrupt: this attempt's report, beside
+            ds.report.write_jsonl(failed_report)
+            raise
+        notes.extend(dec.notes)  # weights the checkpoint lacked: known only once the model is loaded
+        hyps = _audio_issues(ds, dec.hypotheses)
+        if not hyps or (on_bad_input == "fail" and len(hyps) < len(dec.hypotheses)):
+            ds.report.write_jsonl(failed_report)
+            bad = [str(i) for i in ds.report.errors if i.code == "undecodable_audio"]
+            raise datadir.DataError(f"{data_path}: {len(bad)} audio file(s) could not be decoded"
+                                    f"{'' if hyps else ', and nothing else was left to decode'} (see {failed_report})"
+                                    + (f"; the {len(hyps)} decoded are kept in {partial}: a rerun with on_bad_input: skip "
+                                       "takes them up" if hyps else "") + ":\n" + "\n".join(bad))
+        for name in (*_DERIVED, "data_report.failed.jsonl"):  # only now: a failed run must not cost the earlier its results
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+            else:
+                (out / name).unlink(missing_ok=True)
         ds.report.write_jsonl(out / "data_report.jsonl")
         runs.write_config(out, config)
-
-    items = [(u.key, u.audio, u.duration_s) for u in ds.utterances]
-    weights_sha256 = runs.sha256_in_background(mf.weights)  # read beside the decoding, not after it
-    partial = out / ".hyps.partial.jsonl"
-    try:
-        dec = decode.decode(str(mf.path), items, opts, partial,
-                            _fingerprint(mf, {**settings, "vad_model": vad_model, "devices": devices,
-                                              "precision": precision, "attention": opts.attention,
-                                              # what the features are made from: results decoded before the
-                                              # seeded dither, or with another frontend, are not resumed
-                                              "frontend_conf": mf.config.get("frontend_conf"),
-                                              # the VAD's weights: a rebuilt VAD folder segments anew
-                                              "vad_weights": runs.file_sha256(vad.weights)
-                                              if vad and vad.weights and vad.weights.is_file() else None,
-                                              "dither": "seeded"}, items),
-                            model=loaded_model, progress=progress)
-    except BaseException:  # a model that fails to load, a shard, an interrupt: this attempt's report, beside
-        ds.report.write_jsonl(failed_report)
-        raise
-    notes.extend(dec.notes)  # weights the checkpoint lacked: known only once the model is loaded
-    hyps = _audio_issues(ds, dec.hypotheses)
-    if not hyps or (on_bad_input == "fail" and len(hyps) < len(dec.hypotheses)):
-        ds.report.write_jsonl(failed_report)
-        bad = [str(i) for i in ds.report.errors if i.code == "undecodable_audio"]
-        raise datadir.DataError(f"{data_path}: {len(bad)} audio file(s) could not be decoded"
-                                f"{'' if hyps else ', and nothing else was left to decode'} (see {failed_report})"
-                                + (f"; the {len(hyps)} decoded are kept in {partial}: a rerun with on_bad_input: skip "
-                                   "takes them up" if hyps else "") + ":\n" + "\n".join(bad))
-    for name in (*_DERIVED, "data_report.failed.jsonl"):  # only now: a failed run must not cost the earlier its results
-        if (out / name).is_dir():
-            shutil.rmtree(out / name)
-        else:
-            (out / name).unlink(missing_ok=True)
-    ds.report.write_jsonl(out / "data_report.jsonl")
-    runs.write_config(out, config)
-    rows, cer = score_run(ds, hyps, out)
-    if ds.has_text and cer is None:
-        notes.append("the data has a transcript file, but none of its ids has a usable transcript for a decoded "
-                     "utterance: nothing was scored (see data_report.jsonl: ids in text without audio, empty "
-                     "transcripts)")
-    input_files = [data_path] if data_path.is_file() else [data_path / "wav.scp", data_path / "text"]
-    decoded = {h.key for h in hyps}
-    wav_list = str(data_path if data_path.is_file() else data_path / "wav.scp")
-    # input lines not decoded: n_input - n_decoded (lines without an id count, unnamed); their ids where they have
-    # one (an error only in text, a duplicate transcript, is not a skipped input)
-    skipped = sorted({i.key for i in ds.report.errors if i.key and i.key not in decoded
-                      and i.where.rsplit(":", 1)[0] == wav_list})
-    # references that are empty once normalised (silence, noise, tags only): not in the CER (no token to divide by),
-    # but what the model said on them is counted (Kaldi's compute-wer counts it as insertions)
-    empty_refs = {i.key for i in ds.report.issues if i.code == "empty_transcript"}
-    on_empty = [r for r in rows if r["key"] in empty_refs]
-    said = sum(len(r["hyp_norm"].split()) for r in on_empty)
-    if said:
-        notes.append(f"{len(on_empty)} utterance(s) have an empty reference (silence, "
-                     f"noise, tags only) and are not in the CER; the model said {said} token(s) on them (Kaldi's "
-                     "compute-wer would count these as insertions): see empty_reference in metrics.json")
-    metrics: dict[str, Any] = {
-        "cer": round(cer.cer, 6) if cer else None,
-        "empty_reference": {"utterances": len(on_empty), "hyp_tokens": said},
-        "sub": cer.substitutions if cer else None, "del": cer.deletions if cer else None,
-        "ins": cer.insertions if cer else None, "ref_tokens": cer.ref_tokens if cer else None,
-        "normaliser": scoring.NORMALISER, "has_text": ds.has_text,
-        "n_input": ds.report.n_input, "n_decoded": len(hyps), "n_scored": cer.n_utts if cer else 0,
-        "n_skipped": ds.report.n_input - len(hyps), "skipped_keys": skipped,
-        "audio_seconds": round(sum(h.duration_s for h in hyps), 3),
-        "wall_seconds": round(dec.wall_s, 3), "rtf": round(dec.rtf, 5), "model_load_seconds": round(dec.load_s, 3),
-        "resumed": dec.resumed,
-        "model": model, "model_dir": str(mf.path), "device": dec.device, "n_processes": dec.n_processes,
-        "precision": precision,
-        "data_dir": str(data_path), "parameters": {**settings, "on_bad_input": on_bad_input, "vad_model": vad_model},
-        "data_issues": ds.report.counts(), "notes": notes,
-        "provenance": runs.provenance(weights_sha256, input_files),
-    }
-    runs.write_metrics(out, metrics)
-    partial.unlink(missing_ok=True)
-    return InferResult(out, metrics, rows, ds.report, config, notes)
+        rows, cer = score_run(ds, hyps, out)
+        if ds.has_text and cer is None:
+            notes.append("the data has a transcript file, but none of its ids has a usable transcript for a decoded "
+                         "utterance: nothing was scored (see data_report.jsonl: ids in text without audio, empty "
+                         "transcripts)")
+        input_files = [data_path] if data_path.is_file() else [data_path / "wav.scp", data_path / "text"]
+        decoded = {h.key for h in hyps}
+        wav_list = str(data_path if data_path.is_file() else data_path / "wav.scp")
+        # input lines not decoded: n_input - n_decoded (lines without an id count, unnamed); their ids where they have
+        # one (an error only in text, a duplicate transcript, is not a skipped input)
+        skipped = sorted({i.key for i in ds.report.errors if i.key and i.key not in decoded
+                          and i.where.rsplit(":", 1)[0] == wav_list})
+        # references that are empty once normalised (silence, noise, tags only): not in the CER (no token to divide by),
+        # but what the model said on them is counted (Kaldi's compute-wer counts it as insertions)
+        empty_refs = {i.key for i in ds.report.issues if i.code == "empty_transcript"}
+        on_empty = [r for r in rows if r["key"] in empty_refs]
+        said = sum(len(r["hyp_norm"].split()) for r in on_empty)
+        if said:
+            notes.append(f"{len(on_empty)} utterance(s) have an empty reference (silence, "
+                         f"noise, tags only) and are not in the CER; the model said {said} token(s) on them (Kaldi's "
+                         "compute-wer would count these as insertions): see empty_reference in metrics.json")
+        metrics: dict[str, Any] = {
+            "cer": round(cer.cer, 6) if cer else None,
+            "empty_reference": {"utterances": len(on_empty), "hyp_tokens": said},
+            "sub": cer.substitutions if cer else None, "del": cer.deletions if cer else None,
+            "ins": cer.insertions if cer else None, "ref_tokens": cer.ref_tokens if cer else None,
+            "normaliser": scoring.NORMALISER, "has_text": ds.has_text,
+            "n_input": ds.report.n_input, "n_decoded": len(hyps), "n_scored": cer.n_utts if cer else 0,
+            "n_skipped": ds.report.n_input - len(hyps), "skipped_keys": skipped,
+            "audio_seconds": round(sum(h.duration_s for h in hyps), 3),
+            "wall_seconds": round(dec.wall_s, 3), "rtf": round(dec.rtf, 5), "model_load_seconds": round(dec.load_s, 3),
+            "resumed": dec.resumed,
+            "model": model, "model_dir": str(mf.path), "device": dec.device, "n_processes": dec.n_processes,
+            "precision": precision,
+            "data_dir": str(data_path), "parameters": {**settings, "on_bad_input": on_bad_input, "vad_model": vad_model},
+            "data_issues": ds.report.counts(), "notes": notes,
+            "provenance": runs.provenance(weights_sha256, input_files),
+        }
+        runs.write_metrics(out, metrics)
+        partial.unlink(missing_ok=True)
+        return InferResult(out, metrics, rows, ds.report, config, notes)
 

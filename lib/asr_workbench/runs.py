@@ -7,14 +7,16 @@ weights and of the input lists), atomically.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
 import platform
+import re
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from importlib import metadata
@@ -28,10 +30,10 @@ from asr_workbench.fileio import atomic_write_json, atomic_write_text, jsonl_lin
 
 __all__ = ["check_output_dir", "prepare_output_dir", "file_sha256", "sha256_in_background", "inputs_sha256", "git_commit", "package_versions",
            "provenance", "read_config", "write_config", "write_metrics", "INDEX", "append_to_index", "read_index", "LOCK_FILE",
-           "lock_folder", "folder_in_use"]
+           "lock_folder", "folder_in_use", "hold_folder"]
 
 INDEX = "runs.jsonl"  # the run index, under paths.outputs_root()
-LOCK_FILE = ".asr_workbench_lock"  # in a run folder while a batch run writes it (an flock, not its existence)
+LOCK_FILE = ".asr_workbench_lock"  # in a run folder while a run writes it (an flock, not its existence)
 
 _PACKAGES = ("asr-workbench", "funasr", "modelscope", "torch", "torchaudio", "jiwer", "papermill", "numpy")
 
@@ -64,6 +66,10 @@ def check_output_dir(output_dir: str | Path, kind: str | None = None, protect: S
         if previous and previous != kind:
             raise ValueError(f"output_dir {out} holds a {previous} run: a {kind} run would overwrite its config.yaml "
                              "and metrics.json; choose another folder")
+        holder = folder_in_use(out)
+        if holder and not _ours(holder):
+            raise ValueError(f"output_dir {out} is in use by another run ({holder}); wait for it, or choose another "
+                             "output_dir")
     return out
 
 
@@ -276,3 +282,26 @@ def folder_in_use(out: Path) -> str | None:
             return f.read().strip() or "another process"
         fcntl.flock(f, fcntl.LOCK_UN)
     return None
+
+
+def _ours(holder: str) -> bool:
+    """Whether a lock holder ("pid 123 on host") is this process or its parent: the batch runner that started this
+    notebook's kernel holds the folder for it."""
+    m = re.fullmatch(r"pid (\d+) on (.*)", holder)
+    return bool(m) and m.group(2) == os.uname().nodename and int(m.group(1)) in (os.getpid(), os.getppid())
+
+
+@contextlib.contextmanager
+def hold_folder(out: Path) -> Iterator[None]:
+    """Hold ``out``'s run lock while a library call writes it (a notebook run in JupyterLab or with papermill
+    itself); under ``asr-workbench run``, which holds it already for this kernel, nothing more. ValueError when
+    another run holds it."""
+    holder = folder_in_use(out)
+    if holder and _ours(holder):
+        yield
+        return
+    lock = lock_folder(out)
+    try:
+        yield
+    finally:
+        lock.close()

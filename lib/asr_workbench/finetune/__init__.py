@@ -413,57 +413,58 @@ Fine-tuned with ASR Workbench (funasr's trainer) from `{p.base.name}`; self-cont
 
 def run(p: FinetunePlan, live: bool = True) -> FinetuneResult:
     """Train (funasr's trainer, subprocess), compute dev CER, export ``output_dir/model/``."""
-    train_dir = p.output_dir / "train"
-    progress = Progress(live=live)
-    cer: dict[str, float] = {}
-    seen: set[str] = set()
+    with runs.hold_folder(p.output_dir):  # an evaluation sees it running; no other run writes here meanwhile
+        train_dir = p.output_dir / "train"
+        progress = Progress(live=live)
+        cer: dict[str, float] = {}
+        seen: set[str] = set()
 
-    def on_line(line: str) -> None:
-        progress.feed(line)
-        if p.dev_cer == "epoch" and "Checkpoint saved to" in line:
-            name = Path(line.rsplit("Checkpoint saved to", 1)[1].strip()).name
-            if name.startswith("model.pt.ep") and name not in seen:
-                seen.add(name)
+        def on_line(line: str) -> None:
+            progress.feed(line)
+            if p.dev_cer == "epoch" and "Checkpoint saved to" in line:
+                name = Path(line.rsplit("Checkpoint saved to", 1)[1].strip()).name
+                if name.startswith("model.pt.ep") and name not in seen:
+                    seen.add(name)
+                    cer[name] = _checkpoint_cer(p, train_dir, name)
+
+        if not p.config["train_conf"].get("resume"):
+            # a fresh run: an earlier run's checkpoints must not be averaged or exported, and its model/ and metrics.json
+            # must not stay beside this run's config.yaml (a failed rerun would leave a folder that lies)
+            for stale in (train_dir, p.output_dir / "model", p.output_dir / ".eval"):
+                if stale.exists():
+                    shutil.rmtree(stale)
+            (p.output_dir / "metrics.json").unlink(missing_ok=True)
+        done = _epochs_done(train_dir) if p.config["train_conf"].get("resume") else 0
+        t0 = time.time()
+        env = {"OMP_NUM_THREADS": "1"} if p.nproc > 1 else {}
+        training.launch(p.config, train_dir, nproc=p.nproc, on_line=on_line, env=env)
+        seconds = time.time() - t0
+        progress.close()
+        progress.load_checkpoint_metrics(train_dir / "model.pt")
+        if p.dev_cer == "end":
+            for name in export.list_checkpoints(train_dir):
                 cer[name] = _checkpoint_cer(p, train_dir, name)
-
-    if not p.config["train_conf"].get("resume"):
-        # a fresh run: an earlier run's checkpoints must not be averaged or exported, and its model/ and metrics.json
-        # must not stay beside this run's config.yaml (a failed rerun would leave a folder that lies)
-        for stale in (train_dir, p.output_dir / "model", p.output_dir / ".eval"):
-            if stale.exists():
-                shutil.rmtree(stale)
-        (p.output_dir / "metrics.json").unlink(missing_ok=True)
-    done = _epochs_done(train_dir) if p.config["train_conf"].get("resume") else 0
-    t0 = time.time()
-    env = {"OMP_NUM_THREADS": "1"} if p.nproc > 1 else {}
-    training.launch(p.config, train_dir, nproc=p.nproc, on_line=on_line, env=env)
-    seconds = time.time() - t0
-    progress.close()
-    progress.load_checkpoint_metrics(train_dir / "model.pt")
-    if p.dev_cer == "end":
-        for name in export.list_checkpoints(train_dir):
-            cer[name] = _checkpoint_cer(p, train_dir, name)
-    warnings = list(p.warnings)
-    try:
-        chosen = export.checkpoint_path(train_dir, p.checkpoint, p.config["train_conf"].get("avg_nbest_model")).name
-    except FileNotFoundError as e:  # e.g. an epoch funasr pruned (keep_nbest_models): the run's work is not lost
-        chosen = export.checkpoint_path(train_dir, "auto", p.config["train_conf"].get("avg_nbest_model")).name
-        warnings.append(f"checkpoint {p.checkpoint} was not written ({e}); exported {chosen} instead")
-    if chosen not in cer:
-        cer[chosen] = _checkpoint_cer(p, train_dir, chosen)
-    cer_base = _dev_cer(str(p.base.path), p)
-    all_cer = {"base": cer_base, **cer}
-    model_dir = export.export_model_folder(p.base, train_dir, chosen, p.output_dir / "model", p.config,
-                                           _card(p, chosen, all_cer, seconds))
-    stripped = export.strip_optimizer_state(train_dir) if p.strip_optimizer else []
-    metrics = {"dev_cer": {k: round(v, 6) for k, v in all_cer.items()}, "checkpoint": chosen,
-               "train_seconds": round(seconds, 1), "train_utts": p.train.n_utts, "train_hours": round(p.train.hours, 4),
-               "audio_seconds_per_second": round(p.train.hours * 3600 * max(0, int(p.config["train_conf"].get("max_epoch", 1)) - done) / seconds, 2),
-               "epochs_resumed_from": done,
-               "nproc": p.nproc, "device": p.device, "steps_per_epoch": p.steps_per_epoch, "total_steps": p.total_steps,
-               "warnings": warnings, "stripped_optimizer_state": stripped, "normaliser": scoring.NORMALISER,
-               "cer": round(cer[chosen], 6), "model_dir": str(model_dir),
-               "data_dir": str(p.dev.folder),  # what "cer" was measured on: the dev split
-               "provenance": runs.provenance(model_dir / "model.pt", [p.train.jsonl, p.dev.jsonl])}
-    runs.write_metrics(p.output_dir, metrics)
-    return FinetuneResult(p.output_dir, model_dir, chosen, all_cer, progress, seconds, metrics)
+        warnings = list(p.warnings)
+        try:
+            chosen = export.checkpoint_path(train_dir, p.checkpoint, p.config["train_conf"].get("avg_nbest_model")).name
+        except FileNotFoundError as e:  # e.g. an epoch funasr pruned (keep_nbest_models): the run's work is not lost
+            chosen = export.checkpoint_path(train_dir, "auto", p.config["train_conf"].get("avg_nbest_model")).name
+            warnings.append(f"checkpoint {p.checkpoint} was not written ({e}); exported {chosen} instead")
+        if chosen not in cer:
+            cer[chosen] = _checkpoint_cer(p, train_dir, chosen)
+        cer_base = _dev_cer(str(p.base.path), p)
+        all_cer = {"base": cer_base, **cer}
+        model_dir = export.export_model_folder(p.base, train_dir, chosen, p.output_dir / "model", p.config,
+                                               _card(p, chosen, all_cer, seconds))
+        stripped = export.strip_optimizer_state(train_dir) if p.strip_optimizer else []
+        metrics = {"dev_cer": {k: round(v, 6) for k, v in all_cer.items()}, "checkpoint": chosen,
+                   "train_seconds": round(seconds, 1), "train_utts": p.train.n_utts, "train_hours": round(p.train.hours, 4),
+                   "audio_seconds_per_second": round(p.train.hours * 3600 * max(0, int(p.config["train_conf"].get("max_epoch", 1)) - done) / seconds, 2),
+                   "epochs_resumed_from": done,
+                   "nproc": p.nproc, "device": p.device, "steps_per_epoch": p.steps_per_epoch, "total_steps": p.total_steps,
+                   "warnings": warnings, "stripped_optimizer_state": stripped, "normaliser": scoring.NORMALISER,
+                   "cer": round(cer[chosen], 6), "model_dir": str(model_dir),
+                   "data_dir": str(p.dev.folder),  # what "cer" was measured on: the dev split
+                   "provenance": runs.provenance(model_dir / "model.pt", [p.train.jsonl, p.dev.jsonl])}
+        runs.write_metrics(p.output_dir, metrics)
+        return FinetuneResult(p.output_dir, model_dir, chosen, all_cer, progress, seconds, metrics)
