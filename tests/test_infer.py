@@ -829,7 +829,7 @@ def test_what_the_model_says_on_empty_references_is_counted(tmp_path):
     assert any(f"the model said {said} token(s)" in n for n in r.metrics["notes"])
 
 
-def test_a_run_holds_its_folder_and_waits_for_none(tmp_path):
+def test_a_run_holds_its_folder_and_refuses_one_held(tmp_path):
     """A notebook run (the library call, not only `asr-workbench run`) holds its folder while it writes, so an
     evaluation sees a fine-tune still running; a folder another process holds is refused before anything is
     written."""
