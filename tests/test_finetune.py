@@ -318,11 +318,14 @@ def test_punctuation_the_vocabulary_lacks_is_left_out_of_training_targets(tmp_pa
     targets = [json.loads(x)["target"] for x in p.train.jsonl.read_text(encoding="utf-8").splitlines()]
     refs = [u.text for u in p.train.dataset.scored]
     assert targets == [r.replace("，", "").replace("。", "") for r in refs] and all("，" in r for r in refs)
-    # a mark the vocabulary has stays, and one inside a word (a seg_dict or BPE tokenizer takes it with the word);
-    # a space where a mark stood between words; spaces go between Chinese characters only (a seg_dict tokenizer
+    # a mark the vocabulary has stays, and one inside a word that a token holds (a BPE piece 't: the tokenizer
+    # takes it with the word); a space where a mark stood between words, or inside a word no token can spell (as
+    # scoring reads don't and 3.5: don t, 3 5); spaces go between Chinese characters only (a seg_dict tokenizer
     # looks words up between spaces: 用iphone would be spelled letter by letter)
     assert datadir.training_target("ok,go 今天，好", {"今", "天", "好", ","}) == "ok,go 今天,好"  # ，is , (NFKC)
-    assert datadir.training_target("don't stop，今 天。ok", {"今", "天"}) == "don't stop 今天 ok"
+    assert datadir.training_target("don't stop，今 天。ok", {"今", "天", "don@@", "'t"}) == "don't stop 今天 ok"
+    assert datadir.training_target("don't stop at 3.5，今 天", {"今", "天", *"adnopst"}) == "don t stop at 3 5 今天"
+    assert datadir.untrainable_marks("don't 3.5", {*"dnot35"}) == ["'", "."]
     assert datadir.training_target("我 用 iphone", {"我", "用"}) == "我用 iphone"
     # corpus annotations are not speech: no <, N, O, I, S, E trained as <unk>
     assert datadir.training_target("<NOISE> 今天 [笑]好", {"今", "天", "好"}) == "今天好"
