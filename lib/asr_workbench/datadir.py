@@ -794,7 +794,7 @@ def training_target(text: str, vocab: Collection[str] | None = None) -> str:
     single spaces kept between words; with ``vocab``, without the :func:`untrainable_marks` (a space where one
     stood between words)."""
     text = unicodedata.normalize("NFKC", drop_invisible(text))
-    if vocab is not None and _lower_case_only(vocab):
+    if vocab is not None and _vocab_facts(vocab)[0]:
         text = text.lower()
     if vocab is not None:
         for a, b in reversed(_untrainable_spans(text, vocab)):
@@ -825,14 +825,6 @@ def _vocab_facts(vocab: Collection[str]) -> tuple[bool, frozenset[str]]:
     facts = (bool(letters) and all(c.islower() for c in letters), chars)
     _VOCAB_FACTS[:] = [(vocab, facts), *_VOCAB_FACTS[:3]]
     return facts
-
-
-def _lower_case_only(vocab: Collection[str]) -> bool:
-    return _vocab_facts(vocab)[0]
-    letters = {c for t in vocab if not (t.startswith("<") and t.endswith(">")) for c in t if c.isascii() and c.isalpha()}
-    answer = bool(letters) and all(c.islower() for c in letters)
-    _LOWER_CASE_ONLY[:] = [(vocab, answer), *_LOWER_CASE_ONLY[:3]]
-    return answer
 
 
 def write_jsonl(utterances: Sequence[Utterance], out: str | Path, vocab: Collection[str] | None = None) -> Path:
