@@ -275,12 +275,15 @@ def folder_in_use(out: Path) -> str | None:
     lock = out / LOCK_FILE
     if not lock.is_file():
         return None
-    with open(lock, encoding="utf-8") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return f.read().strip() or "another process"
-        fcntl.flock(f, fcntl.LOCK_UN)
+    try:
+        with open(lock, encoding="utf-8") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return f.read().strip() or "another process"
+            fcntl.flock(f, fcntl.LOCK_UN)
+    except OSError:  # a file system without locks, a lock file another user made: nothing to tell
+        return None
     return None
 
 
@@ -300,8 +303,12 @@ def hold_folder(out: Path) -> Iterator[None]:
     if holder and _ours(holder):
         yield
         return
-    lock = lock_folder(out)
+    try:
+        lock = lock_folder(out)
+    except OSError:  # a file system without locks (some NFS mounts): the run goes on unguarded, as it did before
+        lock = None
     try:
         yield
     finally:
-        lock.close()
+        if lock is not None:
+            lock.close()
