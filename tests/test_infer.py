@@ -858,3 +858,27 @@ def test_a_run_holds_its_folder_and_refuses_one_held(tmp_path):
         time.sleep(0.01)
     assert f"pid {os.getpid()} on {os.uname().nodename}" in seen and (out / "metrics.json").is_file()
     assert runs.folder_in_use(out) is None
+
+
+def test_an_8khz_model_hears_8khz_audio_in_any_batch(tmp_path):
+    """A model whose frontend takes 8 kHz (frontend_conf.fs): batches of several utterances, whose features the
+    workbench computes itself, get the samples at 8 kHz as funasr's own path does (16 kHz samples gave twice the
+    frames and other transcripts than batch 1)."""
+    from funasr.utils.load_utils import extract_fbank, load_audio_text_image_video
+    import torch
+
+    model_dir = tmp_path / "m8k"
+    shutil.copytree(DEMO_MODEL, model_dir)
+    cfg = yaml.safe_load((model_dir / "config.yaml").read_text(encoding="utf-8"))
+    cfg["frontend_conf"]["fs"] = 8000
+    (model_dir / "config.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    data = subset(DEMO_DATA / "base/test", tmp_path / "data", 4)
+    model = decode.load_model(str(model_dir))
+    wav = str(data / next(iter(datadir.read_table(data / "wav.scp").values())))
+    frontend = model.kwargs["frontend"]
+    _, theirs = extract_fbank([load_audio_text_image_video(wav, fs=8000)], data_type="sound", frontend=frontend)
+    _, ours = extract_fbank([torch.from_numpy(decode._read(wav, 0.0, 8000)[0])], data_type="sound", frontend=frontend)
+    assert ours.tolist() == theirs.tolist()
+    one, four = (infer.run(model=str(model_dir), data_dir=str(data), output_dir=str(tmp_path / f"b{n}"), batch_size=n,
+                           device="cpu", progress=False, loaded_model=model) for n in (1, 4))
+    assert [r["hyp"] for r in one.results] == [r["hyp"] for r in four.results]

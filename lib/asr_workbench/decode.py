@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from asr_workbench import attention
+from asr_workbench import audio as audio_mod
 from asr_workbench.fileio import jsonl_line, read_jsonl
 from asr_workbench.processes import die_with, thread_budget
 
@@ -406,6 +407,10 @@ def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: D
                     durations: list[float], sink: Callable[[list[Hypothesis]], None],
                     note: Callable[[str], None] | None = None) -> None:
     scale = trained_dither(model)
+    # audio at the model's rate (an 8 kHz model's frontend takes 8 kHz samples), and funasr told so: it resamples
+    # arrays it is handed from kwargs["fs"] (16 kHz by default) to its frontend's rate
+    fs = _model_rate(model)
+    kw = {**kw, "fs": fs}
     alone = _unbatched(type(model.model))
     if alone:  # see option_notes: the run's notes say so
         opts, kw = replace(opts, batch_size=1, batch_seconds=None), {**kw, **alone[1]}
@@ -413,7 +418,7 @@ def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: D
         kw = {k: v for k, v in kw.items() if k != "batch_size_s"}
         with _autocast(model, opts.precision):
             for key, path, dur in items:
-                wave, problem = _read(path, scale)
+                wave, problem = _read(path, scale, fs)
                 if wave is None:
                     sink([Hypothesis(key, "", dur, error=problem)])
                     continue
@@ -442,7 +447,7 @@ def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: D
     local = threading.local()
 
     def load(batch: list[int]) -> list[tuple[Any, str]]:
-        return [_read(items[i][1], scale) for i in batch]
+        return [_read(items[i][1], scale, fs) for i in batch]
 
     def work(batch: list[int], loaded: Future[list[tuple[Any, str]]]) -> list[Hypothesis]:
         # each worker thread takes its batch's audio (read ahead on the loader thread while earlier batches
@@ -491,15 +496,18 @@ def _decode_batches(model: Any, items: Sequence[tuple[str, str, float]], opts: D
             torch.set_num_threads(previous)
 
 
-def _read(path: str, dither_scale: float) -> tuple[Any, str]:
+def _model_rate(model: Any) -> int:
+    """The sample rate ``model``'s frontend takes (``frontend_conf.fs``; 16 kHz for Paraformer)."""
+    return int(getattr(model.kwargs.get("frontend"), "fs", None) or audio_mod.SAMPLE_RATE)
+
+
+def _read(path: str, dither_scale: float, fs: int = 16000) -> tuple[Any, str]:
     """An utterance's samples (:func:`dither`-ed) and level warning ("" for none), or (None, why it cannot be
     decoded): found only now, reading the whole file, so that one utterance is skipped, not the run."""
-    from asr_workbench import audio
-
     try:
-        wave, warning = audio.load_checked(path)
+        wave, warning = audio_mod.load_checked(path, target_sr=fs)
         return dither(wave, dither_scale), warning or ""
-    except audio.AudioError as e:
+    except audio_mod.AudioError as e:
         return None, str(e)
 
 
@@ -599,14 +607,12 @@ def _inference(model: Any, data: Any, lengths: Any, n: int, **cfg: Any) -> list[
 
 def transcribe(model: Any, items: Sequence[tuple[str, str]], batch_size: int = 16) -> list[Hypothesis]:
     """Decode ``(key, audio_path)`` pairs in this process; results in input order."""
-    from asr_workbench import audio
-
-    triples = [(k, p, audio.probe(p).duration_s) for k, p in items]
+    triples = [(k, p, audio_mod.probe(p).duration_s) for k, p in items]
     got: dict[str, Hypothesis] = {}
     _decode_items(model, triples, DecodeOptions(batch_size=batch_size), lambda hs: got.update((h.key, h) for h in hs))
     failed = [f"{k} ({p}): {got[k].error}" for k, p in items if got[k].error]
     if failed:  # no data report here to carry them: an empty transcript would be scored as deletions
-        raise audio.AudioError(f"{len(failed)} file(s) could not be decoded: " + "; ".join(failed[:5]))
+        raise audio_mod.AudioError(f"{len(failed)} file(s) could not be decoded: " + "; ".join(failed[:5]))
     return [got[k] for k, _ in items]
 
 
