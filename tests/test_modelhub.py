@@ -201,3 +201,29 @@ def test_a_file_is_hashed_once_until_it_changes(tmp_path):
     assert runs.file_sha256(f) == first
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     assert runs.file_sha256(f) == hashlib.sha256(b"b" * 1000).hexdigest()
+
+
+def test_a_folder_without_configuration_json_decodes_its_own_model_pt(tmp_path):
+    """funasr takes an existing init_param that config.yaml names (a trainer's config copied beside a checkpoint
+    names the base model's weights) over the folder's model.pt: the workbench loads model.pt and says so."""
+    import torch
+
+    from asr_workbench import decode, infer
+    from conftest import DEMO_DATA, subset
+
+    other = tmp_path / "zeros.pt"
+    torch.save({k: torch.zeros_like(v) for k, v in modelhub.load_weights(DEMO_MODEL / "model.pt").items()}, other)
+    folder = tmp_path / "m"
+    shutil.copytree(DEMO_MODEL, folder)
+    (folder / "configuration.json").unlink()
+    cfg = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    (folder / "config.yaml").write_text(yaml.safe_dump({**cfg, "init_param": str(other)}, allow_unicode=True),
+                                        encoding="utf-8")
+    mf = modelhub.open_model(str(folder))
+    assert mf.weights == folder / "model.pt" and any(f"init_param {other}" in w for w in mf.warnings)
+    data = subset(DEMO_DATA / "base/test", tmp_path / "data", 3)
+    own, demo = (infer.run(model=str(m), data_dir=str(data), output_dir=str(tmp_path / n), device="cpu", progress=False)
+                 for m, n in ((folder, "own"), (DEMO_MODEL, "demo")))
+    assert [r["hyp"] for r in own.results] == [r["hyp"] for r in demo.results] and all(r["hyp"] for r in own.results)
+    assert any("init_param" in n for n in own.metrics["notes"])
+    assert decode.load_model(str(folder)).kwargs["init_param"] == str(folder / "model.pt")

@@ -146,6 +146,11 @@ def load_model(model_dir: str, device: str = "cpu", ncpu: int | None = None, **k
             # built without the frontend's random dither: funasr keeps a copy of the frontend as built and restores
             # it before every generate(), so switching it off afterwards would not last (decoding adds it seeded)
             conf = {**kwargs.pop("frontend_conf", {}), "dither": 0.0}
+            folder = Path(model_dir)
+            if not (folder / "configuration.json").is_file() and (folder / "model.pt").is_file():
+                # the folder's weights: funasr would take an existing init_param its config.yaml names (a trainer's
+                # config copied beside a checkpoint names the base model's) over the model.pt beside it
+                kwargs.setdefault("init_param", str(folder / "model.pt"))
             if kwargs.get("vad_model"):  # its frontend too: it hears the waveform with the seeded dither added
                 vad = dict(kwargs.pop("vad_kwargs", None) or {})
                 kwargs["vad_kwargs"] = {**vad, "frontend_conf": {**(vad.get("frontend_conf") or {}), "dither": 0.0}}

@@ -199,7 +199,7 @@ def check_folder(path: Path, source: str = "folder", model_id: str | None = None
     if not config_file.is_file():
         raise ModelError(f"{path}: no {config_file.name}: not a funasr model folder")
     config = _read_yaml(config_file)
-    missing, warnings = [], []
+    missing, warnings, notes = [], [], []
     for meta, rel in metas.items():
         if not (path / rel).exists():
             (missing if meta in _REQUIRED_METAS else warnings).append(f"{rel} (configuration.json {meta})")
@@ -209,6 +209,10 @@ def check_folder(path: Path, source: str = "folder", model_id: str | None = None
             missing.append("model.pt" + (f" ({', '.join(other)} is there: an ONNX export is for funasr-onnx, not "
                                          "AutoModel; a FunASR 0.x model.pb loads when configuration.json names it "
                                          "as init_param)" if other else ""))
+        named = config.get("init_param")
+        if isinstance(named, str) and named and Path(named).resolve() != (path / "model.pt").resolve():
+            notes.append(f"config.yaml names init_param {named} (funasr would load those weights instead of the "
+                         "folder's model.pt, if that file exists): ignored, the workbench loads model.pt")
         if config.get("tokenizer") == "SentencepiecesTokenizer":
             if not (path / "bpe.model").is_file() and not (config.get("tokenizer_conf") or {}).get("bpemodel"):
                 missing.append("bpe.model (its SentencepiecesTokenizer's model)")
@@ -227,7 +231,7 @@ def check_folder(path: Path, source: str = "folder", model_id: str | None = None
     tok_file = path / tok_rel if tok_rel else next((path / t for t in ("tokens.json", "tokens.txt") if (path / t).is_file()), None)
     tokens = read_tokens(tok_file) if tok_file else None
     return ModelFolder(path, source, model_id, config, tokens, _read_yaml(path / "decoding.yaml"),
-                       _read_yaml(path / "finetune.yaml"), tuple(w + " is missing" for w in warnings),
+                       _read_yaml(path / "finetune.yaml"), tuple([w + " is missing" for w in warnings] + notes),
                        path / metas.get("init_param", "model.pt"))
 
 
