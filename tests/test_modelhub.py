@@ -57,6 +57,38 @@ def test_modelscope_cache_env_variable(tmp_path, monkeypatch):
     assert modelhub.open_model(MODEL_ID).source == "modelscope-cache"
 
 
+
+def test_cache_folders_named_models_and_cached_revisions(tmp_path, monkeypatch):
+    """A cache root that is itself named models (MODELSCOPE_CACHE=/data/models: modelscope puts the model in
+    /data/models/models/...) and the models folder inside a cache both work; several cached revisions and no
+    master: the message lists them and says to set model_revision, which picks one; a relative MODELSCOPE_CACHE
+    is where modelscope reads it, from the working directory."""
+    owner, name = MODEL_ID.split("/")
+    snapshots = tmp_path / "data" / "models" / "models" / f"{owner}--{name}" / "snapshots"
+    shutil.copytree(DEMO_MODEL, snapshots / "master")
+    for given in (tmp_path / "data" / "models", tmp_path / "data" / "models" / "models"):
+        assert modelhub.open_model(MODEL_ID, cache_dir=str(given)).path == snapshots / "master"
+    (snapshots / "master").rename(snapshots / "v2.0.4")
+    shutil.copytree(snapshots / "v2.0.4", snapshots / "v2.0.5")
+    with pytest.raises(modelhub.ModelError, match=r"in several revisions .*v2\.0\.4, v2\.0\.5.*; set model_revision"):
+        modelhub.open_model(MODEL_ID, cache_dir=str(tmp_path / "data" / "models"))
+    assert modelhub.open_model(MODEL_ID, cache_dir=str(tmp_path / "data" / "models"),
+                               revision="v2.0.5").path == snapshots / "v2.0.5"
+    from asr_workbench import infer
+    from conftest import DEMO_DATA, subset
+
+    run = infer.run(model=MODEL_ID, data_dir=str(subset(DEMO_DATA / "base/test", tmp_path / "d", 1)),
+                    output_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "data" / "models"),
+                    model_revision="v2.0.5", device="cpu", progress=False)
+    assert run.config["model_dir"] == str(snapshots / "v2.0.5") and run.config["model_revision"] == "v2.0.5"
+    with pytest.raises(modelhub.ModelError, match=r"at revision 'v9' is not in the ModelScope cache .* The cache has "
+                                                  r"it in other revisions \(.*v2\.0\.4, v2\.0\.5"):
+        modelhub.open_model(MODEL_ID, cache_dir=str(tmp_path / "data" / "models"), revision="v9")
+    monkeypatch.chdir(tmp_path / "data")
+    monkeypatch.setenv("MODELSCOPE_CACHE", "models")
+    assert modelhub.open_model(MODEL_ID, revision="v2.0.4").path == snapshots / "v2.0.4"
+
+
 def test_unknown_id_offline_fails_fast_with_clear_message(tmp_path):
     t = time.time()
     with pytest.raises(modelhub.ModelError, match=r"not in the ModelScope cache .* could not be downloaded .*"

@@ -169,8 +169,8 @@ def _base_model_name(finetune_dir: Path, given: str | None) -> str | None:
     return given or _recorded_base(finetune_dir).get("model")
 
 
-def _open_base(finetune_dir: Path, given: str | None, cache_dir: str | None,
-               needed: bool) -> tuple[modelhub.ModelFolder | None, list[str]]:
+def _open_base(finetune_dir: Path, given: str | None, cache_dir: str | None, needed: bool,
+               revision: str | None = None) -> tuple[modelhub.ModelFolder | None, list[str]]:
     """The base model (``given``, else the one the fine-tune recorded, in the cache it was found in) and a warning
     when the recorded one is gone but not ``needed`` (no comparison with it): the fine-tune's own model/ holds
     everything its evaluation reads."""
@@ -183,6 +183,7 @@ def _open_base(finetune_dir: Path, given: str | None, cache_dir: str | None,
         name = where
     try:
         return modelhub.open_model(name, cache_dir=cache_dir or (None if given else recorded.get("cache_dir")),
+                                   revision=revision or (None if given else recorded.get("model_revision")),
                                    allow_download=bool(given) or needed), []  # not 0.9 GB that nothing reads
     except modelhub.ModelError as e:
         if given or needed:
@@ -311,6 +312,7 @@ def run(
     decoding_overrides: dict[str, Any] | None = None,
     on_bad_input: str = "skip",
     cache_dir: str | None = None,
+    model_revision: str | None = None,
     device: str = "auto",
     compare_with_base: bool = True,
     compare_checkpoints: list[str] | None = None,
@@ -326,6 +328,7 @@ def run(
         data_dir / test_sets: one data folder, or a mapping name -> folder (both given: all are decoded).
         decoding_model_name: ``model`` (the self-contained ``finetune_dir/model/``) or a funasr checkpoint.
         modelscope_model_name: the base model (default: the one the workbench fine-tune started from).
+        model_revision: its ModelScope revision (default: the one the fine-tune recorded, else master or the cached).
         required_files: files copied from the base when the assembled folder lacks them.
         compare_checkpoints: checkpoints of the same fine-tune to evaluate on its dev set.
         n_bootstrap / seed: paired-bootstrap resamples for the CER-change interval.
@@ -364,7 +367,8 @@ def run(
             raise datadir.DataError(f"{'data_dir' if name == 'data' and data_dir else f'test_sets[{name}]'}: {e}") from e
     required = list(REQUIRED_FILES if required_files is None else required_files)
     base_name = _base_model_name(ft_dir, modelscope_model_name)
-    base, base_notes = _open_base(ft_dir, modelscope_model_name, cache_dir, needed=compare_with_base)
+    base, base_notes = _open_base(ft_dir, modelscope_model_name, cache_dir, needed=compare_with_base,
+                                  revision=model_revision)
     if compare_with_base and base is None:
         raise ValueError("compare_with_base needs modelscope_model_name (the base model): it is not recorded in "
                          f"{ft_dir / 'config.yaml'}")
@@ -437,7 +441,8 @@ def run(
         atomic_write_json(out / "comparison.json", comparison)
         atomic_write_text(out / "comparison.md", _markdown(results, checkpoints))
         runs.write_config(out, {"finetune_dir": str(ft_dir), "decoding_model_name": decoding_model_name,
-                                "modelscope_model_name": base_name, "required_files": required, "test_sets": sets,
+                                "modelscope_model_name": base_name, "model_revision": model_revision,
+                                "required_files": required, "test_sets": sets,
                                 "compare_with_base": compare_with_base, "compare_checkpoints": compare_checkpoints or [],
                                 "n_bootstrap": n_bootstrap, "seed": seed, **{k: v for k, v in common.items() if k != "progress"}})
         runs.write_metrics(out, {"cer": results[0].finetuned["cer"], "normaliser": scoring.NORMALISER,

@@ -216,6 +216,7 @@ def run(
     progress: bool = True,
     loaded_model: Any = None,
     precision: str = "fp32",
+    model_revision: str | None = None,
 ) -> InferResult:
     """Transcribe ``data_dir`` with ``model`` and score it when ``text`` exists.
 
@@ -232,8 +233,9 @@ def run(
         vad_model: a funasr VAD model (e.g. ``fsmn-vad``) for audio longer than ~30 s.
         loaded_model: an AutoModel already loaded from ``model`` (reused, single process only).
         precision: ``fp32``, or ``bf16`` / ``fp16`` autocast when decoding on a GPU (ignored on CPU).
+        model_revision: the ModelScope revision of an id (``v2.0.4``); None: ``master``, or the one cached.
     """
-    mf = modelhub.open_model(model, cache_dir=cache_dir)
+    mf = modelhub.open_model(model, cache_dir=cache_dir, revision=model_revision)
     out = runs.check_output_dir(output_dir, "infer", protect=[mf.path])  # made once the data is read
     vad = modelhub.resolve_helper_model(vad_model, cache_dir) if vad_model else None
     vad_dir = str(vad.path) if vad else None
@@ -272,6 +274,7 @@ def run(
             "data_dir": str(data_path), "output_dir": str(out),
             "decoding": settings, "device": decode.resolve_device(device), "devices": devices, "njob": njob,
             "on_bad_input": on_bad_input, "vad_model": vad_model, "vad_model_dir": vad_dir, "cache_dir": cache_dir,
+                "model_revision": model_revision,
             "precision": precision, "attention": opts.attention, "normaliser": scoring.NORMALISER, "notes": notes,
         }
         if not finished:  # a fresh folder: this run's settings and data report can be read while it decodes

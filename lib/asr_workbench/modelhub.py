@@ -57,9 +57,16 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MODELSCOPE_CACHE") or Path.home() / ".cache" / "modelscope")
 
 
-def _cache_root(cache_dir: Path) -> Path:
-    # modelscope lays out <cache>/models/<owner>--<name>/... itself; accept <cache>/models too
-    return cache_dir.parent if cache_dir.name == "models" else cache_dir
+_REVISIONS = re.compile(r"Available cached revisions|Cached revisions under")  # modelscope: the model is cached
+
+
+def _cache_roots(cache: Path) -> list[Path]:
+    """Where to look for ModelScope's ``<root>/models/<owner>--<name>/...``: the cache folder as given, and its parent
+    when it is itself named ``models`` (the folder one sees holding the models); first the one that has a
+    ``models`` folder (downloads go there)."""
+    if cache.name != "models":
+        return [cache]
+    return [cache, cache.parent] if (cache / "models").is_dir() else [cache.parent, cache]
 
 
 def resolve_model_dir(model: str, cache_dir: str | os.PathLike[str] | None = None,
@@ -70,32 +77,43 @@ def resolve_model_dir(model: str, cache_dir: str | os.PathLike[str] | None = Non
         return local, "folder"
     if not _MODEL_ID.match(model):
         raise ModelError(f"model {model!r}: no such folder ({local}) and not a ModelScope id (owner/name)")
-    if local.parent.is_dir() and local.parent != paths.repo_root():
-        raise ModelError(f"model {model!r}: no such folder {local} (its parent folder exists, so this looks like a "
-                         "mistyped path rather than a ModelScope id)")
     from modelscope import snapshot_download
 
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    cache = paths.resolve(cache) if not cache.is_absolute() else cache
-    cache_arg = str(_cache_root(cache))
-    try:
-        return Path(snapshot_download(model, revision=revision, cache_dir=cache_arg, local_files_only=True)), "modelscope-cache"
-    except Exception as e:  # modelscope_hub.errors.CacheNotFound
-        if not allow_download:
-            raise ModelError(f"model {model!r} is not in the ModelScope cache {cache} and downloads are off") from e
+    cache = cache if cache.is_absolute() else paths.resolve(cache) if cache_dir else cache.resolve()
+    roots = _cache_roots(cache)
+    cached: Exception | None = None
+    for root in roots:
+        try:
+            return Path(snapshot_download(model, revision=revision, cache_dir=str(root),
+                                          local_files_only=True)), "modelscope-cache"
+        except Exception as e:  # modelscope_hub.errors.CacheNotFound; the one that lists cached revisions is kept
+            cached = cached if cached is not None and _REVISIONS.search(str(cached)) else e
+    said = str(cached).splitlines()[0][:400] if cached else ""
+    if "Available cached revisions" in said:  # several revisions cached and none asked for: not a download
+        raise ModelError(f"model {model!r} is in the ModelScope cache {cache} in several revisions ({said}); set "
+                         "model_revision to the one to use") from cached
+    if local.parent.is_dir() and local.parent != paths.repo_root():
+        raise ModelError(f"model {model!r}: no such folder {local} (its parent folder exists, so this looks like a "
+                         f"mistyped path rather than a ModelScope id; it is not in the ModelScope cache {cache} "
+                         "either)") from cached
+    if not allow_download:
+        raise ModelError(f"model {model!r} is not in the ModelScope cache {cache} and downloads are off") from cached
     try:
         unreachable = _hub_unreachable()
         if unreachable:  # modelscope would retry with back-off for ~25 s before saying the same
             raise ConnectionError(unreachable)
-        return Path(snapshot_download(model, revision=revision, cache_dir=cache_arg)), "modelscope-download"
+        return Path(snapshot_download(model, revision=revision, cache_dir=str(roots[0]))), "modelscope-download"
     except Exception as e:
         kind = type(e).__name__
         others = _same_name_cached(cache, model)
         raise ModelError(
-            f"model {model!r} is not in the ModelScope cache {cache} and could not be downloaded ({kind}: "
+            f"model {model!r}{f' at revision {revision!r}' if revision else ''} is not in the ModelScope cache "
+            f"{cache} and could not be downloaded ({kind}: "
             f"{str(e).splitlines()[0][:200]}), and there is no folder {local} (relative paths start at the "
             "repository root). Check the id on modelscope.cn, the network, or pass a local folder / a "
             "cache_dir that holds it."
+            + (f" The cache has it in other revisions ({said})." if revision and _REVISIONS.search(said) else "")
             + (f" The cache holds {', '.join(others)}: the same model under another owner (ModelScope renamed "
                "damo/ to iic/)?" if others else "")
         ) from e

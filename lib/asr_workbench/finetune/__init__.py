@@ -123,6 +123,7 @@ def plan(
     strip_optimizer: bool = False,
     checkpoint: str = "auto",
     recommended: bool = False,
+    model_revision: str | None = None,
 ) -> FinetunePlan:
     """Validate, resolve and write the fine-tuning config; nothing is trained yet.
 
@@ -135,7 +136,7 @@ def plan(
     from funasr.download.download_model_from_hub import download_model
 
     decode.check_device(device)  # cuda on a machine without one: funasr's trainer would run on the CPU, unsaid
-    base = modelhub.open_model(model, cache_dir=cache_dir)
+    base = modelhub.open_model(model, cache_dir=cache_dir, revision=model_revision)
     _check_trainable(base, finetune_overrides)
     # the base's weights as they are now, hashed while the data is read: an evaluation compares against this base,
     # which may be replaced later (the fine-tune it came from rerun, an updated download)
@@ -240,6 +241,7 @@ def plan(
         warnings.append(f"{sum(train.oov.values())} transcript tokens are not in the model's vocabulary and train as "
                         f"<unk>: {listed}")
     runs.write_config(out, {**cfg, "workbench": {"model": model, "model_dir": str(base.path), "cache_dir": cache_dir,
+                                                 "model_revision": model_revision,
                                                  "model_sha256": base_sha256(),
                                                  "data_path": str(data), "dataset_type": dataset_type,
                                                  "batch_bins": batch_bins, "nproc": nproc, "device": dev_name,
