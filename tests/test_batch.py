@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -56,6 +57,12 @@ def test_pipeline_steps_feed_each_other_and_leave_run_folders(pipeline_run, tiny
     # the evaluation's row carries what its fine-tune trained with (a sweep's test CERs against finetune.lr)
     trained = yaml.safe_load((Path(ft["output_dir"]) / "config.yaml").read_text(encoding="utf-8"))
     assert ev["parameters"]["finetune.lr"] == trained["optim_conf"]["lr"] and ev["parameters"]["finetune.max_epoch"] == 1
+    # in the notebook's terms: checkpoints averaged (funasr keeps the model finetune.yaml's 3), frames per batch
+    assert ev["parameters"]["finetune.keep_nbest_models"] == 1 and trained["train_conf"]["keep_nbest_models"] == 3
+    assert ev["parameters"]["finetune.batch_bins"] == ft["parameters"]["batch_bins"] == 4000
+    # every CER the summary prints names its normaliser
+    assert "CER after the normaliser zh-char-v4" in stdout and re.search(r"dev CER [\d.]+ % \(model\.pt\.\w+; base "
+                                                                       r"[\d.]+ %; zh-char-v4\)", stdout)
     assert "finetune.lr" not in ft["parameters"] and "finetune.lr" not in index[0]["parameters"]
     for e in index:
         out = Path(e["output_dir"])

@@ -770,6 +770,10 @@ def test_report_players_embed_at_most_the_first_30_seconds(tmp_path):
     table = report.worst_table([{"key": "u", "scored": True, "errors": 1, "cer": 0.5, "ref_tokens": 2,
                                  "ref_norm": "今 天", "hyp_norm": "今 年", "audio": str(long_file)}])
     assert pretty(table) == f"<HTML, {len(table):,} characters>"
+    perfect = {"key": "ok", "scored": True, "errors": 0, "cer": 0.0, "ref_tokens": 2, "ref_norm": "今 天",
+               "hyp_norm": "今 天", "audio": str(long_file)}
+    assert ">ok<" not in report.worst_table([perfect, {**perfect, "key": "bad", "errors": 1, "cer": 0.5}])
+    assert "No scored utterance has an error" in report.worst_table([perfect])
 
 
 def test_vad_model_path_is_deterministic_checked_and_says_what_it_found(tmp_path):

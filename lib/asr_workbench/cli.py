@@ -47,13 +47,13 @@ def _details(rec: Any) -> list[str]:
     elif "n_scored" in m and m.get("cer") is not None:
         lines.append(f"CER {_cer(m['cer'])} on {m['n_scored']} utterances of {'/'.join(Path(str(m.get('data_dir'))).parts[-2:])} ({norm})")
     elif "dev_cer" in m:
-        lines.append(f"dev CER {_cer(m['cer'])} ({m.get('checkpoint')}; base {_cer(m['dev_cer'].get('base'))}) "
+        lines.append(f"dev CER {_cer(m['cer'])} ({m.get('checkpoint')}; base {_cer(m['dev_cer'].get('base'))}; {norm}) "
                      f"-> {m.get('model_dir')}")
     return lines
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
-    from asr_workbench import batch, runs
+    from asr_workbench import batch, runs, scoring
 
     specs = batch.expand(a.params, dict(a.param or []), reserve=not a.dry_run)
     if a.dry_run:
@@ -87,6 +87,9 @@ def _cmd_run(a: argparse.Namespace) -> int:
     print(f"\n{'run':<40} {'status':<8} {'CER':>9} {'time':>7}  report")
     for r in records:
         print(f"{r.name:<40} {r.status:<8} {_cer(r.metrics.get('cer')):>9} {r.seconds:>6.0f}s  {r.html or '-'}")
+    if any(r.metrics.get("cer") is not None for r in records):
+        print(f"CER after the normaliser {scoring.NORMALISER_NAME}; a fine-tune's is on its dev set, an evaluation's on "
+              "its first test set")
     for r in records:
         for line in _details(r):
             print(f"  {r.name}: {line}")

@@ -247,10 +247,15 @@ def _training_settings(finetune_dir: Path) -> dict[str, Any]:
     cfg = runs.read_config(finetune_dir / "config.yaml")
     section = lambda name: cfg.get(name) if isinstance(cfg.get(name), dict) else {}  # noqa: E731
     train, optim, data = section("train_conf"), section("optim_conf"), section("dataset_conf")
+    own = section("workbench")  # the notebook's own values where funasr's keys differ in meaning or unit
     found = {"lr": optim.get("lr"), "optim": cfg.get("optim"), "scheduler": cfg.get("scheduler"),
              "max_epoch": train.get("max_epoch"), "accum_grad": train.get("accum_grad"),
-             "batch_bins": data.get("batch_size"), "batch_type": data.get("batch_type"),
-             "keep_nbest_models": train.get("keep_nbest_models"), "specaug": cfg.get("specaug"),
+             # batch_bins in the notebook's units (milliseconds for dataset_type large, where funasr's batch_size
+             # is a tenth of it); keep_nbest_models is how many checkpoints were averaged (funasr keeps more)
+             "batch_bins": own.get("batch_bins") or data.get("batch_size"), "batch_type": data.get("batch_type"),
+             "dataset_type": own.get("dataset_type"),
+             "keep_nbest_models": train.get("avg_nbest_model") or train.get("keep_nbest_models"),
+             "specaug": cfg.get("specaug"),
              "freeze_param": cfg.get("freeze_param"), "seed": cfg.get("seed")}
     return {k: v for k, v in found.items() if v is not None}
 

@@ -61,7 +61,7 @@ def summary_table(metrics: dict[str, Any]) -> Html:
     """Key figures of an inference run."""
     cer = metrics.get("cer")
     rows = [
-        ("CER", f"{cer * 100:.2f} %" if cer is not None else
+        (f"CER ({str(metrics.get('normaliser') or NORMALISER_NAME).split(':')[0]})", f"{cer * 100:.2f} %" if cer is not None else
          "not scored: no transcript matches a decoded id (see the data report)" if metrics.get("has_text") else
          "not scored (no text)"),
         ("substitutions / deletions / insertions", f"{metrics.get('sub')} / {metrics.get('del')} / {metrics.get('ins')}"
@@ -123,9 +123,10 @@ def audio_html(path: str) -> str:
 
 def worst_table(results: Sequence[dict[str, Any]], n: int = 10, audio: bool = True) -> Html:
     """The ``n`` utterances with the most errors: CER, coloured diff, audio player."""
-    rows = sorted((r for r in results if r.get("scored")), key=lambda r: (-r["errors"], -r["cer"]))[:n]
+    rows = sorted((r for r in results if r.get("scored") and r["errors"]), key=lambda r: (-r["errors"], -r["cer"]))[:n]
     if not rows:
-        return Html("<p>No scored utterances.</p>")
+        return Html("<p>No scored utterance has an error.</p>" if any(r.get("scored") for r in results)
+                    else "<p>No scored utterances.</p>")
     body = [(r["key"], f"{r['cer'] * 100:.1f} %", f"{r['errors']}/{r['ref_tokens']}",
              diff_html(r["ref_norm"], r["hyp_norm"]), audio_html(r["audio"]) if audio else "") for r in rows]
     legend = ("<p style='font-size:smaller'>red: substitution (reference below), "
@@ -222,7 +223,7 @@ def checkpoint_table(checkpoints: Sequence[dict[str, Any]]) -> Html:
     best = min(scored) if scored else None
     rows = [(c["name"] + ("  <- best" if c["cer"] is not None and c["cer"] == best else ""),
              f"{c['cer'] * 100:.2f} %" if c["cer"] is not None else "- (not scored)", c["data"]) for c in checkpoints]
-    return table_html(["checkpoint", "dev CER", "data"], rows)
+    return table_html(["checkpoint", f"dev CER ({NORMALISER_NAME})", "data"], rows)
 
 
 def leaderboard_table(board: Any, links_from: str | Path | None = None, max_rows: int = 200) -> Html:
