@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 import torch
 import yaml
 
@@ -618,3 +619,33 @@ def test_data_path_of_funasr_jsonl_lists(tmp_path, tiny_data):
     assert (p.train.n_utts, p.dev.n_utts) == (12, 4)
     with pytest.raises(FileNotFoundError, match=r"no train/wav.scp, nor train.jsonl"):
         finetune.plan(str(DEMO_MODEL), str(tmp_path / "ft"), str(tmp_path / "ft2"), max_epoch=1)
+
+
+def test_data_from_an_audio_folder_names_what_it_cannot_pair(tmp_path, capsys):
+    """audio_dir + transcripts: two files with one transcript's name are refused, naming both (the last one found
+    was taken: a transcript trained on another speaker's clip); every audio format the data check reads is taken
+    (.sph, .aiff were left out unsaid); transcript ids without audio are printed and are a plan warning."""
+    src = DEMO_DATA / "target/dev"
+    wavs = datadir.read_table(src / "wav.scp")
+    texts = datadir.read_table(src / "text")
+    keys = sorted(wavs)[:6]
+    audio = tmp_path / "audio"
+    (audio / "spk1").mkdir(parents=True)
+    for k in keys[:4]:
+        shutil.copy(src / wavs[k], audio / "spk1" / (k + Path(wavs[k]).suffix))
+    x, sr = sf.read(str(src / wavs[keys[4]]))
+    sf.write(str(audio / "spk1" / f"{keys[4]}.aiff"), x, sr, format="AIFF")
+    sf.write(str(audio / "spk1" / f"{keys[5]}.sph"), x, sr, format="NIST", subtype="PCM_16")
+    table = tmp_path / "transcripts.txt"
+    table.write_text("".join(f"{k} {texts[k]}\n" for k in keys) + "ghost 没有声音\n", encoding="utf-8")
+    built = finetune.data_path_from(str(audio), str(table), str(tmp_path / "data"), 0.2, 0)
+    said = capsys.readouterr().out
+    assert "5 train / 1 dev" in said and "1 id(s) of" in said and "(ghost: all in" in said
+    paired = {**datadir.read_table(Path(built) / "train/wav.scp"), **datadir.read_table(Path(built) / "dev/wav.scp")}
+    assert set(paired) == set(keys)
+    p = finetune.plan(str(DEMO_MODEL), built, str(tmp_path / "ft"), max_epoch=1)
+    assert any(w.startswith("1 transcript id(s) have no audio file") and "ghost" in w for w in p.warnings)
+    (audio / "spk2").mkdir()
+    shutil.copy(audio / "spk1" / f"{keys[0]}{Path(wavs[keys[0]]).suffix}", audio / "spk2" / f"{keys[0]}.flac")
+    with pytest.raises(datadir.DataError, match=rf"1 id\(s\) of .* name several audio files .*{keys[0]}: .*spk1.*, .*spk2"):
+        finetune.data_path_from(str(audio), str(table), str(tmp_path / "data"), 0.2, 0)

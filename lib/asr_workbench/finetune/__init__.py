@@ -45,7 +45,10 @@ def data_path_from(audio_dir: str | None, transcripts: str | None, data_path: st
         raise ValueError("audio_dir needs transcripts (a 'key text' file whose keys are the audio file names)")
     out, n_train, n_dev = make_data_path(paths.resolve(audio_dir), paths.resolve(transcripts), paths.resolve(data_path),
                                          dev_fraction, seed)
-    print(f"built {out}: {n_train} train / {n_dev} dev utterances")
+    missing = fdata.missing_audio(out)
+    print(f"built {out}: {n_train} train / {n_dev} dev utterances"
+          + (f"; {len(missing)} id(s) of {transcripts} have no audio file ({', '.join(missing[:5])}"
+             f"{', ...' if len(missing) > 5 else ''}: all in {out / fdata.MISSING_AUDIO})" if missing else ""))
     return str(out)
 
 
@@ -219,6 +222,10 @@ def plan(
         warnings.append(f"{len(shared)} of {len(dev.dataset.scored)} dev utterances are train audio too (e.g. "
                         f"{shared[0]}): the best checkpoints are chosen by dev accuracy, which then rewards "
                         "memorising; hold dev out of train")
+    missing = fdata.missing_audio(data)
+    if missing:  # a data_path make_data_path built: transcripts it found no audio file for are not trained on
+        warnings.append(f"{len(missing)} transcript id(s) have no audio file and are not in train or dev (e.g. "
+                        f"{missing[0]}; all in {data / fdata.MISSING_AUDIO})")
     if train.dropped or dev.dropped:
         warnings.append(f"funasr would silently skip {len(train.dropped)} train and {len(dev.dropped)} dev utterance(s) "
                         "(too long; see the dropped table); raise max_duration_s or cut them")

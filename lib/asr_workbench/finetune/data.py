@@ -20,7 +20,8 @@ from typing import Any
 from asr_workbench import datadir
 from asr_workbench.fileio import atomic_write_text
 
-__all__ = ["SplitData", "find_split", "prepare_split", "write_shards", "make_data_path"]
+__all__ = ["SplitData", "find_split", "prepare_split", "write_shards", "make_data_path", "missing_audio",
+           "AUDIO_SUFFIXES", "MISSING_AUDIO"]
 
 
 @dataclass
@@ -123,6 +124,21 @@ def write_shards(split: SplitData, n: int, out_dir: Path) -> Path:
     return listing
 
 
+# what make_data_path takes for audio (the suffixes libsndfile reads, and compressed ones the data check names)
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd",
+                            ".sph", ".nist", ".w64", ".rf64", ".caf", ".m4a", ".aac", ".wma"})
+MISSING_AUDIO = "missing_audio.txt"  # transcript ids without an audio file, in a folder make_data_path built
+_MADE_BY = ".made_by_make_data_path"
+
+
+def missing_audio(data_path: Path) -> list[str]:
+    """The transcript ids :func:`make_data_path` found no audio file for, when it built ``data_path``."""
+    listed = Path(data_path) / MISSING_AUDIO
+    if not (Path(data_path) / _MADE_BY).is_file() or not listed.is_file():
+        return []
+    return [k for k in listed.read_text(encoding="utf-8").split() if k]
+
+
 def make_data_path(audio_dir: str | Path, transcripts: str | Path, out: str | Path, dev_fraction: float = 0.1,
                    seed: int = 0, min_dev: int = 1) -> tuple[Path, int, int]:
     """Build ``out/{train,dev}`` (wav.scp + text) from a folder of audio and a ``key text`` table.
@@ -132,13 +148,23 @@ def make_data_path(audio_dir: str | Path, transcripts: str | Path, out: str | Pa
     """
     audio_dir, out = Path(audio_dir).resolve(), Path(out)
     texts = datadir.read_table(transcripts)
-    exts = {".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus"}
-    files = {p.stem: p for p in sorted(audio_dir.rglob("*")) if p.suffix.lower() in exts}
+    found: dict[str, list[Path]] = {}
+    for f in sorted(audio_dir.rglob("*")):
+        if f.suffix.lower() in AUDIO_SUFFIXES and f.is_file():
+            found.setdefault(f.stem, []).append(f)
+    twice = {k: v for k, v in found.items() if k in texts and len(v) > 1}
+    if twice:  # which one the transcript belongs to is not for the workbench to guess (spk1/u1.wav, spk2/u1.wav)
+        shown = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in list(twice.items())[:5])
+        raise datadir.DataError(f"{len(twice)} id(s) of {transcripts} name several audio files under {audio_dir} "
+                                f"(keys are file names without extension): {shown}. Give each file a unique name, or "
+                                "build wav.scp + text yourself")
+    files = {k: v[0] for k, v in found.items()}
     keys = sorted(k for k in texts if k in files)
     missing = sorted(set(texts) - set(files))
     if not keys:
-        raise datadir.DataError(f"{transcripts}: none of its ids has an audio file under {audio_dir}")
-    marker = out / ".made_by_make_data_path"
+        raise datadir.DataError(f"{transcripts}: none of its ids has an audio file under {audio_dir} (audio: "
+                                f"{', '.join(sorted(AUDIO_SUFFIXES))})")
+    marker = out / _MADE_BY
     if out.exists() and any(out.iterdir()) and not marker.exists():
         raise FileExistsError(f"{out} already holds files that make_data_path did not write; give an empty or new "
                               "folder for the train/dev split (nothing was changed)")
@@ -159,5 +185,7 @@ def make_data_path(audio_dir: str | Path, transcripts: str | Path, out: str | Pa
         atomic_write_text(d / "wav.scp", "".join(f"{k} {files[k]}\n" for k in members))
         atomic_write_text(d / "text", "".join(f"{k} {texts[k]}\n" for k in members))
     if missing:
-        atomic_write_text(out / "missing_audio.txt", "".join(f"{k}\n" for k in missing))
+        atomic_write_text(out / MISSING_AUDIO, "".join(f"{k}\n" for k in missing))
+    else:  # an earlier build's list no longer describes this one
+        (out / MISSING_AUDIO).unlink(missing_ok=True)
     return out, len(keys) - n_dev, n_dev
