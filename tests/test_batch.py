@@ -721,6 +721,34 @@ def test_cer_against_a_parameter_joins_the_best_run_of_each_value(tmp_path):
     assert len(ax.get_xticks()) == 40 and sum(bool(t.get_text()) for t in ax.get_xticklabels()) <= 14
 
 
+
+def test_a_data_set_is_its_folder_not_the_end_of_its_path(tmp_path):
+    """Two corpora's data/test (every Kaldi recipe's name) were one data set on the leaderboard, and a sweep's plot
+    drew a line from one corpus to the other; the same folder through a symlink was another. Names grow until
+    they tell folders apart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from asr_workbench import report
+
+    a, b = tmp_path / "corpA" / "data" / "test", tmp_path / "corpB" / "data" / "test"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(a)
+    index = tmp_path / "runs.jsonl"
+    for name, folder, bs, cer in (("r1", a, 4, 0.39), ("r2", b, 8, 1.41), ("r3", tmp_path / "link", 8, 0.40)):
+        batch.append_index(batch.RunRecord(name, Path("notebooks/infer.ipynb"), tmp_path / name, tmp_path / "x.ipynb",
+                                           None, "ok", None, 1.0, 0.0, {"batch_size": bs},
+                                           {"cer": cer, "data_dir": str(folder)}), index)
+    board = leaderboard.load(str(index))
+    assert {r["name"]: r["data"] for r in board.rows} == {"r1": "corpA/data/test", "r2": "corpB/data/test",
+                                                          "r3": "corpA/data/test"}
+    assert [r["name"] for r in leaderboard.load(str(index), data="corpB").rows] == ["r2"]
+    lines = report.cer_vs_parameter(board, "batch_size").axes[0].lines
+    assert sorted((ln.get_label(), list(ln.get_ydata())) for ln in lines) == [("corpA/data/test", [39.0, 40.0]),
+                                                                             ("corpB/data/test", [141.0])]
+
+
 def test_a_parameter_of_one_notebook_is_a_column_only_when_it_varies():
     """A board of every notebook showed each notebook's parameters as columns of 'None' for the others."""
     entries = [{"parameters": {"lr": 1e-4, "batch_size": 8}}, {"parameters": {"lr": 3e-4}},

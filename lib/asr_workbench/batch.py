@@ -616,12 +616,15 @@ def _index_entry(rec: RunRecord) -> dict[str, Any]:
     short = lambda d: "/".join(Path(str(d)).parts[-2:])  # noqa: E731
     data = short(m["data_dir"]) if m.get("data_dir") else "dev"
     per_set = m.get("per_set_cer") or ({data: m["cer"]} if m.get("cer") is not None else {})
-    folders = m.get("per_set_data_dir") or {}
+    folders = m.get("per_set_data_dir") or ({data: m["data_dir"]} if m.get("data_dir") else {})
     if folders and len({short(folders.get(k, k)) for k in per_set}) == len(per_set):
-        per_set = {short(folders.get(k, k)): v for k, v in per_set.items()}
+        per_set, folders = ({short(folders.get(k, k)): v for k, v in d.items()} for d in (per_set, folders))
+    # which folder each set is, wherever it was reached from: two corpora's data/test are two data sets
+    where = {k: os.path.realpath(folders[k]) for k in per_set if folders.get(k)}
     return {"name": rec.name, "status": rec.status, "notebook": rec.notebook.stem, "output_dir": str(rec.output_dir),
             "html": str(rec.html) if rec.html else None, "started": datetime.fromtimestamp(rec.started).isoformat(timespec="seconds"),
             "seconds": rec.seconds, "error": rec.error, "primary_cer": m.get("cer"), "per_set_cer": per_set,
+            "per_set_data": where,
             "rtf": m.get("rtf"), "normaliser": m.get("normaliser"),
             # an evaluation also carries what its fine-tune trained with: test CER against finetune.lr
             "parameters": {**rec.params, **{f"finetune.{k}": v for k, v in (m.get("finetune_settings") or {}).items()}}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from asr_workbench.runs import read_index
@@ -54,18 +55,37 @@ class Leaderboard:
         return "\n".join(lines)
 
 
+def _set_names(entries: list[dict[str, Any]]) -> dict[str, str]:
+    """A name for each data folder of the runs: its last two parts (target/test), more where two folders would
+    share them (corpusA/data/test, corpusB/data/test are two data sets, not one)."""
+    folders = sorted({f for e in entries for f in (e.get("per_set_data") or {}).values() if f})
+    names: dict[str, str] = {}
+    for f in folders:
+        parts = Path(f).parts
+        for n in range(min(2, len(parts)), len(parts) + 1):
+            name = "/".join(parts[-n:]).lstrip("/") or f
+            if all(o == f or not (o == name or o.endswith("/" + name)) for o in folders):
+                break
+        names[f] = name
+    return names
+
+
 def load(index: str | None = None, notebook: str | None = None, data: str | None = None) -> Leaderboard:
     """The runs of ``index`` (default ``outputs/runs.jsonl``), filtered by notebook and data set name."""
     # a leaderboard's own runs score nothing: listed only when asked for
     entries = [e for e in read_index(index) if e.get("notebook") == notebook
                or (not notebook and e.get("notebook") != "compare_runs")]
     rows = []
+    shown = _set_names(entries)
     for e in entries:
         sets = e.get("per_set_cer") or {"-": None}
         for name, cer in sets.items():
-            if data and data not in (name, *name.split("/")):  # "test" matches target/test and base/test
+            folder = (e.get("per_set_data") or {}).get(name)
+            name = shown.get(folder, name)
+            if data and data not in (name, *name.split("/"), folder):  # "test" matches target/test and base/test
                 continue
-            rows.append({"name": e["name"], "notebook": e.get("notebook", ""), "data": name, "cer": cer,
+            rows.append({"name": e["name"], "notebook": e.get("notebook", ""), "data": name, "data_dir": folder,
+                         "cer": cer,
                          "rtf": e.get("rtf"), "status": e.get("status", ""), "html": e.get("html"),
                          "normaliser": str(e.get("normaliser") or "").split(":")[0] or None,
                          "output_dir": e.get("output_dir"), "started": e.get("started"),
