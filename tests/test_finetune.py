@@ -28,6 +28,14 @@ def test_notebook_writes_config_checkpoints_model_and_metrics(notebook_finetune)
     assert {"model.pt.ep1", "model.pt.ep2", "model.pt.best", "model.pt.avg2"} <= set(names)
     m = json.loads((out / "metrics.json").read_text())
     assert m["checkpoint"] == "model.pt.avg2" and set(m["dev_cer"]) >= {"base", "model.pt.avg2", "model.pt.ep1"}
+    # the headline dev CERs, utterance by utterance: the exported model's and the base's, as inference runs write them
+    for who, cer in (("finetuned", m["cer"]), ("base", m["dev_cer"]["base"])):
+        run = json.loads((out / "dev" / who / "metrics.json").read_text())
+        assert m["dev_runs"][who] == str(out / "dev" / who) and run["cer"] == pytest.approx(cer, abs=1e-6)
+        rows = [json.loads(x) for x in (out / "dev" / who / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+        assert sum(r["errors"] for r in rows if r["scored"]) == run["sub"] + run["del"] + run["ins"]
+        assert (out / "dev" / who / "1best_recog/text.cer").is_file() and (out / "dev" / who / "errors.txt").is_file()
+    assert "model.pt.avg2" in (out / "model" / "README.md").read_text(encoding="utf-8")
     # hydra never wrote ./outputs/<date>: not where papermill ran, nor where the trainer ran, nor in the repository
     assert not list(work.rglob("outputs/20*")) and not list(REPO.glob("outputs/20*"))
 

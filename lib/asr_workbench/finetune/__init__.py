@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 
-from asr_workbench import decode, modelhub, paths, runs, scoring, training
+from asr_workbench import decode, infer, modelhub, paths, runs, scoring, training
+from asr_workbench.fileio import atomic_write_text
 from asr_workbench.processes import usable_cores
 from asr_workbench.finetune import config as fconfig
 from asr_workbench.finetune import data as fdata
@@ -84,6 +85,8 @@ class FinetuneResult:
     progress: Progress
     seconds: float
     metrics: dict[str, Any]
+    dev_finetuned: infer.InferResult | None = None  # the dev set decoded by the exported model (dev/finetuned/)
+    dev_base: infer.InferResult | None = None  # ... and by the base model (dev/base/)
 
 
 def _device_and_nproc(device: str, num_gpus: int) -> tuple[str, int]:
@@ -148,7 +151,7 @@ def plan(
     out = runs.check_output_dir(output_dir, "finetune", protect=[base.path])
     kept = {"the base model": base.path, "data_path": data,
             **{f"the {name} split": data / name for name in ("train", "dev", "validation", "valid")}}
-    for replaced in ("train", "model", ".eval"):  # what a fresh run removes before training
+    for replaced in ("train", "model", ".eval", "dev"):  # what a fresh run removes before training
         folder = (out / replaced).resolve()
         for what, path in kept.items():
             if path.resolve() == folder or folder in path.resolve().parents:
@@ -439,7 +442,7 @@ def run(p: FinetunePlan, live: bool = True) -> FinetuneResult:
         if not p.config["train_conf"].get("resume"):
             # a fresh run: an earlier run's checkpoints must not be averaged or exported, and its model/ and metrics.json
             # must not stay beside this run's config.yaml (a failed rerun would leave a folder that lies)
-            for stale in (train_dir, p.output_dir / "model", p.output_dir / ".eval"):
+            for stale in (train_dir, p.output_dir / "model", p.output_dir / ".eval", p.output_dir / "dev"):
                 if stale.exists():
                     shutil.rmtree(stale)
             (p.output_dir / "metrics.json").unlink(missing_ok=True)
@@ -450,21 +453,24 @@ def run(p: FinetunePlan, live: bool = True) -> FinetuneResult:
         seconds = time.time() - t0
         progress.close()
         progress.load_checkpoint_metrics(train_dir / "model.pt")
-        if p.dev_cer == "end":
-            for name in export.list_checkpoints(train_dir):
-                cer[name] = _checkpoint_cer(p, train_dir, name)
         warnings = list(p.warnings)
         try:
             chosen = export.checkpoint_path(train_dir, p.checkpoint, p.config["train_conf"].get("avg_nbest_model")).name
         except FileNotFoundError as e:  # e.g. an epoch funasr pruned (keep_nbest_models): the run's work is not lost
             chosen = export.checkpoint_path(train_dir, "auto", p.config["train_conf"].get("avg_nbest_model")).name
             warnings.append(f"checkpoint {p.checkpoint} was not written ({e}); exported {chosen} instead")
-        if chosen not in cer:
-            cer[chosen] = _checkpoint_cer(p, train_dir, chosen)
-        cer_base = _dev_cer(str(p.base.path), p)
-        all_cer = {"base": cer_base, **cer}
-        model_dir = export.export_model_folder(p.base, train_dir, chosen, p.output_dir / "model", p.config,
-                                               _card(p, chosen, all_cer, seconds))
+        if p.dev_cer == "end":
+            for name in export.list_checkpoints(train_dir):
+                if name != chosen:  # the exported one is decoded below, with every file an inference run writes
+                    cer[name] = _checkpoint_cer(p, train_dir, name)
+        model_dir = export.export_model_folder(p.base, train_dir, chosen, p.output_dir / "model", p.config, "")
+        # the dev CERs behind the headline, utterance by utterance (results.jsonl, errors.txt, text.cer): exported
+        # model and base, each a full inference run in dev/<finetuned|base>/
+        dev = {who: infer.run(str(folder), str(p.dev.folder), str(p.output_dir / "dev" / who), device=p.device,
+                              progress=False) for who, folder in (("finetuned", model_dir), ("base", p.base.path))}
+        cer[chosen] = dev["finetuned"].metrics["cer"]
+        all_cer = {"base": dev["base"].metrics["cer"], **cer}
+        atomic_write_text(model_dir / "README.md", _card(p, chosen, all_cer, seconds))
         stripped = export.strip_optimizer_state(train_dir) if p.strip_optimizer else []
         metrics = {"dev_cer": {k: round(v, 6) for k, v in all_cer.items()}, "checkpoint": chosen,
                    "train_seconds": round(seconds, 1), "train_utts": p.train.n_utts, "train_hours": round(p.train.hours, 4),
@@ -474,6 +480,8 @@ def run(p: FinetunePlan, live: bool = True) -> FinetuneResult:
                    "warnings": warnings, "stripped_optimizer_state": stripped, "normaliser": scoring.NORMALISER,
                    "cer": round(cer[chosen], 6), "model_dir": str(model_dir),
                    "data_dir": str(p.dev.folder),  # what "cer" was measured on: the dev split
+                   "dev_runs": {who: str(r.output_dir) for who, r in dev.items()},
                    "provenance": runs.provenance(model_dir / "model.pt", [p.train.jsonl, p.dev.jsonl])}
         runs.write_metrics(p.output_dir, metrics)
-        return FinetuneResult(p.output_dir, model_dir, chosen, all_cer, progress, seconds, metrics)
+        return FinetuneResult(p.output_dir, model_dir, chosen, all_cer, progress, seconds, metrics, dev["finetuned"],
+                              dev["base"])
