@@ -187,6 +187,20 @@ def test_assemble_checkpoint_copies_only_missing_required_files(tmp_path, notebo
     conf["file_path_metas"]["tokenizer_conf"]["token_list"] = "tokens.txt"
     (txt / "model" / "configuration.json").write_text(json.dumps(conf))
     assert export.assemble_model(txt, "model", None, evaluate.REQUIRED_FILES, tmp_path / "e") == txt / "model"
+    # a base that names its files otherwise (configuration.json: weights.pt, model_config.yaml, vocab.json,
+    # cmvn.ark) assembles a checkpoint of a plain funasr output: the default required names are served by their
+    # roles, and the base's own config does not stay beside the assembled config.yaml
+    named = tmp_path / "named-base"
+    shutil.copytree(DEMO_MODEL, named)
+    for old_name, new_name in (("model.pt", "weights.pt"), ("config.yaml", "model_config.yaml"),
+                               ("tokens.json", "vocab.json"), ("am.mvn", "cmvn.ark")):
+        (named / old_name).rename(named / new_name)
+    conf = json.loads((named / "configuration.json").read_text())
+    conf["file_path_metas"] = {"init_param": "weights.pt", "config": "model_config.yaml",
+                               "tokenizer_conf": {"token_list": "vocab.json"}, "frontend_conf": {"cmvn_file": "cmvn.ark"}}
+    (named / "configuration.json").write_text(json.dumps(conf))
+    folder = export.assemble_model(bare, "model.pt.best", check_folder(named), evaluate.REQUIRED_FILES, tmp_path / "f")
+    assert check_folder(folder).tokens == check_folder(DEMO_MODEL).tokens and not (folder / "model_config.yaml").exists()
 
 
 def test_settings_that_would_fail_late_fail_before_decoding(tmp_path, notebook_finetune):

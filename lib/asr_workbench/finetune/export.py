@@ -112,7 +112,8 @@ def export_model_folder(base: ModelFolder, train_dir: Path, checkpoint: str, out
     metas: dict[str, Any] = {}
     if conf_json.is_file():
         metas = json.loads(conf_json.read_text(encoding="utf-8")).get("file_path_metas", {})
-    copied = {"model.pt", "config.yaml", "README.md", "configuration.json"}
+    # written here (the base's own config under another name too: the export's config.yaml replaces it)
+    copied = {"model.pt", "config.yaml", "README.md", "configuration.json", str(metas.get("config", "config.yaml"))}
     for src in base.path.iterdir():  # tokens, am.mvn, seg_dict, decoding.yaml, ... (never the base weights)
         if src.is_file() and src.name not in copied and not src.name.startswith("model.pt") and src.suffix not in (".pt", ".pb", ".bin", ".onnx"):
             shutil.copyfile(src, tmp / src.name)  # contents only: a read-only base must not make a read-only copy
@@ -227,6 +228,20 @@ def _has(folder: Path, name: str) -> bool:
     return any((folder / n).exists() for n in (name, *_SAME_ROLE.get(name, ())))
 
 
+# required files by their usual names that a model folder may keep under others (configuration.json's metas)
+_ROLE_FILES = {"am.mvn", "tokens.json", "tokens.txt", "configuration.json", "bpe.model", "seg_dict", "config.yaml"}
+
+
+def _loads(folder: Path) -> bool:
+    """Whether ``folder`` has every file funasr needs, whatever their names (:func:`check_folder`)."""
+    from asr_workbench.modelhub import ModelError, check_folder
+
+    try:
+        return not [w for w in check_folder(folder).warnings if w.endswith(" is missing")]
+    except ModelError:
+        return False
+
+
 def find_checkpoint(finetune_dir: Path, name: str) -> Path:
     """What ``name`` picks in a fine-tune output: ``model`` its self-contained ``model/`` folder, another name a
     checkpoint of ``finetune_dir/train/`` (or of ``finetune_dir`` itself: funasr's trainer run by hand).
@@ -292,6 +307,8 @@ def assemble_model(finetune_dir: Path, name: str, base: ModelFolder | None, requ
                 shutil.copyfile(base.path / f, folder / f)
         elif f not in OPTIONAL_FILES:  # decoding.yaml / finetune.yaml only carry defaults
             still.append(f)
+    if still and _loads(folder):  # am.mvn, tokens.json by their default names: the folder names its own in their role
+        still = [f for f in still if f not in _ROLE_FILES]
     if still:
         raise FileNotFoundError(f"assembled model {folder} lacks {', '.join(still)}"
                                 + ("" if base is not None else " (give modelscope_model_name to copy them from the base model)")
