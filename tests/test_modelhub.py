@@ -137,6 +137,18 @@ def test_configuration_json_naming_no_cmvn_is_warned(tmp_path):
     (folder / "am.mvn").unlink()
     assert any(w.startswith("a cmvn_file") and "not be mean/variance normalised" in w
                for w in modelhub.open_model(str(folder)).warnings)
+    # config.yaml names one the metas do not: funasr opens it as written, from the working directory (the model
+    # failed to load after the data was read; with an am.mvn there, it took that one)
+    shutil.copy(DEMO_MODEL / "am.mvn", folder / "am.mvn")
+    cfg = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    cfg["frontend_conf"]["cmvn_file"] = "am.mvn"
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(modelhub.ModelError, match=r"frontend_conf.cmvn_file 'am.mvn' is not there as funasr reads it "
+                                                  r".*add it there \("):
+        modelhub.open_model(str(folder))
+    cfg["frontend_conf"]["cmvn_file"] = str(folder / "am.mvn")
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    assert not any("cmvn" in w for w in modelhub.open_model(str(folder)).warnings)
 
 
 def test_not_a_folder_nor_an_id():
@@ -259,3 +271,24 @@ def test_a_folder_without_configuration_json_decodes_its_own_model_pt(tmp_path):
     assert [r["hyp"] for r in own.results] == [r["hyp"] for r in demo.results] and all(r["hyp"] for r in own.results)
     assert any("init_param" in n for n in own.metrics["notes"])
     assert decode.load_model(str(folder)).kwargs["init_param"] == str(folder / "model.pt")
+
+
+def test_half_downloaded_models_say_so(tmp_path):
+    """A download killed early (only configuration.json, a *.incomplete file) or an empty model.pt: the message
+    says what it looks like and what to do, before any data is read (an empty model.pt failed after it, with
+    'EOFError: ')."""
+    owner, name = MODEL_ID.split("/")
+    snap = tmp_path / "models" / f"{owner}--{name}" / "snapshots" / "master"
+    snap.mkdir(parents=True)
+    shutil.copy(DEMO_MODEL / "configuration.json", snap)
+    with pytest.raises(modelhub.ModelError, match=r"no config.yaml: not a funasr model folder \(an interrupted "
+                                                  r"download\? delete it and download it again\)"):
+        modelhub.open_model(MODEL_ID, cache_dir=str(tmp_path))
+    folder = tmp_path / "copy"
+    shutil.copytree(DEMO_MODEL, folder)
+    (folder / "model.pt").rename(folder / "model.pt.incomplete")
+    with pytest.raises(modelhub.ModelError, match=r"lacks: model.pt.*model.pt.incomplete is there"):
+        modelhub.open_model(str(folder))
+    (folder / "model.pt").write_bytes(b"")
+    with pytest.raises(modelhub.ModelError, match=r"its weights model.pt are an empty file"):
+        modelhub.open_model(str(folder))

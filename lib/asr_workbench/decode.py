@@ -243,7 +243,8 @@ def _load_error(e: Exception) -> str:
         return (f"config.yaml names model {unregistered.group(1)!r}, a class funasr {metadata.version('funasr')} does "
                 "not have (a FunASR 0.x class? a model for another toolkit?); its model classes include "
                 "Paraformer, BiCifParaformer, SeacoParaformer, ContextualParaformer, SenseVoiceSmall")
-    if "PytorchStreamReader" in text or "failed finding central directory" in text or "unpickling" in text.lower():
+    if "PytorchStreamReader" in text or "failed finding central directory" in text or "unpickling" in text.lower() \
+            or isinstance(e, EOFError):
         return f"the weights file is damaged or incomplete ({text.splitlines()[0][:200]}); download or copy it again"
     first = text.splitlines()[0] if text else ""
     return f"{type(e).__name__}: {first[:500]}" + (" ..." if len(text) > len(first) or len(first) > 500 else "")

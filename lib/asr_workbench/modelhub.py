@@ -213,9 +213,13 @@ def check_folder(path: Path, source: str = "folder", model_id: str | None = None
                 "only through them when a configuration.json exists. Add them (e.g. \"file_path_metas\": "
                 "{\"init_param\": \"model.pt\", \"config\": \"config.yaml\", \"tokenizer_conf\": {\"token_list\": "
                 "\"tokens.json\"}, \"frontend_conf\": {\"cmvn_file\": \"am.mvn\"}}) or remove configuration.json")
+    interrupted = sorted(p.name for p in path.glob("*.incomplete")) + sorted(p.name for p in path.glob(".*.tmp"))
+    unfinished = (f" (an interrupted download? {', '.join(interrupted)} is there: delete {path} and download it again)"
+                  if interrupted else " (an interrupted download? delete it and download it again)"
+                  if source == "modelscope-cache" else "")
     config_file = path / metas.get("config", "config.yaml")
     if not config_file.is_file():
-        raise ModelError(f"{path}: no {config_file.name}: not a funasr model folder")
+        raise ModelError(f"{path}: no {config_file.name}: not a funasr model folder{unfinished}")
     config = _read_yaml(config_file)
     missing, warnings, notes = [], [], []
     for meta, rel in metas.items():
@@ -239,18 +243,31 @@ def check_folder(path: Path, source: str = "folder", model_id: str | None = None
         if config.get("frontend") in _CMVN_FRONTENDS and not (path / "am.mvn").is_file() \
                 and not (config.get("frontend_conf") or {}).get("cmvn_file"):
             warnings.append("am.mvn (funasr's fallback cmvn_file: features will not be mean/variance normalised)")
-    elif config.get("frontend") in _CMVN_FRONTENDS and "frontend_conf.cmvn_file" not in metas \
+    for section, key in (("frontend_conf", "cmvn_file"), ("tokenizer_conf", "token_list"),
+                         ("tokenizer_conf", "bpemodel"), ("tokenizer_conf", "seg_dict")):
+        named = (config.get(section) or {}).get(key) if isinstance(config.get(section), dict) else None
+        if metas and f"{section}.{key}" not in metas and isinstance(named, str) and named \
+                and not Path(named).is_file():  # funasr opens it as written: from the working directory
+            raise ModelError(f"{config_file}: {section}.{key} {named!r} is not there as funasr reads it (a path as "
+                             f"written, from the working directory {Path.cwd()}), and {conf_json.name}'s "
+                             f"file_path_metas do not name it: add it there (\"{section}\": {{\"{key}\": "
+                             f"\"{Path(named).name}\"}}, a file in the folder)")
+    if metas and config.get("frontend") in _CMVN_FRONTENDS and "frontend_conf.cmvn_file" not in metas \
             and not (config.get("frontend_conf") or {}).get("cmvn_file"):
         warnings.append("a cmvn_file (configuration.json's file_path_metas and config.yaml's frontend_conf name none: "
                         "features will not be mean/variance normalised)")
+    weights = path / metas.get("init_param", "model.pt")
+    if not missing and weights.is_file() and weights.stat().st_size == 0:  # funasr: "EOFError: " after the data
+        raise ModelError(f"model folder {path}: its weights {weights.name} are an empty file"
+                         f"{unfinished or ' (a copy or download cut short?)'}")
     if missing:
-        raise ModelError(f"model folder {path} lacks: {', '.join(missing)}")
+        raise ModelError(f"model folder {path} lacks: {', '.join(missing)}{unfinished}")
     tok_rel = metas.get("tokenizer_conf.token_list")
     tok_file = path / tok_rel if tok_rel else next((path / t for t in ("tokens.json", "tokens.txt") if (path / t).is_file()), None)
     tokens = read_tokens(tok_file) if tok_file else None
     return ModelFolder(path, source, model_id, config, tokens, _read_yaml(path / "decoding.yaml"),
                        _read_yaml(path / "finetune.yaml"), tuple([w + " is missing" for w in warnings] + notes),
-                       path / metas.get("init_param", "model.pt"))
+                       weights)
 
 
 def open_model(model: str, cache_dir: str | os.PathLike[str] | None = None, revision: str | None = None,
