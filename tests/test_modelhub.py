@@ -95,6 +95,12 @@ def test_unknown_id_offline_fails_fast_with_clear_message(tmp_path):
                                                   r"and there is no folder .*iic/no-such-model \(relative paths"):
         modelhub.open_model("iic/no-such-model", cache_dir=str(tmp_path))
     assert time.time() - t < 10  # the hub is probed once, not retried with back-off
+    with pytest.MonkeyPatch.context() as mp:  # behind a proxy that cannot be reached: modelscope retried for 26 s
+        mp.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+        t = time.time()
+        with pytest.raises(modelhub.ModelError, match=r"the proxy 127\.0\.0\.1:9 cannot be reached"):
+            modelhub.open_model("iic/no-such-model", cache_dir=str(tmp_path))
+        assert time.time() - t < 10 and not (tmp_path / "models" / "iic--no-such-model").exists()
     # the old owner name of a cached model (ModelScope moved damo/ to iic/): the cached id is named
     shutil.copytree(DEMO_MODEL, tmp_path / "iic" / "demo_paraformer")
     with pytest.raises(modelhub.ModelError, match=r"The cache holds iic/demo_paraformer: the same model under another "

@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,7 @@ def resolve_model_dir(model: str, cache_dir: str | os.PathLike[str] | None = Non
             raise ConnectionError(unreachable)
         return Path(snapshot_download(model, revision=revision, cache_dir=str(roots[0]))), "modelscope-download"
     except Exception as e:
+        _remove_empty_tree(roots[0] / "models" / model.replace("/", "--"))  # what a failed download left: no files
         kind = type(e).__name__
         others = _same_name_cached(cache, model)
         raise ModelError(
@@ -115,8 +117,15 @@ def resolve_model_dir(model: str, cache_dir: str | os.PathLike[str] | None = Non
             "cache_dir that holds it."
             + (f" The cache has it in other revisions ({said})." if revision and _REVISIONS.search(said) else "")
             + (f" The cache holds {', '.join(others)}: the same model under another owner (ModelScope renamed "
-               "damo/ to iic/)?" if others else "")
+               "damo/ to iic/)?" if others and all(o.lower() != model.lower() for o in others) else
+               f" The cache holds {', '.join(others)}: ids are case-sensitive." if others else "")
         ) from e
+
+
+def _remove_empty_tree(folder: Path) -> None:
+    """Remove ``folder`` if it holds folders only (modelscope makes <id>/snapshots/master before it downloads)."""
+    if folder.is_dir() and not any(p.is_file() or p.is_symlink() for p in folder.rglob("*")):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _same_name_cached(cache: Path, model: str) -> list[str]:
@@ -133,27 +142,32 @@ def _same_name_cached(cache: Path, model: str) -> list[str]:
 
 def _hub_unreachable(timeout_s: float = 3.0) -> str | None:
     """Why the ModelScope endpoint cannot be reached (its host does not resolve, or refuses or ignores a TCP
-    connection for ``timeout_s``), or None. Behind a proxy (``HTTPS_PROXY``...) nothing is decided here."""
+    connection for ``timeout_s``), or None. Behind a proxy (``HTTPS_PROXY``...) the proxy is probed instead."""
     import socket
     from urllib.parse import urlparse
 
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
-                                        "all_proxy")):
-        return None
-    try:
-        from modelscope_hub.config import get_default_config
+    proxy = next((os.environ[v] for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY",
+                                           "http_proxy") if os.environ.get(v)), None)
+    if proxy:  # the proxy is what this machine connects to: whether it reaches the hub is not known here
+        url, what = urlparse(proxy if "://" in proxy else "http://" + proxy), "the proxy"
+    else:
+        try:
+            from modelscope_hub.config import get_default_config
 
-        url = urlparse(get_default_config().endpoint)
-    except Exception:  # another modelscope layout: let snapshot_download find out
-        return None
+            url, what = urlparse(get_default_config().endpoint), "the hub"
+        except Exception:  # another modelscope layout: let snapshot_download find out
+            return None
     if not url.hostname:
         return None
-    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        port = url.port or (443 if url.scheme == "https" else 1080 if url.scheme.startswith("socks") else 80)
+    except ValueError:  # a port that is no number
+        return None
     try:
         with socket.create_connection((url.hostname, port), timeout=timeout_s):
             return None
     except OSError as e:
-        return f"the hub {url.hostname}:{port} cannot be reached ({e})"
+        return f"{what} {url.hostname}:{port} cannot be reached ({e})"
 
 
 def _meta_paths(metas: dict[str, Any], prefix: str = "") -> dict[str, str]:
