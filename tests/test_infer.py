@@ -886,3 +886,6 @@ def test_an_8khz_model_hears_8khz_audio_in_any_batch(tmp_path):
     one, four = (infer.run(model=str(model_dir), data_dir=str(data), output_dir=str(tmp_path / f"b{n}"), batch_size=n,
                            device="cpu", progress=False, loaded_model=model) for n in (1, 4))
     assert [r["hyp"] for r in one.results] == [r["hyp"] for r in four.results]
+    # the data check speaks of the model's rate: 16 kHz audio is converted to 8 kHz, not "upsampled"
+    said = {i.code: i.reason for i in one.report.issues}
+    assert "sample rate 16000 Hz, converted to 8000 Hz (the model's)" in said["resampled"] and "upsampled" not in said

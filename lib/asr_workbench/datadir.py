@@ -567,6 +567,7 @@ def load_dataset(
     min_duration_s: float = MIN_DURATION_S,
     max_duration_s: float = MAX_DURATION_S,
     vad_model: str | None = None,
+    sample_rate: int = audio_mod.SAMPLE_RATE,
 ) -> DataSet:
     """Read and validate a data folder (``wav.scp`` + optional ``text``) or a FunASR ``.jsonl``.
 
@@ -576,6 +577,7 @@ def load_dataset(
         on_bad_input: ``"skip"`` (report and go on) or ``"fail"`` (raise :class:`DataError`).
         min_duration_s / max_duration_s: shorter is an error; longer is a warning unless
             a ``vad_model`` will cut it.
+        sample_rate: the rate the model takes (its frontend's ``fs``); audio at another is converted, and said.
     """
     if on_bad_input not in ("skip", "fail"):
         raise ValueError(f"on_bad_input must be 'skip' or 'fail', got {on_bad_input!r}")
@@ -649,14 +651,14 @@ def load_dataset(
             report.add(key, where, "error", "too_short",
                        f"audio too short: {info.duration_s:.3f} s (< {min_duration_s} s)")
             continue
-        if info.samplerate < audio_mod.SAMPLE_RATE:
+        if info.samplerate < sample_rate:
             report.add(key, where, "warning", "upsampled",
-                       f"sample rate {info.samplerate} Hz, upsampled to {audio_mod.SAMPLE_RATE} Hz: the band above "
-                       f"{info.samplerate // 2} Hz is empty, and a model trained on 16 kHz audio usually decodes such "
-                       "narrowband audio much worse (use an 8 kHz model for telephone speech)")
-        elif info.samplerate != audio_mod.SAMPLE_RATE:
+                       f"sample rate {info.samplerate} Hz, upsampled to {sample_rate} Hz: the band above "
+                       f"{info.samplerate // 2} Hz is empty, and a model trained on {sample_rate / 1000:g} kHz audio "
+                       "usually decodes such narrowband audio much worse (use an 8 kHz model for telephone speech)")
+        elif info.samplerate != sample_rate:
             report.add(key, where, "warning", "resampled",
-                       f"sample rate {info.samplerate} Hz, converted to {audio_mod.SAMPLE_RATE} Hz")
+                       f"sample rate {info.samplerate} Hz, converted to {sample_rate} Hz (the model's)")
         if info.channels != 1:
             report.add(key, where, "warning", "downmixed", f"{info.channels} channels, averaged to mono")
         if info.duration_s > max_duration_s:

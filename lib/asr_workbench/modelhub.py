@@ -52,6 +52,13 @@ class ModelFolder:
     def name(self) -> str:
         return self.model_id or self.path.name
 
+    @property
+    def sample_rate(self) -> int:
+        """The audio rate the model's frontend takes (``frontend_conf.fs``; 16 kHz by default)."""
+        conf = self.config.get("frontend_conf")
+        fs = conf.get("fs") if isinstance(conf, dict) else None
+        return int(fs) if isinstance(fs, (int, float)) and fs > 0 else 16000
+
 
 def default_cache_dir() -> Path:
     """``$MODELSCOPE_CACHE``, else ModelScope's default ``~/.cache/modelscope``."""

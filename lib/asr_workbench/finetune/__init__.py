@@ -180,9 +180,9 @@ def plan(
     out = runs.prepare_output_dir(output_dir, "finetune", protect=[base.path])  # the settings are sound: now written
     lists = out / "lists"
     train = fdata.prepare_split(fdata.find_split(data, "train"), "train", lists, base.tokens,
-                                probe_cfg.get("dataset_conf", {}), on_bad_input)
+                                probe_cfg.get("dataset_conf", {}), on_bad_input, base.sample_rate)
     dev = fdata.prepare_split(fdata.find_split(data, "dev"), "dev", lists, base.tokens,
-                              probe_cfg.get("dataset_conf", {}), on_bad_input)
+                              probe_cfg.get("dataset_conf", {}), on_bad_input, base.sample_rate)
     cfg = fconfig.build_config(base, base_kwargs, params, finetune_overrides, n_train=train.n_utts)
     train_list = str(train.jsonl)
     if dataset_type == "large":

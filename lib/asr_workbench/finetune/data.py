@@ -84,9 +84,10 @@ def funasr_skips(record: Mapping[str, Any], dataset_conf: Mapping[str, Any]) -> 
 
 
 def prepare_split(folder: Path, name: str, out_dir: Path, vocab: list[str] | None, dataset_conf: Mapping[str, Any],
-                  on_bad_input: str = "skip") -> SplitData:
+                  on_bad_input: str = "skip", sample_rate: int = 16000) -> SplitData:
     """Validate a split, write its report and jsonl, list funasr's silent drops and unknown characters."""
-    ds = datadir.load_dataset(folder, vocab=vocab, on_bad_input=on_bad_input, max_duration_s=float("inf"))
+    ds = datadir.load_dataset(folder, vocab=vocab, on_bad_input=on_bad_input, max_duration_s=float("inf"),
+                              sample_rate=sample_rate)
     if not ds.has_text:
         raise datadir.DataError(f"{folder}: fine-tuning needs a text file with transcripts")
     # funasr's trainer reads each file itself and stops at the first it cannot decode, mid-epoch: read them all now
