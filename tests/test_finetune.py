@@ -411,9 +411,19 @@ def test_resume_after_kill_finishes_planned_epochs(tmp_path, tiny_data):
     with pytest.raises(KeyboardInterrupt):
         training.launch(p.config, tmp_path / "train", on_line=kill_after_first_epoch)
     assert not (tmp_path / "train" / "model.pt.ep3").exists()
+    # a fresh run would delete the finished epoch: refused, saying how to continue it
+    with pytest.raises(ValueError, match=r"holds an unfinished fine-tune \(1 epoch checkpoint\(s\), model.pt.ep1; .*"
+                                         r"set resume: true to continue it"):
+        finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_epoch=3, keep_nbest_models=2, batch_bins=1500)
+    assert (tmp_path / "train" / "model.pt.ep1").is_file()
     p2 = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_epoch=3, keep_nbest_models=2,
                        batch_bins=1500, resume=True)
     r = finetune.run(p2, live=False)
+    # what the exported average is made of, and that this attempt resumed, are recorded
+    assert r.checkpoint == "model.pt.avg2" and len(r.metrics["averaged"]) == 2
+    assert all(n.startswith("model.pt.ep") for n in r.metrics["averaged"])
+    card = (r.model_dir / "README.md").read_text(encoding="utf-8")
+    assert f"the average of {', '.join(r.metrics['averaged'])}" in card and "resumed after epoch 1" in card
     log = (tmp_path / "train" / "train.log").read_text(encoding="utf-8")
     assert log.count("Train epoch: 0, rank: 0") == 1  # the resumed run did not start over
     assert "Train epoch: 2, rank: 0" in log
@@ -424,6 +434,13 @@ def test_resume_after_kill_finishes_planned_epochs(tmp_path, tiny_data):
     p3 = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_epoch=3, keep_nbest_models=2,
                        batch_bins=1500, resume=True)
     assert any("already holds 3 epoch(s) and max_epoch is 3" in w and "raise max_epoch" in w for w in p3.warnings)
+    fresh = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_epoch=1, batch_bins=1500)
+    assert any("holds a finished fine-tune" in w and "replaces it" in w for w in fresh.warnings)
+    # a last checkpoint cut short (killed while funasr saved it in place): named, with the way back
+    with open(tmp_path / "train" / "model.pt", "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(ValueError, match=r"resume: .*model.pt cannot be read .*copy model.pt.ep3 .* over it"):
+        finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_epoch=4, batch_bins=1500, resume=True)
 
 
 def test_torchrun_launch_paths_on_cpu(tmp_path, tiny_data):

@@ -165,6 +165,7 @@ def plan(
         precision = rec.precision if precision is None else precision
     precision = precision or "fp32"
     early: list[str] = list(base.warnings)  # known before the data is read: the base folder's (no am.mvn...)
+    early += _earlier_run(out, resume)
     if precision != "fp32" and not dev_name.startswith("cuda"):
         early.append(f"precision {precision} has no effect on {dev_name}: funasr's trainer autocasts on CUDA only "
                      "(its config keeps the setting for a GPU run); this run trains in fp32")
@@ -366,6 +367,35 @@ def _checkpoint_warnings(checkpoint: str, tc: dict[str, Any]) -> list[str]:
     return out
 
 
+def _earlier_run(out: Path, resume: bool) -> list[str]:
+    """What a fine-tune into ``out`` does to the one already there. A fresh run deletes it: an unfinished one (epochs
+    in train/, no model/ exported: interrupted, perhaps in the export after hours of training) is refused unless
+    resumed; a finished one is said. A resume needs a readable train/model.pt (funasr writes it in place: a run
+    killed while saving leaves it cut short; the last model.pt.epN holds the same state)."""
+    train_dir = out / "train"
+    epochs = [n for n in export.list_checkpoints(train_dir) if n.startswith("model.pt.ep")]  # in epoch order
+    last = train_dir / "model.pt"
+    if resume:
+        if last.is_file():
+            try:
+                modelhub.load_weights(last, mmap=True)
+            except modelhub.ModelError as e:
+                raise ValueError(f"resume: {last} cannot be read ({e}); a run killed while saving it leaves it cut "
+                                 + (f"short: copy {epochs[-1]} (the same state, saved at that epoch's end) over it and "
+                                    "resume again" if epochs else "short, and no model.pt.epN is there to recover "
+                                    "it from: start afresh (resume: false)")) from e
+        return []
+    if not epochs and not last.is_file():
+        return []
+    if not (out / "model").is_dir():
+        raise ValueError(f"{train_dir} holds an unfinished fine-tune ({len(epochs)} epoch checkpoint(s), "
+                         f"{', '.join(epochs[-3:]) or 'model.pt'}; no model/ exported: interrupted?), which a fresh run "
+                         "would delete: set resume: true to continue it, or delete train/ (or choose another "
+                         "output_dir) to start over")
+    return [f"{out} holds a finished fine-tune ({len(epochs)} epoch checkpoint(s) and model/): this fresh run replaces "
+            "it (resume: true would continue it instead)"]
+
+
 def _epochs_done(train_dir: Path) -> int:
     """Epochs an earlier (resumed) run finished: the epochs funasr's last checkpoint has dev records for."""
     import torch
@@ -401,20 +431,32 @@ def _checkpoint_cer(p: FinetunePlan, train_dir: Path, name: str) -> float:
         shutil.rmtree(p.output_dir / ".eval", ignore_errors=True)
 
 
-def _card(p: FinetunePlan, checkpoint: str, dev_cer: dict[str, float], seconds: float) -> str:
+def _literal_list(text: str) -> list[Any]:
+    """A Python list literal as funasr prints it (``['a', 'b']``), or [] for anything else."""
+    import ast
+
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return []
+    return value if isinstance(value, list) else []
+
+
+def _card(p: FinetunePlan, checkpoint: str, dev_cer: dict[str, float], seconds: float, resumed_from: int = 0,
+          averaged: list[str] | None = None) -> str:
     tc = p.config.get("train_conf", {})
-    rows = "\n".join(f"| {k} | {v * 100:.2f} % |" for k, v in dev_cer.items())
+    rows = "\n".join(f"| {k} | {v * 100:.2f} % |" if v is not None else f"| {k} | - |" for k, v in dev_cer.items())
     return f"""# Fine-tuned {p.base.name}
 
 Fine-tuned with ASR Workbench (funasr's trainer) from `{p.base.name}`; self-contained: load it with
 `funasr.AutoModel(model="<this folder>", disable_update=True)` or the workbench's inference notebook.
 
 - data: `{p.train.folder}` ({p.train.n_utts} utterances, {p.train.hours:.2f} h), dev `{p.dev.folder}` ({p.dev.n_utts})
-- weights: `{checkpoint}` of `train/`
-- epochs {tc.get('max_epoch')}, accum_grad {tc.get('accum_grad', 1)}, optim {p.config.get('optim')} lr
+- weights: `{checkpoint}` of `train/`{f" (the average of {', '.join(averaged)})" if averaged else ""}
+- epochs {tc.get('max_epoch')}{f" (resumed after epoch {resumed_from}: the settings and data below are this attempt's)" if resumed_from else ""}, accum_grad {tc.get('accum_grad', 1)}, optim {p.config.get('optim')} lr
   {(p.config.get('optim_conf') or {}).get('lr')}, scheduler {p.config.get('scheduler')} {p.config.get('scheduler_conf')},
   specaug {p.config.get('specaug')}, batch {p.config.get('dataset_conf', {}).get('batch_size')} frames, {p.nproc} process(es) on {p.device}
-- training time: {seconds:.0f} s
+- training time: {seconds:.0f} s{" (this attempt)" if resumed_from else ""}
 
 ## Dev CER (normaliser: {scoring.NORMALISER})
 | model | dev CER |
@@ -430,9 +472,12 @@ def run(p: FinetunePlan, live: bool = True) -> FinetuneResult:
         progress = Progress(live=live)
         cer: dict[str, float] = {}
         seen: set[str] = set()
+        averaged: list[str] = []
 
         def on_line(line: str) -> None:
             progress.feed(line)
+            if line.startswith("average_checkpoints: ["):  # funasr says which checkpoints its model.pt.avgN averages
+                averaged[:] = [Path(str(f)).name for f in _literal_list(line.split(": ", 1)[1])]
             if p.dev_cer == "epoch" and "Checkpoint saved to" in line:
                 name = Path(line.rsplit("Checkpoint saved to", 1)[1].strip()).name
                 if name.startswith("model.pt.ep") and name not in seen:
@@ -459,10 +504,29 @@ def run(p: FinetunePlan, live: bool = True) -> FinetuneResult:
         except FileNotFoundError as e:  # e.g. an epoch funasr pruned (keep_nbest_models): the run's work is not lost
             chosen = export.checkpoint_path(train_dir, "auto", p.config["train_conf"].get("avg_nbest_model")).name
             warnings.append(f"checkpoint {p.checkpoint} was not written ({e}); exported {chosen} instead")
+        avg_n = int(p.config["train_conf"].get("avg_nbest_model", 10) or 0)
+        # this run's checkpoints: an average of another n is an earlier attempt's (a resume that changed
+        # keep_nbest_models), not this run's
+        present = [n for n in export.list_checkpoints(train_dir)
+                   if not n.startswith("model.pt.avg") or n == f"model.pt.avg{avg_n}"]
         if p.dev_cer == "end":
-            for name in export.list_checkpoints(train_dir):
+            for name in present:
                 if name != chosen:  # the exported one is decoded below, with every file an inference run writes
                     cer[name] = _checkpoint_cer(p, train_dir, name)
+        pruned = {n: c for n, c in cer.items() if n not in present and n != chosen}
+        if pruned:  # scored as they were saved (dev_cer: epoch), then deleted by funasr (keep_nbest_models)
+            best = min(pruned, key=lambda n: pruned[n])
+            warnings.append(f"{', '.join(pruned)} were scored on dev as they were saved and then deleted by funasr's "
+                            f"trainer, which keeps the keep_nbest_models best by teacher-forced accuracy, not CER (the "
+                            f"lowest dev CER of them: {best}, {pruned[best] * 100:.2f} %)")
+            cer = {n: c for n, c in cer.items() if n not in pruned}
+        if not averaged and chosen == f"model.pt.avg{avg_n}":  # not printed this time (nothing left to train)
+            from funasr.train_utils.average_nbest_models import _get_checkpoint_paths
+
+            averaged = [Path(f).name for f in _get_checkpoint_paths(str(train_dir), avg_n)]
+        if averaged and len(averaged) < avg_n and chosen == f"model.pt.avg{avg_n}":
+            warnings.append(f"{chosen} averages {len(averaged)} checkpoint(s), not {avg_n}: {', '.join(averaged)} "
+                            "(fewer epochs, or fewer kept, than keep_nbest_models)")
         model_dir = export.export_model_folder(p.base, train_dir, chosen, p.output_dir / "model", p.config, "")
         # the dev CERs behind the headline, utterance by utterance (results.jsonl, errors.txt, text.cer): exported
         # model and base, each a full inference run in dev/<finetuned|base>/
@@ -470,7 +534,16 @@ def run(p: FinetunePlan, live: bool = True) -> FinetuneResult:
                               progress=False) for who, folder in (("finetuned", model_dir), ("base", p.base.path))}
         cer[chosen] = dev["finetuned"].metrics["cer"]
         all_cer = {"base": dev["base"].metrics["cer"], **cer}
-        atomic_write_text(model_dir / "README.md", _card(p, chosen, all_cer, seconds))
+        if all_cer["base"] is not None and cer[chosen] is not None and cer[chosen] > all_cer["base"]:
+            others = {n: c for n, c in cer.items() if n != chosen and c is not None and c < cer[chosen]}
+            better = min(others, key=lambda n: others[n]) if others else None
+            warnings.append(f"the exported {chosen} is worse on dev than the base model ({all_cer['base'] * 100:.2f} % "
+                            f"-> {cer[chosen] * 100:.2f} %)"
+                            + (f"; {better} scores {others[better] * 100:.2f} % (checkpoint: {better} exports it)"
+                               if better else "")
+                            + ": too high a learning rate, too little data, or a dev set unlike the training data?")
+        atomic_write_text(model_dir / "README.md", _card(p, chosen, all_cer, seconds, done,
+                                                         averaged if chosen.startswith("model.pt.avg") else []))
         stripped = export.strip_optimizer_state(train_dir) if p.strip_optimizer else []
         metrics = {"dev_cer": {k: round(v, 6) for k, v in all_cer.items()}, "checkpoint": chosen,
                    "train_seconds": round(seconds, 1), "train_utts": p.train.n_utts, "train_hours": round(p.train.hours, 4),
@@ -481,6 +554,7 @@ def run(p: FinetunePlan, live: bool = True) -> FinetuneResult:
                    "cer": round(cer[chosen], 6), "model_dir": str(model_dir),
                    "data_dir": str(p.dev.folder),  # what "cer" was measured on: the dev split
                    "dev_runs": {who: str(r.output_dir) for who, r in dev.items()},
+                   "averaged": averaged if chosen.startswith("model.pt.avg") else [],
                    "provenance": runs.provenance(model_dir / "model.pt", [p.train.jsonl, p.dev.jsonl])}
         runs.write_metrics(p.output_dir, metrics)
         return FinetuneResult(p.output_dir, model_dir, chosen, all_cer, progress, seconds, metrics, dev["finetuned"],
