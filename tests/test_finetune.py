@@ -220,6 +220,20 @@ def test_resume_says_which_changed_settings_it_cannot_apply(tmp_path, tiny_data)
     assert not [w for w in same.warnings if "have no effect" in w]
     changed = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_epoch=2, lr=1e-5, resume=True)
     assert [w for w in changed.warnings if "no effect: optim_conf {'lr': 0.001} -> {'lr': 1e-05}" in w]
+    # other data: other training data is said; another dev set, which ranks the checkpoints, is refused
+    other = tmp_path.parent / f"{tmp_path.name}-data"
+    shutil.copytree(tiny_data, other)
+    for name in ("wav.scp", "text"):
+        lines = (other / "train" / name).read_text(encoding="utf-8").splitlines(True)
+        (other / "train" / name).write_text("".join(lines[:-1]), encoding="utf-8")
+    moved = finetune.plan(str(DEMO_MODEL), str(other), str(tmp_path), max_epoch=2, lr=1e-3, resume=True)
+    assert any("the training data differs from the interrupted run's" in w for w in moved.warnings)
+    shutil.copytree(tiny_data / "train", other / "train", dirs_exist_ok=True)
+    for name in ("wav.scp", "text"):
+        lines = (other / "validation" / name).read_text(encoding="utf-8").splitlines(True)
+        (other / "validation" / name).write_text("".join(lines[:-1]), encoding="utf-8")
+    with pytest.raises(ValueError, match="resume: the dev set differs"):
+        finetune.plan(str(DEMO_MODEL), str(other), str(tmp_path), max_epoch=2, lr=1e-3, resume=True)
 
 
 def test_large_dataset_type_counts_milliseconds_and_shards(tmp_path, tiny_data):

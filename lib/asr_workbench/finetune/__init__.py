@@ -211,6 +211,18 @@ def plan(
                         f"(an accum_grad that divides {batches}, or a smaller one, wastes nothing)")
     warnings += _checkpoint_warnings(checkpoint, tc)
     warnings += _resume_warnings(cfg, out / "train") if tc.get("resume") else []
+    # the lists as trained: a resume on other data mixes two trainings in one model and, with another dev set,
+    # ranks the earlier epochs' checkpoints by one set and the new ones by another (the best and the average)
+    lists_sha256 = {split.name: runs.inputs_sha256([split.jsonl]) for split in (train, dev)}
+    before = (runs.read_config(out / "config.yaml").get("workbench") or {}).get("lists_sha256") or {}
+    if tc.get("resume") and (out / "train" / "model.pt").is_file() and isinstance(before, dict):
+        if before.get("dev") and before["dev"] != lists_sha256["dev"]:
+            raise ValueError(f"resume: the dev set differs from the one the interrupted run was ranking its checkpoints "
+                             f"by ({dev.folder}): the best and averaged checkpoints would mix two rankings; resume with "
+                             "the same dev set, or start afresh (resume: false)")
+        if before.get("train") and before["train"] != lists_sha256["train"]:
+            warnings.append(f"resume: the training data differs from the interrupted run's ({train.folder}): the "
+                            "epochs already trained saw the earlier data, the rest will see this")
     done = _epochs_done(out / "train") if tc.get("resume") else 0
     if done >= int(tc.get("max_epoch", 1)):
         warnings.append(f"resume: {out / 'train'} already holds {done} epoch(s) and max_epoch is {tc.get('max_epoch', 1)}: "
@@ -252,7 +264,7 @@ def plan(
         warnings.append(f"{sum(train.oov.values())} transcript tokens are not in the model's vocabulary and train as "
                         f"<unk>: {listed}")
     runs.write_config(out, {**cfg, "workbench": {"model": model, "model_dir": str(base.path), "cache_dir": cache_dir,
-                                                 "model_revision": model_revision,
+                                                 "model_revision": model_revision, "lists_sha256": lists_sha256,
                                                  "model_sha256": base_sha256(),
                                                  "data_path": str(data), "dataset_type": dataset_type,
                                                  "batch_bins": batch_bins, "nproc": nproc, "device": dev_name,
