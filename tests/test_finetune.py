@@ -290,6 +290,13 @@ def test_finetune_yaml_then_parameters_then_overrides(tmp_path, tiny_data):
                       finetune_overrides={"train_conf": {"max_epoch": 5}})
     with pytest.raises(ValueError, match="optim 'adamx' is not a funasr optimizer"):
         finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), optim="adamx")
+    # funasr's trainer takes any train_conf key and ignores those it does not read: a typo changed nothing
+    with pytest.raises(ValueError, match=r"train_conf option\(s\) funasr's trainer does not read: max_epochs \(did "
+                                         r"you mean max_epoch\?\)"):
+        finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), finetune_overrides={"train_conf": {"max_epochs": 1}})
+    with pytest.raises(ValueError, match=r"max_epoch:0 hold a ':' - a YAML mapping needs a space"):
+        finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path),
+                      finetune_overrides=yaml.safe_load("{train_conf:{max_epoch:0}}"))
     # the model's own finetune.yaml is held to the same rules
     base = tmp_path / "base"
     shutil.copytree(DEMO_MODEL, base)

@@ -16,7 +16,10 @@ conflicting options fail at once, naming the option.
 from __future__ import annotations
 
 import copy
+import difflib
+import functools
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -155,6 +158,22 @@ def _param_layer(p: FinetuneParams, base: Mapping[str, Any], n_train: int) -> di
     return layer
 
 
+@functools.lru_cache(maxsize=1)
+def trainer_options() -> frozenset[str]:
+    """The ``train_conf`` keys funasr's trainer (``funasr.bin.train_ds``, ``train_utils.trainer_ds.Trainer``) reads:
+    its arguments and the names its code looks up; it takes any others and ignores them."""
+    import inspect
+
+    from funasr.bin import train_ds
+    from funasr.train_utils import trainer_ds
+
+    source = inspect.getsource(trainer_ds) + inspect.getsource(train_ds)
+    names = set(re.findall(r"""kwargs\.get\(\s*["'](\w+)["']""", source))
+    names |= set(re.findall(r"""train_conf["']?\s*,\s*\{\}\)\.get\(\s*["'](\w+)["']""", source))
+    names |= set(inspect.signature(trainer_ds.Trainer.__init__).parameters) - {"self", "kwargs"}
+    return frozenset(names | set(getattr(train_ds, "_DISTRIBUTED_TRAIN_CONF_KEYS", ())))
+
+
 def build_config(model: ModelFolder, base_kwargs: Mapping[str, Any], params: FinetuneParams,
                  overrides: Mapping[str, Any] | None = None, n_train: int = 0) -> dict[str, Any]:
     """Layer the training config; raise ``ValueError`` naming any unknown or conflicting option.
@@ -172,6 +191,16 @@ def build_config(model: ModelFolder, base_kwargs: Mapping[str, Any], params: Fin
         if unknown:
             raise ValueError(f"{where}: unknown option(s) {', '.join(unknown)} "
                              f"(top-level funasr config keys only, e.g. train_conf, optim_conf, dataset_conf)")
+        glued = [k for k in _flatten(layer_in) if ":" in k]
+        if glued:  # YAML read {train_conf:{max_epoch:0}} (no space after the colons) as one key
+            raise ValueError(f"{where}: option(s) {', '.join(glued)} hold a ':' - a YAML mapping needs a space after "
+                             "each colon ({train_conf: {max_epoch: 2}})")
+        train_conf = layer_in.get("train_conf")
+        typos = sorted(k for k in train_conf if k not in trainer_options()) if isinstance(train_conf, dict) else []
+        if typos:  # funasr's Trainer takes **kwargs and reads the names it knows: a typo changed nothing, unsaid
+            hints = {k: difflib.get_close_matches(k, sorted(trainer_options()), n=1) for k in typos}
+            raise ValueError(f"{where}: train_conf option(s) funasr's trainer does not read: "
+                             + ", ".join(f"{k}{f' (did you mean {hints[k][0]}?)' if hints[k] else ''}" for k in typos))
     cfg = deep_merge(base_kwargs, model.finetune)
     own = dict(cfg.get("dataset_conf") or {})  # the model's own batching (config.yaml <- finetune.yaml)
     layer = _param_layer(params, cfg, n_train)
