@@ -695,3 +695,19 @@ def test_data_from_an_audio_folder_names_what_it_cannot_pair(tmp_path, capsys):
     shutil.copy(audio / "spk1" / f"{keys[0]}{Path(wavs[keys[0]]).suffix}", audio / "spk2" / f"{keys[0]}.flac")
     with pytest.raises(datadir.DataError, match=rf"1 id\(s\) of .* name several audio files .*{keys[0]}: .*spk1.*, .*spk2"):
         finetune.data_path_from(str(audio), str(table), str(tmp_path / "data"), 0.2, 0)
+
+
+def test_a_diverged_training_is_named_and_a_worse_export_is_said(tmp_path, tiny_data):
+    """Training that blows up failed with funasr's IndexError or 'Dimension size must be non-negative' from
+    inside the CIF predictor, nothing saying the weights went non-finite; one that ends worse than the base on
+    dev exported it without a word."""
+    p = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path / "a"), max_epoch=1, lr=1e30, batch_bins=1500,
+                      scheduler_conf={"warmup_steps": 1}, finetune_overrides={"train_conf": {"grad_clip": 1e38}})
+    with pytest.raises(RuntimeError, match=r"training failed \(exit 1\): training diverged .*lower lr"):
+        finetune.run(p, live=False)
+    p = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path / "b"), max_epoch=1, keep_nbest_models=1,
+                      lr=1e5, batch_bins=1500, scheduler_conf={"warmup_steps": 1})
+    r = finetune.run(p, live=False)
+    assert r.dev_cer[r.checkpoint] > r.dev_cer["base"]
+    assert any(w.startswith(f"the exported {r.checkpoint} is worse on dev than the base model") for w in r.metrics["warnings"])
+

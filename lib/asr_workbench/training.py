@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -160,8 +161,27 @@ def launch(
             _stop_group(proc)
             raise
     if rc != 0:
-        raise RuntimeError(f"training failed (exit {rc}); log: {log_path}\n" + "".join(tail))
+        raise RuntimeError(f"training failed (exit {rc}){_diagnosis(log_path)}; log: {log_path}\n" + "".join(tail))
     return TrainResult(out, cfg_path, log_path, rc)
+
+
+_NON_FINITE_LOSS = re.compile(r"loss[\w_]*\)?:? \(?-?(nan|inf)\b", re.IGNORECASE)
+# where funasr's Paraformer fails once its weights are non-finite: the CIF predictor's firing positions
+_CIF_CRASH = re.compile(r'cif_predictor\.py", line \d+, in ')  # a traceback frame, not the model registry table
+
+
+def _diagnosis(log_path: Path) -> str:
+    """What a failed training's log suggests, where funasr's own error does not say it: a loss that went non-finite,
+    or a crash inside the CIF predictor, which is how a diverged Paraformer fails (an IndexError, a negative size)."""
+    try:
+        text = log_path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    if _NON_FINITE_LOSS.search(text) or _CIF_CRASH.search(text):
+        return (": training diverged (the loss or the weights went non-finite; funasr then fails inside the model): "
+                "lower lr, lengthen the warm-up (scheduler_conf warmup_steps) or clip gradients (finetune_overrides "
+                "train_conf grad_clip)")
+    return ""
 
 
 def popen_tied(cmd: list[str], env: Mapping[str, str] | None = None, cwd: str | None = None) -> subprocess.Popen[str]:

@@ -536,7 +536,9 @@ def run(p: FinetunePlan, live: bool = True) -> FinetuneResult:
             from funasr.train_utils.average_nbest_models import _get_checkpoint_paths
 
             averaged = [Path(f).name for f in _get_checkpoint_paths(str(train_dir), avg_n)]
-        if averaged and len(averaged) < avg_n and chosen == f"model.pt.avg{avg_n}":
+        # fewer than the epochs allow (the plan already said when there are fewer epochs than keep_nbest_models)
+        if averaged and len(averaged) < min(avg_n, int(p.config["train_conf"].get("max_epoch") or 1)) \
+                and chosen == f"model.pt.avg{avg_n}":
             warnings.append(f"{chosen} averages {len(averaged)} checkpoint(s), not {avg_n}: {', '.join(averaged)} "
                             "(fewer epochs, or fewer kept, than keep_nbest_models)")
         model_dir = export.export_model_folder(p.base, train_dir, chosen, p.output_dir / "model", p.config, "")
