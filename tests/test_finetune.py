@@ -294,6 +294,13 @@ def test_finetune_yaml_then_parameters_then_overrides(tmp_path, tiny_data):
     with pytest.raises(ValueError, match=r"train_conf option\(s\) funasr's trainer does not read: max_epochs \(did "
                                          r"you mean max_epoch\?\)"):
         finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), finetune_overrides={"train_conf": {"max_epochs": 1}})
+    # keep more checkpoints than are averaged: no conflict with keep_nbest_models; fewer: refused
+    kept = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), keep_nbest_models=1,
+                         finetune_overrides={"train_conf": {"keep_nbest_models": 5}})
+    assert (kept.config["train_conf"]["keep_nbest_models"], kept.config["train_conf"]["avg_nbest_model"]) == (5, 1)
+    with pytest.raises(ValueError, match=r"keep_nbest_models 1 is less than the 2 checkpoints averaged"):
+        finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), keep_nbest_models=2,
+                      finetune_overrides={"train_conf": {"keep_nbest_models": 1}})
     with pytest.raises(ValueError, match=r"max_epoch:0 hold a ':' - a YAML mapping needs a space"):
         finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path),
                       finetune_overrides=yaml.safe_load("{train_conf:{max_epoch:0}}"))

@@ -243,6 +243,10 @@ def build_config(model: ModelFolder, base_kwargs: Mapping[str, Any], params: Fin
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{key} must be a positive integer, got {value!r} (from {model.path / 'finetune.yaml'} "
                              "or finetune_overrides)")
+    kept, averaged = flat.get("train_conf.keep_nbest_models"), flat.get("train_conf.avg_nbest_model")
+    if isinstance(kept, int) and isinstance(averaged, int) and 0 < kept < averaged:
+        raise ValueError(f"train_conf.keep_nbest_models {kept} is less than the {averaged} checkpoints averaged "
+                         "(keep_nbest_models, avg_nbest_model): funasr deletes the others before it averages")
     if cfg.get("optim") and cfg["optim"] not in _optim_names():
         raise ValueError(f"optim {cfg['optim']!r} is not a funasr optimizer ({', '.join(_optim_names())})")
     if cfg.get("scheduler") and cfg["scheduler"] not in _scheduler_names():
@@ -328,6 +332,8 @@ _UNSTEPPABLE = {"ReduceLROnPlateau": "its step() needs the validation loss, funa
 def _is_default(key: str, p: FinetuneParams) -> bool:
     """Keys the parameter layer always writes from defaults (an override of them is no conflict)."""
     always = {"dataset_conf.batch_type": True, "train_conf.resume": not p.resume, "seed": p.seed == 0,
+              # derived from keep_nbest_models (at least as many kept as averaged): keeping more is no conflict
+              "train_conf.keep_nbest_models": p.keep_nbest_models is not None,
               "dataset_conf.data_split_num": p.data_split_num is None,  # computed: an override sets the shards
               "train_conf.use_bf16": p.precision == "fp32", "train_conf.use_fp16": p.precision == "fp32"}
     return always.get(key, False)
