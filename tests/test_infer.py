@@ -862,6 +862,19 @@ def test_a_run_holds_its_folder_and_refuses_one_held(tmp_path):
         time.sleep(0.01)
     assert f"pid {os.getpid()} on {os.uname().nodename}" in seen and (out / "metrics.json").is_file()
     assert runs.folder_in_use(out) is None
+    # the batch runner holds the folder for the kernel it starts, with a kernelspec's wrapper (here sh) between
+    # them: the folder named in the environment is the kernel's to write
+    script = ("import sys, subprocess; from pathlib import Path; from asr_workbench import runs; "
+              "lock = runs.lock_folder(Path(sys.argv[1])); "
+              "sys.exit(subprocess.run(['sh', '-c', '\"$0\" -c \"$1\"; exit $?', sys.executable, sys.argv[2]]).returncode)")
+    call = (f"from asr_workbench import infer; infer.run(model={str(DEMO_MODEL)!r}, data_dir={str(data)!r}, "
+            f"output_dir={str(out)!r}, device='cpu', progress=False)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    refused = subprocess.run([sys.executable, "-c", script, str(out), call], capture_output=True, text=True, env=env)
+    assert refused.returncode != 0 and "in use by another run" in refused.stderr
+    held = subprocess.run([sys.executable, "-c", script, str(out), call], capture_output=True, text=True,
+                          env={**env, runs.HELD_FOR_KERNEL: str(out.resolve())})
+    assert held.returncode == 0, held.stderr[-2000:]
 
 
 def test_an_8khz_model_hears_8khz_audio_in_any_batch(tmp_path):

@@ -15,6 +15,7 @@ finished run is appended to ``outputs/runs.jsonl`` (under a file lock: runs may 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -22,7 +23,7 @@ import os
 import re
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -566,10 +567,12 @@ def _execute_locked(spec: RunSpec, out: Path, executed: Path, t0: float, hide_co
                           f"# papermill {shlex.quote(str(spec.notebook))} {shlex.quote(str(executed))} "
                           + " ".join(f"-y {shlex.quote(yaml.safe_dump({k: v}, default_flow_style=True, sort_keys=False, allow_unicode=True).strip())}"
                                      for k, v in spec.params.items()) + "\n")
-        # iopub_timeout: nbclient's 4 s for the last output of a cell failed runs whose report output was large
-        papermill.execute_notebook(str(spec.notebook), str(attempt), parameters=spec.params,
-                                   cwd=str(paths.repo_root()), progress_bar=progress, kernel_name="python3",
-                                   iopub_timeout=120)
+        # iopub_timeout: nbclient's 4 s for the last output of a cell failed runs whose report output was large;
+        # the kernel inherits the name of the folder held for it (runs.hold_folder lets its library call write)
+        with _environ({runs.HELD_FOR_KERNEL: str(out.resolve())}):
+            papermill.execute_notebook(str(spec.notebook), str(attempt), parameters=spec.params,
+                                       cwd=str(paths.repo_root()), progress_bar=progress, kernel_name="python3",
+                                       iopub_timeout=120)
     except PapermillExecutionError as e:
         status, error = "failed", f"cell {e.exec_count}: {e.ename}: {e.evalue}"
     except Exception as e:  # the kernel died, a parameter could not be injected...
@@ -598,6 +601,18 @@ def _execute_locked(spec: RunSpec, out: Path, executed: Path, t0: float, hide_co
     metrics = _metrics(out) if status == "ok" else {}
     return RunRecord(spec.name, spec.notebook, out, executed, html, status, error, round(time.time() - t0, 1), t0,
                      spec.params, metrics)
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set for the block (a kernel started in it inherits them)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def _file_state(path: Path) -> tuple[int, int] | None:
@@ -712,8 +727,7 @@ def run_all(specs: Sequence[RunSpec], jobs: int = 1, devices: Sequence[str] = ()
     pending, done = list(groups), set()
     if jobs <= 1:
         env = {"CUDA_VISIBLE_DEVICES": devices[0]} if devices else {}
-        saved = {k: os.environ.get(k) for k in env}
-        try:
+        with _environ(env):
             while pending:
                 g = next_ready(done, pending) or pending[0]  # a cycle (two runs reading each other): listing order
                 pending.remove(g)
@@ -722,9 +736,6 @@ def run_all(specs: Sequence[RunSpec], jobs: int = 1, devices: Sequence[str] = ()
                 results += records
                 done.add(g)
             return results
-        finally:
-            for k, v in saved.items():
-                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, wait
 

@@ -30,7 +30,7 @@ from asr_workbench.fileio import atomic_write_json, atomic_write_text, jsonl_lin
 
 __all__ = ["check_output_dir", "prepare_output_dir", "file_sha256", "sha256_in_background", "inputs_sha256", "git_commit", "package_versions",
            "provenance", "read_config", "write_config", "write_metrics", "INDEX", "append_to_index", "read_index", "LOCK_FILE",
-           "lock_folder", "folder_in_use", "hold_folder"]
+           "lock_folder", "folder_in_use", "hold_folder", "HELD_FOR_KERNEL"]
 
 INDEX = "runs.jsonl"  # the run index, under paths.outputs_root()
 LOCK_FILE = ".asr_workbench_lock"  # in a run folder while a run writes it (an flock, not its existence)
@@ -67,7 +67,7 @@ def check_output_dir(output_dir: str | Path, kind: str | None = None, protect: S
             raise ValueError(f"output_dir {out} holds a {previous} run: a {kind} run would overwrite its config.yaml "
                              "and metrics.json; choose another folder")
         holder = folder_in_use(out)
-        if holder and not _ours(holder):
+        if holder and not _ours(holder, out):
             raise ValueError(f"output_dir {out} is in use by another run ({holder}); wait for it, or choose another "
                              "output_dir")
     return out
@@ -287,9 +287,15 @@ def folder_in_use(out: Path) -> str | None:
     return None
 
 
-def _ours(holder: str) -> bool:
-    """Whether a lock holder ("pid 123 on host") is this process or its parent: the batch runner that started this
-    notebook's kernel holds the folder for it."""
+HELD_FOR_KERNEL = "ASR_WORKBENCH_HELD_FOLDER"  # set by the batch runner for the kernel it starts: the folder it holds
+
+
+def _ours(holder: str, out: Path) -> bool:
+    """Whether ``out``'s lock holder ("pid 123 on host") holds it for this process: this process, its parent, or the
+    batch runner that started this notebook's kernel (it names the folder in :data:`HELD_FOR_KERNEL`, also when a
+    kernelspec's wrapper stands between them)."""
+    if os.environ.get(HELD_FOR_KERNEL) == str(out.resolve()):
+        return True
     m = re.fullmatch(r"pid (\d+) on (.*)", holder)
     return bool(m) and m.group(2) == os.uname().nodename and int(m.group(1)) in (os.getpid(), os.getppid())
 
@@ -300,7 +306,7 @@ def hold_folder(out: Path) -> Iterator[None]:
     itself); under ``asr-workbench run``, which holds it already for this kernel, nothing more. ValueError when
     another run holds it."""
     holder = folder_in_use(out)
-    if holder and _ours(holder):
+    if holder and _ours(holder, out):
         yield
         return
     try:
