@@ -579,6 +579,10 @@ def _execute_locked(spec: RunSpec, out: Path, executed: Path, t0: float, hide_co
         status, error = "failed", f"{type(e).__name__}: {e}"
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: the attempt's files are named below, then the interrupt goes on
         status, error, interrupted = "failed", "interrupted", e
+    if status != "ok" and _RUN_KINDS.get(spec.notebook.stem) == "evaluate":
+        from asr_workbench import evaluate  # a kernel that died mid-rerun put nothing back: the finished sets return
+
+        evaluate.restore(out)
     # a failed attempt that already replaced the results (a later cell failed, an interrupt after decoding): the
     # earlier notebook and report no longer describe the folder's metrics.json, this attempt's do
     replaced = bool(tag) and _file_state(out / "metrics.json") != before

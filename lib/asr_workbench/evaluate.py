@@ -17,13 +17,13 @@ import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from asr_workbench import datadir, decode, infer, modelhub, paths, runs, scoring
 from asr_workbench.finetune import export
 from asr_workbench.fileio import atomic_write_json, atomic_write_text
 
-__all__ = ["SetComparison", "EvalResult", "compare_results", "run"]
+__all__ = ["SetComparison", "EvalResult", "compare_results", "run", "restore"]
 
 REQUIRED_FILES = ["am.mvn", "tokens.json", "configuration.json", "decoding.yaml"]
 MIN_PAIRS_FOR_WARNING = 10  # fewer paired utterances give an interval too wide (or too degenerate) to call forgetting
@@ -64,15 +64,18 @@ class EvalResult:
     comparison: dict[str, Any]
 
 
-_PRODUCTS = ("metrics.json", "comparison.json", "comparison.md", "config.yaml", "models", "checkpoints")
-PREVIOUS, UNFINISHED = ".previous", ".unfinished"  # a finished evaluation set aside; a failed rerun's partial work
+_FOLDERS = ("models", "checkpoints")  # what an evaluation decodes into, beside its sets' folders
+# a finished evaluation's folders set aside while a rerun decodes; the same once the rerun writes its own results;
+# a failed rerun's partial work, for the next rerun to resume
+PREVIOUS, DISCARD, UNFINISHED = ".previous", ".previous.discard", ".unfinished"
 
 
-def _present_products(out: Path) -> list[str]:
-    """What an evaluation wrote in ``out``: its files, models/, checkpoints/ and its sets' folders."""
+def _decoded(out: Path) -> list[str]:
+    """The folders an evaluation decoded into in ``out``: models/, checkpoints/ and its sets' folders (its files,
+    comparison.* and metrics.json, are written last, each whole)."""
     sets = [d.name for d in out.iterdir() if d.is_dir() and not d.name.startswith(".")
             and ((d / "finetuned").is_dir() or (d / "base").is_dir())]
-    return [n for n in _PRODUCTS if (out / n).exists()] + [n for n in sets if n not in _PRODUCTS]
+    return [n for n in _FOLDERS if (out / n).exists()] + [n for n in sets if n not in _FOLDERS]
 
 
 def _move(names: list[str], src: Path, dst: Path) -> None:
@@ -87,41 +90,47 @@ def _move(names: list[str], src: Path, dst: Path) -> None:
 
 
 def _set_aside(out: Path) -> None:
-    """Before a rerun into ``out``: a finished evaluation there moves to ``.previous/`` (whole, to come back if this
-    run fails: its comparison must not end up beside some sets of another run), and a failed rerun's partial work
+    """Before a rerun into the folder of a finished evaluation (its metrics.json): its folders move to
+    ``.previous/``, to come back if this run fails (its comparison.* and metrics.json stay until this run writes its
+    own: they must not end up describing sets of another run), and a failed rerun's partial work
     (``.unfinished/``) comes back in place, so its decoding resumes."""
-    _restore(out)  # a rerun killed before it could put things back
     if (out / "metrics.json").is_file():
-        _move(_present_products(out), out, out / PREVIOUS)
+        _move(_decoded(out), out, out / PREVIOUS)
         unfinished = out / UNFINISHED
         if unfinished.is_dir():
             _move([p.name for p in unfinished.iterdir()], unfinished, out)
             shutil.rmtree(unfinished)
 
 
-def _restore(out: Path) -> None:
-    """A rerun failed: its partial work goes to ``.unfinished/`` and the finished evaluation it set aside comes back."""
+def restore(out: Path) -> None:
+    """After a rerun that failed (also one whose kernel died, which cleans up nothing): its partial work goes to
+    ``.unfinished/`` and the finished evaluation's folders it set aside come back beside their comparison."""
     previous = out / PREVIOUS
     if not previous.is_dir():
         return  # the first run into out: its partial work stays in place, to resume
-    _move(_present_products(out), out, out / UNFINISHED)
+    _move(_decoded(out), out, out / UNFINISHED)
     _move([p.name for p in previous.iterdir()], previous, out)
     shutil.rmtree(previous)
 
 
 @contextlib.contextmanager
-def _rerun_guard(out: Path) -> Iterator[None]:
-    """Sets a finished evaluation in ``out`` aside while this one runs; puts it back if this one fails."""
-    previous = out / PREVIOUS
-    if previous.is_dir() and (out / "metrics.json").is_file():  # a rerun finished but was stopped before tidying
-        shutil.rmtree(previous)
+def _rerun_guard(out: Path) -> Iterator[Callable[[], None]]:
+    """Sets a finished evaluation's folders in ``out`` aside while this one runs, and puts them back if it fails.
+    Yields ``finishing``, to call just before this run writes its own comparison and metrics."""
+    shutil.rmtree(out / DISCARD, ignore_errors=True)  # a rerun that finished, stopped before it tidied up
+    restore(out)  # a rerun that died before it could put things back
     _set_aside(out)
+
+    def finishing() -> None:
+        if (out / PREVIOUS).is_dir():
+            (out / PREVIOUS).rename(out / DISCARD)
+
     try:
-        yield
+        yield finishing
     except BaseException:
-        _restore(out)
+        restore(out)
         raise
-    for name in (PREVIOUS, UNFINISHED):
+    for name in (DISCARD, UNFINISHED):
         shutil.rmtree(out / name, ignore_errors=True)
 
 
@@ -387,7 +396,7 @@ def run(
     # the run folder only now that everything is found: a typo leaves no empty folder; never inside the base
     out = runs.prepare_output_dir(output_dir, "evaluate",
                                   protect=[ft_dir / "model", ft_dir / "train", *([base.path] if base else [])])
-    with runs.hold_folder(out), _rerun_guard(out):
+    with runs.hold_folder(out), _rerun_guard(out) as finishing:
         holder = runs.folder_in_use(ft_dir)
         if holder:
             warnings.append(f"the fine-tune in {ft_dir} is still running ({holder}): its checkpoints and model/ may be "
@@ -443,6 +452,7 @@ def run(
                       "most_regressed": [p["key"] for p in s.most_regressed]} for s in results],
             "checkpoints": checkpoints,
         }
+        finishing()  # from here on this run's results replace the earlier one's
         atomic_write_json(out / "comparison.json", comparison)
         atomic_write_text(out / "comparison.md", _markdown(results, checkpoints))
         runs.write_config(out, {"finetune_dir": str(ft_dir), "decoding_model_name": decoding_model_name,
