@@ -96,9 +96,10 @@ def test_unknown_id_offline_fails_fast_with_clear_message(tmp_path):
         modelhub.open_model("iic/no-such-model", cache_dir=str(tmp_path))
     assert time.time() - t < 10  # the hub is probed once, not retried with back-off
     with pytest.MonkeyPatch.context() as mp:  # behind a proxy that cannot be reached: modelscope retried for 26 s
-        mp.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+        mp.setenv("HTTP_PROXY", "http://127.0.0.1:7")  # the one requests takes for the (http) test endpoint
+        mp.setenv("HTTPS_PROXY", "http://127.0.0.1:8")  # not for an http endpoint
         t = time.time()
-        with pytest.raises(modelhub.ModelError, match=r"the proxy 127\.0\.0\.1:9 cannot be reached"):
+        with pytest.raises(modelhub.ModelError, match=r"the proxy 127\.0\.0\.1:7 cannot be reached"):
             modelhub.open_model("iic/no-such-model", cache_dir=str(tmp_path))
         assert time.time() - t < 10 and not (tmp_path / "models" / "iic--no-such-model").exists()
     # the old owner name of a cached model (ModelScope moved damo/ to iic/): the cached id is named

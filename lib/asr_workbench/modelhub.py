@@ -153,19 +153,22 @@ def _hub_unreachable(timeout_s: float = 3.0) -> str | None:
     import socket
     from urllib.parse import urlparse
 
-    proxy = next((os.environ[v] for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY",
-                                           "http_proxy") if os.environ.get(v)), None)
-    if proxy:  # the proxy is what this machine connects to: whether it reaches the hub is not known here
-        url, what = urlparse(proxy if "://" in proxy else "http://" + proxy), "the proxy"
-    else:
-        try:
-            from modelscope_hub.config import get_default_config
+    from urllib.request import getproxies, proxy_bypass
 
-            url, what = urlparse(get_default_config().endpoint), "the hub"
-        except Exception:  # another modelscope layout: let snapshot_download find out
-            return None
+    try:
+        from modelscope_hub.config import get_default_config
+
+        url, what = urlparse(get_default_config().endpoint), "the hub"
+    except Exception:  # another modelscope layout: let snapshot_download find out
+        return None
     if not url.hostname:
         return None
+    proxies = getproxies()  # as requests picks one: by the endpoint's scheme, unless NO_PROXY lets it through
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if proxy and not proxy_bypass(url.hostname):  # the proxy is what this machine connects to
+        url, what = urlparse(proxy if "://" in proxy else "http://" + proxy), "the proxy"
+        if not url.hostname:
+            return None
     try:
         port = url.port or (443 if url.scheme == "https" else 1080 if url.scheme.startswith("socks") else 80)
     except ValueError:  # a port that is no number

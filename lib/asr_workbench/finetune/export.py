@@ -108,6 +108,9 @@ def export_model_folder(base: ModelFolder, train_dir: Path, checkpoint: str, out
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     torch.save(state, tmp / "model.pt")
+    # the checkpoint's time: a folder assembled again from an unchanged checkpoint is the same model to an
+    # interrupted decoding's resume check (size and time of the weights), so it resumes instead of starting over
+    os.utime(tmp / "model.pt", ns=(ckpt.stat().st_atime_ns, ckpt.stat().st_mtime_ns))
     conf_json = base.path / "configuration.json"
     metas: dict[str, Any] = {}
     if conf_json.is_file():
