@@ -232,8 +232,16 @@ def test_resume_says_which_changed_settings_it_cannot_apply(tmp_path, tiny_data)
     for name in ("wav.scp", "text"):
         lines = (other / "validation" / name).read_text(encoding="utf-8").splitlines(True)
         (other / "validation" / name).write_text("".join(lines[:-1]), encoding="utf-8")
+    listed = (tmp_path / "lists" / "dev.jsonl").read_text(encoding="utf-8")
     with pytest.raises(ValueError, match="resume: the dev set differs"):
         finetune.plan(str(DEMO_MODEL), str(other), str(tmp_path), max_epoch=2, lr=1e-3, resume=True)
+    # the refusal leaves the interrupted run's lists as its config names them
+    assert (tmp_path / "lists" / "dev.jsonl").read_text(encoding="utf-8") == listed
+    assert not (tmp_path / "lists.before").exists()
+    # resume set through finetune_overrides is a resume too (the checks saw only the parameter)
+    via = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_epoch=2, lr=1e-3,
+                        finetune_overrides={"train_conf": {"resume": True}})
+    assert via.config["train_conf"]["resume"] is True and not any("replaces it" in w for w in via.warnings)
 
 
 def test_large_dataset_type_counts_milliseconds_and_shards(tmp_path, tiny_data):

@@ -165,7 +165,6 @@ def plan(
         precision = rec.precision if precision is None else precision
     precision = precision or "fp32"
     early: list[str] = list(base.warnings)  # known before the data is read: the base folder's (no am.mvn...)
-    early += _earlier_run(out, resume)
     if precision != "fp32" and not dev_name.startswith("cuda"):
         early.append(f"precision {precision} has no effect on {dev_name}: funasr's trainer autocasts on CUDA only "
                      "(its config keeps the setting for a GPU run); this run trains in fp32")
@@ -178,99 +177,113 @@ def plan(
     base_kwargs = download_model(model=str(base.path), is_training=True)
     probe_cfg = fconfig.build_config(base, base_kwargs, params, finetune_overrides)
     _check_freeze(probe_cfg, base)
+    resuming = bool((probe_cfg.get("train_conf") or {}).get("resume"))  # the parameter, or finetune_overrides
+    early += _earlier_run(out, resuming)
+    # the lists the interrupted run trained on (their hashes): a resume on other data is said, or refused
+    before = (runs.read_config(out / "config.yaml").get("workbench") or {}).get("lists_sha256")
     out = runs.prepare_output_dir(output_dir, "finetune", protect=[base.path])  # the settings are sound: now written
     lists = out / "lists"
-    train = fdata.prepare_split(fdata.find_split(data, "train"), "train", lists, base.tokens,
-                                probe_cfg.get("dataset_conf", {}), on_bad_input, base.sample_rate)
-    dev = fdata.prepare_split(fdata.find_split(data, "dev"), "dev", lists, base.tokens,
-                              probe_cfg.get("dataset_conf", {}), on_bad_input, base.sample_rate)
-    cfg = fconfig.build_config(base, base_kwargs, params, finetune_overrides, n_train=train.n_utts)
-    train_list = str(train.jsonl)
-    if dataset_type == "large":
-        train_list = str(fdata.write_shards(train, int(cfg["dataset_conf"]["data_split_num"]), lists))
-    cfg.update(train_data_set_list=train_list, valid_data_set_list=str(dev.jsonl),
-               init_param=str(base.weights),
-               device="cuda" if dev_name.startswith("cuda") else "cpu", ncpu=1 if nproc > 1 else usable_cores())
-    tc = cfg.get("train_conf", {})
-    dconf = cfg["dataset_conf"]
-    batch, batch_type = int(dconf.get("batch_size", 2000)), dconf.get("batch_type", "token")
-    if batch_type != "example":
-        _check_batch_fits(batch, batch_bins, dataset_type, (train, dev))
-    accum, shards = int(tc.get("accum_grad", 1)), int(dconf.get("data_split_num") or 1)
-    batches = fconfig.planned_batches(train.frames(), batch, nproc, batch_type, shards)
-    per_epoch, total = fconfig.planned_steps(batches, accum, int(tc.get("max_epoch", 1)), shards)
-    each = (" per process" if nproc > 1 else "") + (f" and shard ({shards} shards an epoch)" if shards > 1 else "")
-    if per_epoch == 0:
-        raise ValueError(f"accum_grad {accum} with about {batches} batch(es) per epoch{each}: funasr's trainer updates "
-                         f"the weights after every {accum}th batch and clears the gradients at each epoch's start, so "
-                         "this fine-tune would never change the model; lower accum_grad or batch_bins")
-    warnings = early
-    if batches % accum:
-        warnings.append(f"about {batches % accum} of {batches} batches per epoch{each} are computed but never applied: "
-                        f"funasr's trainer updates after every {accum}th batch and drops the rest at the next epoch "
-                        f"(an accum_grad that divides {batches}, or a smaller one, wastes nothing)")
-    warnings += _checkpoint_warnings(checkpoint, tc)
-    warnings += _resume_warnings(cfg, out / "train") if tc.get("resume") else []
-    # the lists as trained: a resume on other data mixes two trainings in one model and, with another dev set,
-    # ranks the earlier epochs' checkpoints by one set and the new ones by another (the best and the average)
-    lists_sha256 = {split.name: runs.inputs_sha256([split.jsonl]) for split in (train, dev)}
-    before = (runs.read_config(out / "config.yaml").get("workbench") or {}).get("lists_sha256") or {}
-    if tc.get("resume") and (out / "train" / "model.pt").is_file() and isinstance(before, dict):
-        if before.get("dev") and before["dev"] != lists_sha256["dev"]:
-            raise ValueError(f"resume: the dev set differs from the one the interrupted run was ranking its checkpoints "
-                             f"by ({dev.folder}): the best and averaged checkpoints would mix two rankings; resume with "
-                             "the same dev set, or start afresh (resume: false)")
-        if before.get("train") and before["train"] != lists_sha256["train"]:
-            warnings.append(f"resume: the training data differs from the interrupted run's ({train.folder}): the "
-                            "epochs already trained saw the earlier data, the rest will see this")
-    done = _epochs_done(out / "train") if tc.get("resume") else 0
-    if done >= int(tc.get("max_epoch", 1)):
-        warnings.append(f"resume: {out / 'train'} already holds {done} epoch(s) and max_epoch is {tc.get('max_epoch', 1)}: "
-                        "funasr's trainer will train nothing (the run re-exports and re-scores what is there); raise "
-                        "max_epoch to train on")
-    schedule = fconfig.lr_schedule(cfg, total)
-    w = fconfig.warmup_warning(cfg, schedule)
-    if w:
-        warnings.append(w)
-    trained_audio = {os.path.realpath(u.audio) for u in train.dataset.scored}
-    shared = [u.audio for u in dev.dataset.scored if os.path.realpath(u.audio) in trained_audio]
-    if shared:  # the checkpoints are chosen (and averaged) by dev accuracy: on training audio it rewards memorising
-        warnings.append(f"{len(shared)} of {len(dev.dataset.scored)} dev utterances are train audio too (e.g. "
-                        f"{shared[0]}): the best checkpoints are chosen by dev accuracy, which then rewards "
-                        "memorising; hold dev out of train")
-    missing = fdata.missing_audio(data)
-    if missing:  # a data_path make_data_path built: transcripts it found no audio file for are not trained on
-        warnings.append(f"{len(missing)} transcript id(s) have no audio file and are not in train or dev (e.g. "
-                        f"{missing[0]}; all in {data / fdata.MISSING_AUDIO})")
-    if train.dropped or dev.dropped:
-        warnings.append(f"funasr would silently skip {len(train.dropped)} train and {len(dev.dropped)} dev utterance(s) "
-                        "(too long; see the dropped table); raise max_duration_s or cut them")
-    unreadable = [i for split in (train, dev) for i in split.dataset.report.errors if i.code == "undecodable_audio"]
-    if unreadable:
-        warnings.append(f"{len(unreadable)} audio file(s) cannot be decoded to their end and are left out (funasr's "
-                        f"trainer would stop at them mid-epoch), e.g. {unreadable[0].where}: {unreadable[0].reason}")
-    if train.marks or dev.marks:
-        listed = " ".join(f"{c}({n})" for c, n in (train.marks + dev.marks).most_common(20))
-        warnings.append(f"{sum((train.marks + dev.marks).values())} tags (<NOISE>, [LAUGHTER]: not scored), punctuation "
-                        f"marks and symbols the model's vocabulary lacks are left out of the training targets (funasr "
-                        f"would train each as <unk>, or a tag's letters): {listed}")
-    converted = [i for split in (train, dev) for i in split.dataset.report.issues if i.code in _TEXT_READ_CODES]
-    if converted:  # a transcript file read through a guess: what is trained should be looked at once
-        warnings.append(f"{len(converted)} transcript file problem(s) were read around (encoding, line ends), e.g. "
-                        f"{converted[0].where}: {converted[0].reason.split('. Convert')[0]}; the training targets are "
-                        f"in {out / 'lists'}")
-    if train.oov:
-        listed = " ".join(f"{c}({n})" for c, n in train.oov.most_common(30))
-        warnings.append(f"{sum(train.oov.values())} transcript tokens are not in the model's vocabulary and train as "
-                        f"<unk>: {listed}")
-    runs.write_config(out, {**cfg, "workbench": {"model": model, "model_dir": str(base.path), "cache_dir": cache_dir,
-                                                 "model_revision": model_revision, "lists_sha256": lists_sha256,
-                                                 "model_sha256": base_sha256(),
-                                                 "data_path": str(data), "dataset_type": dataset_type,
-                                                 "batch_bins": batch_bins, "nproc": nproc, "device": dev_name,
-                                                 "steps_per_epoch": per_epoch, "total_steps": total,
-                                                 "warnings": warnings,
-                                                 "recommended": rec.reasons if rec else None}})
+    kept = lists.with_name("lists.before")  # an interrupted run's lists, back in place if this plan refuses
+    if resuming and lists.is_dir():
+        shutil.rmtree(kept, ignore_errors=True)
+        lists.rename(kept)
+    try:
+        train = fdata.prepare_split(fdata.find_split(data, "train"), "train", lists, base.tokens,
+                                    probe_cfg.get("dataset_conf", {}), on_bad_input, base.sample_rate)
+        dev = fdata.prepare_split(fdata.find_split(data, "dev"), "dev", lists, base.tokens,
+                                  probe_cfg.get("dataset_conf", {}), on_bad_input, base.sample_rate)
+        cfg = fconfig.build_config(base, base_kwargs, params, finetune_overrides, n_train=train.n_utts)
+        train_list = str(train.jsonl)
+        if dataset_type == "large":
+            train_list = str(fdata.write_shards(train, int(cfg["dataset_conf"]["data_split_num"]), lists))
+        cfg.update(train_data_set_list=train_list, valid_data_set_list=str(dev.jsonl),
+                   init_param=str(base.weights),
+                   device="cuda" if dev_name.startswith("cuda") else "cpu", ncpu=1 if nproc > 1 else usable_cores())
+        tc = cfg.get("train_conf", {})
+        dconf = cfg["dataset_conf"]
+        batch, batch_type = int(dconf.get("batch_size", 2000)), dconf.get("batch_type", "token")
+        if batch_type != "example":
+            _check_batch_fits(batch, batch_bins, dataset_type, (train, dev))
+        accum, shards = int(tc.get("accum_grad", 1)), int(dconf.get("data_split_num") or 1)
+        batches = fconfig.planned_batches(train.frames(), batch, nproc, batch_type, shards)
+        per_epoch, total = fconfig.planned_steps(batches, accum, int(tc.get("max_epoch", 1)), shards)
+        each = (" per process" if nproc > 1 else "") + (f" and shard ({shards} shards an epoch)" if shards > 1 else "")
+        if per_epoch == 0:
+            raise ValueError(f"accum_grad {accum} with about {batches} batch(es) per epoch{each}: funasr's trainer updates "
+                             f"the weights after every {accum}th batch and clears the gradients at each epoch's start, so "
+                             "this fine-tune would never change the model; lower accum_grad or batch_bins")
+        warnings = early
+        if batches % accum:
+            warnings.append(f"about {batches % accum} of {batches} batches per epoch{each} are computed but never applied: "
+                            f"funasr's trainer updates after every {accum}th batch and drops the rest at the next epoch "
+                            f"(an accum_grad that divides {batches}, or a smaller one, wastes nothing)")
+        warnings += _checkpoint_warnings(checkpoint, tc)
+        warnings += _resume_warnings(cfg, out / "train") if tc.get("resume") else []
+        # the lists as trained: a resume on other data mixes two trainings in one model and, with another dev set,
+        # ranks the earlier epochs' checkpoints by one set and the new ones by another (the best and the average)
+        lists_sha256 = {split.name: fdata.list_sha256(split.jsonl) for split in (train, dev)}
+        if tc.get("resume") and (out / "train" / "model.pt").is_file() and isinstance(before, dict):
+            if before.get("dev") and before["dev"] != lists_sha256["dev"]:
+                raise ValueError(f"resume: the dev set differs from the one the interrupted run was ranking its checkpoints "
+                                 f"by ({dev.folder}): the best and averaged checkpoints would mix two rankings; resume with "
+                                 "the same dev set, or start afresh (resume: false)")
+            if before.get("train") and before["train"] != lists_sha256["train"]:
+                warnings.append(f"resume: the training data differs from the interrupted run's ({train.folder}): the "
+                                "epochs already trained saw the earlier data, the rest will see this")
+        done = _epochs_done(out / "train") if tc.get("resume") else 0
+        if done >= int(tc.get("max_epoch", 1)):
+            warnings.append(f"resume: {out / 'train'} already holds {done} epoch(s) and max_epoch is {tc.get('max_epoch', 1)}: "
+                            "funasr's trainer will train nothing (the run re-exports and re-scores what is there); raise "
+                            "max_epoch to train on")
+        schedule = fconfig.lr_schedule(cfg, total)
+        w = fconfig.warmup_warning(cfg, schedule)
+        if w:
+            warnings.append(w)
+        trained_audio = {os.path.realpath(u.audio) for u in train.dataset.scored}
+        shared = [u.audio for u in dev.dataset.scored if os.path.realpath(u.audio) in trained_audio]
+        if shared:  # the checkpoints are chosen (and averaged) by dev accuracy: on training audio it rewards memorising
+            warnings.append(f"{len(shared)} of {len(dev.dataset.scored)} dev utterances are train audio too (e.g. "
+                            f"{shared[0]}): the best checkpoints are chosen by dev accuracy, which then rewards "
+                            "memorising; hold dev out of train")
+        missing = fdata.missing_audio(data)
+        if missing:  # a data_path make_data_path built: transcripts it found no audio file for are not trained on
+            warnings.append(f"{len(missing)} transcript id(s) have no audio file and are not in train or dev (e.g. "
+                            f"{missing[0]}; all in {data / fdata.MISSING_AUDIO})")
+        if train.dropped or dev.dropped:
+            warnings.append(f"funasr would silently skip {len(train.dropped)} train and {len(dev.dropped)} dev utterance(s) "
+                            "(too long; see the dropped table); raise max_duration_s or cut them")
+        unreadable = [i for split in (train, dev) for i in split.dataset.report.errors if i.code == "undecodable_audio"]
+        if unreadable:
+            warnings.append(f"{len(unreadable)} audio file(s) cannot be decoded to their end and are left out (funasr's "
+                            f"trainer would stop at them mid-epoch), e.g. {unreadable[0].where}: {unreadable[0].reason}")
+        if train.marks or dev.marks:
+            listed = " ".join(f"{c}({n})" for c, n in (train.marks + dev.marks).most_common(20))
+            warnings.append(f"{sum((train.marks + dev.marks).values())} tags (<NOISE>, [LAUGHTER]: not scored), punctuation "
+                            f"marks and symbols the model's vocabulary lacks are left out of the training targets (funasr "
+                            f"would train each as <unk>, or a tag's letters): {listed}")
+        converted = [i for split in (train, dev) for i in split.dataset.report.issues if i.code in _TEXT_READ_CODES]
+        if converted:  # a transcript file read through a guess: what is trained should be looked at once
+            warnings.append(f"{len(converted)} transcript file problem(s) were read around (encoding, line ends), e.g. "
+                            f"{converted[0].where}: {converted[0].reason.split('. Convert')[0]}; the training targets are "
+                            f"in {out / 'lists'}")
+        if train.oov:
+            listed = " ".join(f"{c}({n})" for c, n in train.oov.most_common(30))
+            warnings.append(f"{sum(train.oov.values())} transcript tokens are not in the model's vocabulary and train as "
+                            f"<unk>: {listed}")
+        runs.write_config(out, {**cfg, "workbench": {"model": model, "model_dir": str(base.path), "cache_dir": cache_dir,
+                                                     "model_revision": model_revision, "lists_sha256": lists_sha256,
+                                                     "model_sha256": base_sha256(),
+                                                     "data_path": str(data), "dataset_type": dataset_type,
+                                                     "batch_bins": batch_bins, "nproc": nproc, "device": dev_name,
+                                                     "steps_per_epoch": per_epoch, "total_steps": total,
+                                                     "warnings": warnings,
+                                                     "recommended": rec.reasons if rec else None}})
+    except BaseException:  # refused (or interrupted): the interrupted run's lists stay as they were
+        if kept.is_dir():
+            shutil.rmtree(lists, ignore_errors=True)
+            kept.rename(lists)
+        raise
+    shutil.rmtree(kept, ignore_errors=True)
     return FinetunePlan(out, base, cfg, train, dev, nproc, dev_name, per_epoch, total,
                         schedule, warnings, dev_cer, strip_optimizer, checkpoint, rec)
 

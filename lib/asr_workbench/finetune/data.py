@@ -8,6 +8,8 @@ characters the model does not know (they train as ``<unk>``), and which audio ca
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
 import shutil
@@ -21,7 +23,7 @@ from asr_workbench import datadir
 from asr_workbench.fileio import atomic_write_text
 
 __all__ = ["SplitData", "find_split", "prepare_split", "write_shards", "make_data_path", "missing_audio",
-           "AUDIO_SUFFIXES", "MISSING_AUDIO"]
+           "AUDIO_SUFFIXES", "MISSING_AUDIO", "list_sha256"]
 
 
 @dataclass
@@ -107,6 +109,17 @@ def prepare_split(folder: Path, name: str, out_dir: Path, vocab: list[str] | Non
         if known is not None else Counter()
     jsonl = datadir.write_jsonl(ds.utterances, out_dir / f"{name}.jsonl", known)
     return SplitData(name, folder, ds, jsonl, dropped, oov, marks)
+
+
+def list_sha256(jsonl: Path) -> str:
+    """One hash of a training list's utterances: keys and targets, in order (not the audio paths: moved data is the
+    same data)."""
+    h = hashlib.sha256()
+    for line in jsonl.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            h.update(f"{record.get('key')}\t{record.get('target')}\n".encode())
+    return h.hexdigest()
 
 
 def write_shards(split: SplitData, n: int, out_dir: Path) -> Path:
