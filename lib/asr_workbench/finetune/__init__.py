@@ -436,24 +436,20 @@ def _epochs_done(train_dir: Path) -> int:
     return max((int(m.group(1)) for n in names if (m := re.fullmatch(r"model\.pt\.ep(\d+)", str(n)))), default=0)
 
 
-def _dev_cer(model_dir: str, p: FinetunePlan, loaded: Any = None) -> float:
-    items = [(u.key, u.audio, u.duration_s) for u in p.dev.dataset.scored]
-    res = decode.decode(model_dir, items, decode.DecodeOptions(device=p.device), p.output_dir / ".dev.partial.jsonl",
-                        f"dev:{model_dir}:{time.time()}", model=loaded, progress=False)
-    refs = {u.key: u.text for u in p.dev.dataset.scored}
-    (p.output_dir / ".dev.partial.jsonl").unlink(missing_ok=True)
-    hyps = [h for h in res.hypotheses if not h.error]  # audio that cannot be decoded is no evidence either way
-    return scoring.corpus_cer([refs[h.key] or "" for h in hyps], [h.text for h in hyps]).cer
-
-
-def _checkpoint_cer(p: FinetunePlan, train_dir: Path, name: str) -> float:
-    """Dev CER of one funasr checkpoint: a throw-away model folder around its weights."""
+def _checkpoint_cer(p: FinetunePlan, train_dir: Path, name: str) -> float | None:
+    """Dev CER of one funasr checkpoint: a throw-away model folder around its weights, decoded as the exported model
+    and the base are (an inference run: the model's decoding.yaml, the same scoring), so one table compares them."""
     tmp = p.output_dir / ".eval" / name
-    export.export_model_folder(p.base, train_dir, name, tmp, p.config, "evaluation copy\n")
+    export.export_model_folder(p.base, train_dir, name, tmp / "model", p.config, "evaluation copy\n")
     try:
-        return _dev_cer(str(tmp), p)
+        return infer.run(str(tmp / "model"), str(p.dev.folder), str(tmp / "dev"), device=p.device,
+                         progress=False).metrics["cer"]
     finally:
         shutil.rmtree(p.output_dir / ".eval", ignore_errors=True)
+
+
+def _rounded(cer: float | None) -> float | None:
+    return round(cer, 6) if cer is not None else None
 
 
 def _literal_list(text: str) -> list[Any]:
@@ -540,10 +536,11 @@ def run(p: FinetunePlan, live: bool = True) -> FinetuneResult:
                     cer[name] = _checkpoint_cer(p, train_dir, name)
         pruned = {n: c for n, c in cer.items() if n not in present and n != chosen}
         if pruned:  # scored as they were saved (dev_cer: epoch), then deleted by funasr (keep_nbest_models)
-            best = min(pruned, key=lambda n: pruned[n])
+            scored = {n: c for n, c in pruned.items() if c is not None}
+            best = min(scored, key=lambda n: scored[n]) if scored else None
             warnings.append(f"{', '.join(pruned)} were scored on dev as they were saved and then deleted by funasr's "
-                            f"trainer, which keeps the keep_nbest_models best by teacher-forced accuracy, not CER (the "
-                            f"lowest dev CER of them: {best}, {pruned[best] * 100:.2f} %)")
+                            "trainer, which keeps the keep_nbest_models best by teacher-forced accuracy, not CER"
+                            + (f" (the lowest dev CER of them: {best}, {scored[best] * 100:.2f} %)" if best else ""))
             cer = {n: c for n, c in cer.items() if n not in pruned}
         if not averaged and chosen == f"model.pt.avg{avg_n}":  # not printed this time (nothing left to train)
             from funasr.train_utils.average_nbest_models import _get_checkpoint_paths
@@ -572,13 +569,13 @@ def run(p: FinetunePlan, live: bool = True) -> FinetuneResult:
         atomic_write_text(model_dir / "README.md", _card(p, chosen, all_cer, seconds, done,
                                                          averaged if chosen.startswith("model.pt.avg") else []))
         stripped = export.strip_optimizer_state(train_dir) if p.strip_optimizer else []
-        metrics = {"dev_cer": {k: round(v, 6) for k, v in all_cer.items()}, "checkpoint": chosen,
+        metrics = {"dev_cer": {k: _rounded(v) for k, v in all_cer.items()}, "checkpoint": chosen,
                    "train_seconds": round(seconds, 1), "train_utts": p.train.n_utts, "train_hours": round(p.train.hours, 4),
                    "audio_seconds_per_second": round(p.train.hours * 3600 * max(0, int(p.config["train_conf"].get("max_epoch", 1)) - done) / seconds, 2),
                    "epochs_resumed_from": done,
                    "nproc": p.nproc, "device": p.device, "steps_per_epoch": p.steps_per_epoch, "total_steps": p.total_steps,
                    "warnings": warnings, "stripped_optimizer_state": stripped, "normaliser": scoring.NORMALISER,
-                   "cer": round(cer[chosen], 6), "model_dir": str(model_dir),
+                   "cer": _rounded(cer[chosen]), "model_dir": str(model_dir),
                    "data_dir": str(p.dev.folder),  # what "cer" was measured on: the dev split
                    "dev_runs": {who: str(r.output_dir) for who, r in dev.items()},
                    "averaged": averaged if chosen.startswith("model.pt.avg") else [],

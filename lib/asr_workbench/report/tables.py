@@ -162,18 +162,23 @@ def finetune_data_table(plan: Any) -> Html:
     return Html(out + (data_report_table(issues) if issues else ""))
 
 
+def _pct(cer: float | None) -> str:
+    return f"{cer * 100:.2f} %" if cer is not None else "- (nothing scored)"
+
+
 def dev_cer_table(dev_cer: dict[str, float], chosen: str) -> Html:
     """Dev CER of the base model and of each checkpoint; the exported one marked."""
     base = dev_cer.get("base")
-    rows = [(name + ("  <- exported" if name == chosen else ""), f"{v * 100:.2f} %",
-             f"{(v - base) * 100:+.2f}" if base is not None and name != "base" else "") for name, v in dev_cer.items()]
+    rows = [(name + ("  <- exported" if name == chosen else ""), _pct(v),
+             f"{(v - base) * 100:+.2f}" if base is not None and v is not None and name != "base" else "")
+            for name, v in dev_cer.items()]
     return table_html(["model", f"dev CER ({NORMALISER_NAME})", "vs base (points)"], rows)
 
 
 def finetune_summary(metrics: dict[str, Any]) -> Html:
     """Where the fine-tuned model is and what the run cost."""
     rows = [("fine-tuned model folder", metrics["model_dir"]), ("weights", metrics["checkpoint"]),
-            ("dev CER", f"{metrics['cer'] * 100:.2f} % (base {metrics['dev_cer']['base'] * 100:.2f} %)"),
+            (f"dev CER ({NORMALISER_NAME})", f"{_pct(metrics['cer'])} (base {_pct(metrics['dev_cer'].get('base'))})"),
             ("training", f"{metrics['train_seconds']:.0f} s on {metrics['device']} x {metrics['nproc']} process(es), "
                          f"{metrics['audio_seconds_per_second']:.1f} audio-seconds per second"),
             ("steps", f"{metrics['steps_per_epoch']} per epoch, {metrics['total_steps']} planned"),
