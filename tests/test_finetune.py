@@ -726,3 +726,16 @@ def test_a_diverged_training_is_named_and_a_worse_export_is_said(tmp_path, tiny_
     assert r.dev_cer[r.checkpoint] > r.dev_cer["base"]
     assert any(w.startswith(f"the exported {r.checkpoint} is worse on dev than the base model") for w in r.metrics["warnings"])
 
+
+
+def test_the_divergence_diagnosis_is_not_given_for_other_failures(tmp_path):
+    """A frame in funasr's CIF predictor is not divergence by itself: out of memory there, or the model registry
+    table every log starts with, get no 'diverged' diagnosis."""
+    log = tmp_path / "train.log"
+    frame = '  File "/x/funasr/models/paraformer/cif_predictor.py", line 309, in forward\n    y = f(x)\n'
+    for text, diverged in ((frame + "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate\n", False),
+                           ("| CifPredictorV2 | funasr/models/paraformer/cif_predictor.py:208 |\nValueError: x\n", False),
+                           (frame + "IndexError: index 63 is out of bounds for dimension 0\n", True),
+                           ("(loss_avg_slice: nan), (ppl_avg_slice: nan)\n", True)):
+        log.write_text(text, encoding="utf-8")
+        assert ("diverged" in training._diagnosis(log)) == diverged, text

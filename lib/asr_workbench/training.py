@@ -167,7 +167,8 @@ def launch(
 
 _NON_FINITE_LOSS = re.compile(r"loss[\w_]*\)?:? \(?-?(nan|inf)\b", re.IGNORECASE)
 # where funasr's Paraformer fails once its weights are non-finite: the CIF predictor's firing positions
-_CIF_CRASH = re.compile(r'cif_predictor\.py", line \d+, in ')  # a traceback frame, not the model registry table
+# a traceback frame there (not the model registry table), then the errors non-finite firing weights give
+_CIF_CRASH = re.compile(r'cif_predictor\.py", line \d+, in .*?\n(IndexError|RuntimeError: .*non-negative)', re.DOTALL)
 
 
 def _diagnosis(log_path: Path) -> str:
@@ -177,10 +178,13 @@ def _diagnosis(log_path: Path) -> str:
         text = log_path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
-    if _NON_FINITE_LOSS.search(text) or _CIF_CRASH.search(text):
+    if "out of memory" in text[-5000:].lower():
+        return ""
+    if _NON_FINITE_LOSS.search(text) or _CIF_CRASH.search(text[-20000:]):
         return (": training diverged (the loss or the weights went non-finite; funasr then fails inside the model): "
-                "lower lr, lengthen the warm-up (scheduler_conf warmup_steps) or clip gradients (finetune_overrides "
-                "train_conf grad_clip)")
+                "start afresh (resume would continue from the diverged weights and optimizer) with a lower lr, a "
+                "longer warm-up (scheduler_conf warmup_steps) or clipped gradients (finetune_overrides train_conf "
+                "grad_clip)")
     return ""
 
 

@@ -414,9 +414,9 @@ def _earlier_run(out: Path, resume: bool) -> list[str]:
         return []
     if not (out / "model").is_dir():
         raise ValueError(f"{train_dir} holds an unfinished fine-tune ({len(epochs)} epoch checkpoint(s), "
-                         f"{', '.join(epochs[-3:]) or 'model.pt'}; no model/ exported: interrupted?), which a fresh run "
-                         "would delete: set resume: true to continue it, or delete train/ (or choose another "
-                         "output_dir) to start over")
+                         f"{', '.join(epochs[-3:]) or 'model.pt'}; no model/ exported: interrupted, or failed?), which "
+                         "a fresh run would delete: set resume: true to continue it (with its optimizer and learning "
+                         "rate), or delete train/ (or choose another output_dir) to start over")
     return [f"{out} holds a finished fine-tune ({len(epochs)} epoch checkpoint(s) and model/): this fresh run replaces "
             "it (resume: true would continue it instead)"]
 
