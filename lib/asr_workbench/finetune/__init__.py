@@ -542,10 +542,6 @@ def run(p: FinetunePlan, live: bool = True) -> FinetuneResult:
                             "trainer, which keeps the keep_nbest_models best by teacher-forced accuracy, not CER"
                             + (f" (the lowest dev CER of them: {best}, {scored[best] * 100:.2f} %)" if best else ""))
             cer = {n: c for n, c in cer.items() if n not in pruned}
-        if not averaged and chosen == f"model.pt.avg{avg_n}":  # not printed this time (nothing left to train)
-            from funasr.train_utils.average_nbest_models import _get_checkpoint_paths
-
-            averaged = [Path(f).name for f in _get_checkpoint_paths(str(train_dir), avg_n)]
         # fewer than the epochs allow (the plan already said when there are fewer epochs than keep_nbest_models)
         if averaged and len(averaged) < min(avg_n, int(p.config["train_conf"].get("max_epoch") or 1)) \
                 and chosen == f"model.pt.avg{avg_n}":
@@ -578,7 +574,8 @@ def run(p: FinetunePlan, live: bool = True) -> FinetuneResult:
                    "cer": _rounded(cer[chosen]), "model_dir": str(model_dir),
                    "data_dir": str(p.dev.folder),  # what "cer" was measured on: the dev split
                    "dev_runs": {who: str(r.output_dir) for who, r in dev.items()},
-                   "averaged": averaged if chosen.startswith("model.pt.avg") else [],
+                   # what funasr said it averaged (None: it said nothing this time, e.g. a resume with nothing left)
+                   "averaged": (averaged or None) if chosen.startswith("model.pt.avg") else [],
                    "provenance": runs.provenance(model_dir / "model.pt", [p.train.jsonl, p.dev.jsonl])}
         runs.write_metrics(p.output_dir, metrics)
         return FinetuneResult(p.output_dir, model_dir, chosen, all_cer, progress, seconds, metrics, dev["finetuned"],
