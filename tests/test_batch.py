@@ -601,7 +601,8 @@ def test_broken_files_and_index_lines_are_named_not_tracebacks(tmp_path):
     index = tmp_path / "runs.jsonl"
     good = {"name": "a", "status": "ok", "notebook": "infer", "primary_cer": 0.1, "per_set_cer": {"t": 0.1}}
     index.write_text("\n".join(json.dumps(x) for x in (good, [1, 2], {"status": "ok"},
-                                                        {**good, "name": "b", "per_set_cer": {"t": "0.2"}})) + "\n")
+                                                        {**good, "name": "b", "per_set_cer": {"t": "0.2"},
+                                                         "per_set_data": ["edited"]})) + "\n")
     with pytest.warns(UserWarning, match=r"2 line\(s\) are not run records.*line 2"):
         entries = runs.read_index(index)
     assert [e["name"] for e in entries] == ["a", "b"] and entries[1]["per_set_cer"] == {"t": None}

@@ -243,6 +243,9 @@ def read_index(index: str | Path | None = None) -> list[dict[str, Any]]:
         sets = entry.get("per_set_cer")
         entry["per_set_cer"] = {str(k): v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
                                 for k, v in sets.items()} if isinstance(sets, dict) else {}
+        folders = entry.get("per_set_data")
+        entry["per_set_data"] = {str(k): v for k, v in folders.items() if isinstance(v, str) and v} \
+            if isinstance(folders, dict) else {}
         out.append(entry)
     if bad:
         warnings.warn(f"{path}: {len(bad)} line(s) are not run records (cut off by a crash? edited?), e.g. line "
