@@ -12,6 +12,7 @@ model folder ``output_dir/model/``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -184,6 +185,8 @@ def plan(
     out = runs.prepare_output_dir(output_dir, "finetune", protect=[base.path])  # the settings are sound: now written
     lists = out / "lists"
     kept = lists.with_name("lists.before")  # an interrupted run's lists, back in place if this plan refuses
+    held = contextlib.ExitStack()  # the folder is this plan's while it writes lists/ and config.yaml
+    held.enter_context(runs.hold_folder(out))
     if resuming and lists.is_dir():
         shutil.rmtree(kept, ignore_errors=True)
         lists.rename(kept)
@@ -283,6 +286,8 @@ def plan(
             shutil.rmtree(lists, ignore_errors=True)
             kept.rename(lists)
         raise
+    finally:
+        held.close()
     shutil.rmtree(kept, ignore_errors=True)
     return FinetunePlan(out, base, cfg, train, dev, nproc, dev_name, per_epoch, total,
                         schedule, warnings, dev_cer, strip_optimizer, checkpoint, rec)
