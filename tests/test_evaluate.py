@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -350,6 +351,27 @@ def test_required_files_and_the_evaluation_folder(tmp_path, notebook_finetune):
     finally:
         lock.close()
     assert runs.folder_in_use(own) is None
+    # while an evaluation reads a fine-tune, a run that would write there (a fresh fine-tune into that folder:
+    # it deletes train/ and model/) is refused; readers do not exclude each other
+    import threading
+
+    refused: list[str] = []
+
+    def evaluation() -> None:
+        evaluate.run(output_dir=str(tmp_path / "e2"), finetune_dir=str(own), test_sets={"t": data},
+                     compare_with_base=False, n_bootstrap=100, device="cpu", progress=False)
+
+    worker = threading.Thread(target=evaluation)
+    worker.start()
+    while worker.is_alive():
+        try:
+            runs.lock_folder(own).close()
+        except ValueError as e:
+            refused.append(str(e))
+        time.sleep(0.02)
+    assert any("or an evaluation is reading it" in r for r in refused)
+    with runs.read_folder(own), runs.read_folder(own):
+        assert runs.folder_in_use(own) is None
 
 
 def test_a_rerun_that_fails_leaves_the_finished_evaluation_whole(tmp_path, notebook_finetune):

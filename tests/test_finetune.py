@@ -215,6 +215,7 @@ def test_resume_says_which_changed_settings_it_cannot_apply(tmp_path, tiny_data)
     (tmp_path / "train" / "config.yaml").write_text(yaml.safe_dump(first.config), encoding="utf-8")
     before = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_epoch=2, lr=1e-5, resume=True)
     assert not [w for w in before.warnings if "have no effect" in w]  # killed before its first checkpoint: applies
+    assert any("holds no checkpoint to continue" in w for w in before.warnings)  # and said: from the base model
     shutil.copyfile(DEMO_MODEL / "model.pt", tmp_path / "train" / "model.pt")  # its last checkpoint
     same = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_epoch=2, lr=1e-3, resume=True)
     assert not [w for w in same.warnings if "have no effect" in w]
@@ -238,6 +239,10 @@ def test_resume_says_which_changed_settings_it_cannot_apply(tmp_path, tiny_data)
     # the refusal leaves the interrupted run's lists as its config names them
     assert (tmp_path / "lists" / "dev.jsonl").read_text(encoding="utf-8") == listed
     assert not (tmp_path / "lists.before").exists()
+    # a fresh plan refused after reading the data leaves the earlier run's lists as its config names them
+    with pytest.raises(ValueError, match="never change the model"):
+        finetune.plan(str(DEMO_MODEL), str(other), str(tmp_path), max_epoch=2, accum_grad=1000, resume=True)
+    assert (tmp_path / "lists" / "dev.jsonl").read_text(encoding="utf-8") == listed
     # resume set through finetune_overrides is a resume too (the checks saw only the parameter)
     via = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_epoch=2, lr=1e-3,
                         finetune_overrides={"train_conf": {"resume": True}})

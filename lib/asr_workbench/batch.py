@@ -596,6 +596,8 @@ def _execute_locked(spec: RunSpec, out: Path, executed: Path, t0: float, hide_co
             if src.is_file():
                 src.replace(dst)
     if interrupted is not None:
+        if tag and final == "":  # the attempt replaced the results: the earlier run's report describes what is gone
+            (out / "report.html").unlink(missing_ok=True)
         raise interrupted
     html = None
     try:

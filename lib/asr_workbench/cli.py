@@ -80,7 +80,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
         print(f"\ninterrupted: finished runs are in the index ({runs.paths.outputs_root() / runs.INDEX}). The same "
               "command starts the others again; a run in a fixed output_dir resumes there (an inference from its "
               "partial file, a fine-tune with -p resume=true), one in a fresh folder gets a new folder: to resume it, "
-              "rerun it with -p output_dir=<its folder>", file=sys.stderr)
+              "rerun it with -p output_dir=<its folder> (a pipeline step: output_dir and resume: true in the step's "
+              "with:)", file=sys.stderr)
         return 143 if terminated else 130
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -396,7 +396,8 @@ def run(
     # the run folder only now that everything is found: a typo leaves no empty folder; never inside the base
     out = runs.prepare_output_dir(output_dir, "evaluate",
                                   protect=[ft_dir / "model", ft_dir / "train", *([base.path] if base else [])])
-    with runs.hold_folder(out), _rerun_guard(out) as finishing:
+    # the fine-tune is read while this runs (checkpoints, its dev list, its settings): no fresh fine-tune replaces it
+    with runs.hold_folder(out), runs.read_folder(ft_dir), _rerun_guard(out) as finishing:
         holder = runs.folder_in_use(ft_dir)
         if holder:
             warnings.append(f"the fine-tune in {ft_dir} is still running ({holder}): its checkpoints and model/ may be "

@@ -30,7 +30,7 @@ from asr_workbench.fileio import atomic_write_json, atomic_write_text, jsonl_lin
 
 __all__ = ["check_output_dir", "prepare_output_dir", "file_sha256", "sha256_in_background", "inputs_sha256", "git_commit", "package_versions",
            "provenance", "read_config", "write_config", "write_metrics", "INDEX", "append_to_index", "read_index", "LOCK_FILE",
-           "lock_folder", "folder_in_use", "hold_folder", "HELD_FOR_KERNEL"]
+           "lock_folder", "folder_in_use", "hold_folder", "read_folder", "HELD_FOR_KERNEL"]
 
 INDEX = "runs.jsonl"  # the run index, under paths.outputs_root()
 LOCK_FILE = ".asr_workbench_lock"  # in a run folder while a run writes it (an flock, not its existence)
@@ -264,13 +264,33 @@ def lock_folder(out: Path) -> Any:
         f.seek(0)
         holder = f.read().strip()
         f.close()
-        raise ValueError(f"output_dir {out} is in use by another run ({holder or 'another process'}); wait for it, "
-                         "or choose another output_dir") from None
+        raise ValueError(f"output_dir {out} is in use by another run ({holder or 'another process'}), or an "
+                         "evaluation is reading it; wait for it, or choose another output_dir") from None
     f.seek(0)
     f.truncate()
     f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
     f.flush()
     return f
+
+
+@contextlib.contextmanager
+def read_folder(folder: Path) -> Iterator[None]:
+    """A shared lock on another run's folder while a run reads it (an evaluation its fine-tune): a run that would
+    write there (:func:`lock_folder`) is refused meanwhile. Taken only where no run writes there now, and where
+    locks work; readers do not exclude each other."""
+    f = None
+    try:
+        f = open(folder / LOCK_FILE, "a+", encoding="utf-8")
+        fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:  # a writer holds it (the caller said so), no permission, no locks here: read as before
+        if f is not None:
+            f.close()
+        f = None
+    try:
+        yield
+    finally:
+        if f is not None:
+            f.close()
 
 
 def folder_in_use(out: Path) -> str | None:

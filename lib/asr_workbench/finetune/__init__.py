@@ -184,10 +184,10 @@ def plan(
     before = (runs.read_config(out / "config.yaml").get("workbench") or {}).get("lists_sha256")
     out = runs.prepare_output_dir(output_dir, "finetune", protect=[base.path])  # the settings are sound: now written
     lists = out / "lists"
-    kept = lists.with_name("lists.before")  # an interrupted run's lists, back in place if this plan refuses
+    kept = lists.with_name("lists.before")  # the earlier run's lists, back in place if this plan refuses
     held = contextlib.ExitStack()  # the folder is this plan's while it writes lists/ and config.yaml
     held.enter_context(runs.hold_folder(out))
-    if resuming and lists.is_dir():
+    if lists.is_dir():  # a refused plan must not leave the earlier run's config naming lists it did not train on
         shutil.rmtree(kept, ignore_errors=True)
         lists.rename(kept)
     try:
@@ -281,7 +281,7 @@ def plan(
                                                      "steps_per_epoch": per_epoch, "total_steps": total,
                                                      "warnings": warnings,
                                                      "recommended": rec.reasons if rec else None}})
-    except BaseException:  # refused (or interrupted): the interrupted run's lists stay as they were
+    except BaseException:  # refused (or interrupted): the earlier run's lists stay as they were
         if kept.is_dir():
             shutil.rmtree(lists, ignore_errors=True)
             kept.rename(lists)
@@ -406,6 +406,9 @@ def _earlier_run(out: Path, resume: bool) -> list[str]:
     epochs = [n for n in export.list_checkpoints(train_dir) if n.startswith("model.pt.ep")]  # in epoch order
     last = train_dir / "model.pt"
     if resume:
+        if not last.is_file():
+            return [f"resume: {train_dir} holds no checkpoint to continue (model.pt): this run trains from the base "
+                    "model"] if not epochs else []
         if last.is_file():
             try:
                 modelhub.load_weights(last, mmap=True)
