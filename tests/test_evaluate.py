@@ -404,3 +404,6 @@ def test_a_rerun_that_fails_leaves_the_finished_evaluation_whole(tmp_path, noteb
     assert [s.name for s in r.sets] == ["a", "d"] and (out / "d/finetuned/results.jsonl").is_file()
     assert not any((out / n).exists() for n in ("b", evaluate.PREVIOUS, evaluate.UNFINISHED))
     assert json.loads((out / "metrics.json").read_text())["per_set_cer"].keys() == {"a", "d"}
+    # a test set with broken lines says how many were not decoded (the comparison alone did not)
+    r = evaluate.run(**{**kw, "output_dir": str(tmp_path / "skips"), "on_bad_input": "skip"}, test_sets={"bad": str(bad)})
+    assert any(w.startswith("bad: 1 of 3 input lines were not decoded") and "data_report.jsonl" in w for w in r.warnings)

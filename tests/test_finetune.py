@@ -332,6 +332,13 @@ def test_long_warmup_is_warned_with_a_fix(tmp_path, tiny_data):
     p = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path), max_epoch=2, scheduler_conf={"warmup_steps": 30000})
     assert any("warmup_steps=30000" in w and "scheduler_conf" in w for w in p.warnings)
     assert len(p.lr) == p.total_steps and max(p.lr) < 0.01 * (p.config["optim_conf"]["lr"])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from asr_workbench import report
+
+    title = report.lr_schedule_plot(p.lr, p.steps_per_epoch, p.warnings).axes[0].get_title()
+    assert f"warm-up {len(p.lr)} of {len(p.lr)} steps, 100%" in title  # what the schedule shows, not a stock phrase
     # a scheduler named without its conf starts from an empty one: its own default warm-up (25000 steps) applies
     p = finetune.plan(str(DEMO_MODEL), str(tiny_data), str(tmp_path / "noam"), max_epoch=2, scheduler="noamlr")
     assert any("warmup_steps=25000 (NoamLR's default)" in w for w in p.warnings)
@@ -730,6 +737,10 @@ def test_a_diverged_training_is_named_and_a_worse_export_is_said(tmp_path, tiny_
     r = finetune.run(p, live=False)
     assert r.dev_cer[r.checkpoint] > r.dev_cer["base"]
     assert any(w.startswith(f"the exported {r.checkpoint} is worse on dev than the base model") for w in r.metrics["warnings"])
+    # said where it is read: the notebook shows result.warnings after training, the model card lists them
+    assert any("worse on dev than the base" in w for w in r.warnings) and not set(r.warnings) & set(p.warnings)
+    card = (r.model_dir / "README.md").read_text(encoding="utf-8")
+    assert "## Warnings" in card and "worse on dev than the base" in card and f"{r.checkpoint} (exported)" in card
 
 
 

@@ -45,10 +45,13 @@ def _details(rec: Any) -> list[str]:
             lines.append(f"{name}: base {_cer(base)} -> fine-tuned {_cer(cer)} CER ({norm})")
         lines += [f"warning: {w}" for w in m.get("warnings", [])]
     elif "n_scored" in m and m.get("cer") is not None:
-        lines.append(f"CER {_cer(m['cer'])} on {m['n_scored']} utterances of {'/'.join(Path(str(m.get('data_dir'))).parts[-2:])} ({norm})")
+        skipped = m.get("n_skipped") or 0
+        lines.append(f"CER {_cer(m['cer'])} on {m['n_scored']} utterances of {'/'.join(Path(str(m.get('data_dir'))).parts[-2:])} ({norm})"
+                     + (f"; {skipped} of {m.get('n_input')} input lines skipped (see data_report.jsonl)" if skipped else ""))
     elif "dev_cer" in m:
         lines.append(f"dev CER {_cer(m['cer'])} ({m.get('checkpoint')}; base {_cer(m['dev_cer'].get('base'))}; {norm}) "
                      f"-> {m.get('model_dir')}")
+        lines += [f"warning: {w}" for w in m.get("warnings", [])]
     return lines
 
 

@@ -135,8 +135,8 @@ def _rerun_guard(out: Path) -> Iterator[Callable[[], None]]:
 
 
 def _summary(m: dict[str, Any]) -> dict[str, Any]:
-    return {k: m.get(k) for k in ("cer", "sub", "del", "ins", "ref_tokens", "n_scored", "rtf", "wall_seconds",
-                                  "audio_seconds", "output_dir")}
+    return {k: m.get(k) for k in ("cer", "sub", "del", "ins", "ref_tokens", "n_input", "n_decoded", "n_scored",
+                                  "n_skipped", "rtf", "wall_seconds", "audio_seconds", "output_dir")}
 
 
 def compare_results(name: str, data_dir: str, ft: infer.InferResult, base: infer.InferResult | None,
@@ -440,6 +440,9 @@ def run(
                     for s in results if s.worse and s.base and s.delta and len(s.pairs) >= MIN_PAIRS_FOR_WARNING]
         warnings += [f"{s.name}: only {len(s.pairs)} utterances scored by both models: too few to tell whether "
                      "fine-tuning made it worse" for s in results if s.base and 0 < len(s.pairs) < MIN_PAIRS_FOR_WARNING]
+        warnings += [f"{s.name}: {s.finetuned['n_skipped']} of {s.finetuned['n_input']} input lines were not decoded "
+                     f"(bad or missing audio, malformed lines: see {s.finetuned['output_dir']}/data_report.jsonl)"
+                     for s in results if s.finetuned.get("n_skipped")]
         warnings += [f"{s.name}: nothing was scored (no transcripts in its text file, or none for these utterances): "
                      "decoded, not compared" for s in results if not s.pairs and s.finetuned.get("cer") is None]
         comparison = {

@@ -354,6 +354,7 @@ def run(
             "data_issues": ds.report.counts(), "notes": notes,
             "provenance": runs.provenance(weights_sha256, input_files),
         }
+        runs.write_config(out, config)  # with every note (scoring adds some), as the report shows it
         runs.write_metrics(out, metrics)
         partial.unlink(missing_ok=True)
         return InferResult(out, metrics, rows, ds.report, config, notes)

@@ -24,7 +24,7 @@ def varying_parameters(entries: list[dict[str, Any]]) -> list[str]:
 
 @dataclass
 class Leaderboard:
-    """One row per run and data set, best CER first; failed runs at the end."""
+    """One row per run and data set, each data set's runs together, best CER first; failed runs at the end."""
 
     rows: list[dict[str, Any]]
     params: list[str] = field(default_factory=list)
@@ -90,5 +90,11 @@ def load(index: str | None = None, notebook: str | None = None, data: str | None
                          "normaliser": str(e.get("normaliser") or "").split(":")[0] or None,
                          "output_dir": e.get("output_dir"), "started": e.get("started"),
                          "parameters": e.get("parameters", {})})
-    rows.sort(key=lambda r: (r["status"] != "ok", r["cer"] is None, r["cer"] if r["cer"] is not None else 0))
+    # one data set's runs together (a CER on another set is no rank), best first within it; failed runs at the end
+    best = {}
+    for r in rows:
+        if r["status"] == "ok" and r["cer"] is not None:
+            best[r["data"]] = min(r["cer"], best.get(r["data"], r["cer"]))
+    rows.sort(key=lambda r: (r["status"] != "ok", r["data"] not in best, best.get(r["data"], 0), r["data"],
+                             r["cer"] is None, r["cer"] if r["cer"] is not None else 0))
     return Leaderboard(rows, varying_parameters(entries))

@@ -86,6 +86,7 @@ class FinetuneResult:
     progress: Progress
     seconds: float
     metrics: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)  # found in training and after it (the plan's are the plan's)
     dev_finetuned: infer.InferResult | None = None  # the dev set decoded by the exported model (dev/finetuned/)
     dev_base: infer.InferResult | None = None  # ... and by the base model (dev/base/)
 
@@ -472,12 +473,15 @@ def _literal_list(text: str) -> list[Any]:
 
 
 def _card(p: FinetunePlan, checkpoint: str, dev_cer: dict[str, float], seconds: float, resumed_from: int = 0,
-          averaged: list[str] | None = None) -> str:
+          averaged: list[str] | None = None, warnings: list[str] | None = None) -> str:
     tc = p.config.get("train_conf", {})
-    rows = "\n".join(f"| {k} | {v * 100:.2f} % |" if v is not None else f"| {k} | - |" for k, v in dev_cer.items())
-    return f"""# Fine-tuned {p.base.name}
+    rows = "\n".join(f"| {k}{' (exported)' if k == checkpoint else ''} | "
+                     + (f"{v * 100:.2f} % |" if v is not None else "- |") for k, v in dev_cer.items())
+    base = p.base.model_id or str(p.base.path)
+    warned = ("\n## Warnings\n" + "".join(f"- {w}\n" for w in warnings)) if warnings else ""
+    return f"""# Fine-tuned {p.base.model_id or p.base.path.name}
 
-Fine-tuned with ASR Workbench (funasr's trainer) from `{p.base.name}`; self-contained: load it with
+Fine-tuned with ASR Workbench (funasr's trainer) from `{base}`; self-contained: load it with
 `funasr.AutoModel(model="<this folder>", disable_update=True)` or the workbench's inference notebook.
 
 - data: `{p.train.folder}` ({p.train.n_utts} utterances, {p.train.hours:.2f} h), dev `{p.dev.folder}` ({p.dev.n_utts})
@@ -487,11 +491,14 @@ Fine-tuned with ASR Workbench (funasr's trainer) from `{p.base.name}`; self-cont
   specaug {p.config.get('specaug')}, batch {p.config.get('dataset_conf', {}).get('batch_size')} frames, {p.nproc} process(es) on {p.device}
 - training time: {seconds:.0f} s{" (this attempt)" if resumed_from else ""}
 
-## Dev CER (normaliser: {scoring.NORMALISER})
+## Dev CER ({scoring.NORMALISER_NAME})
+The normaliser: {scoring.NORMALISER}. funasr's trainer keeps and averages checkpoints by their dev accuracy with
+the reference fed in (teacher forcing), not by this CER.
+
 | model | dev CER |
 |---|---|
 {rows}
-"""
+{warned}"""
 
 
 def run(p: FinetunePlan, live: bool = True) -> FinetuneResult:
@@ -571,7 +578,8 @@ def run(p: FinetunePlan, live: bool = True) -> FinetuneResult:
                                if better else "")
                             + ": too high a learning rate, too little data, or a dev set unlike the training data?")
         atomic_write_text(model_dir / "README.md", _card(p, chosen, all_cer, seconds, done,
-                                                         averaged if chosen.startswith("model.pt.avg") else []))
+                                                         averaged if chosen.startswith("model.pt.avg") else [],
+                                                         warnings))
         stripped = export.strip_optimizer_state(train_dir) if p.strip_optimizer else []
         metrics = {"dev_cer": {k: _rounded(v) for k, v in all_cer.items()}, "checkpoint": chosen,
                    "train_seconds": round(seconds, 1), "train_utts": p.train.n_utts, "train_hours": round(p.train.hours, 4),
@@ -586,5 +594,5 @@ def run(p: FinetunePlan, live: bool = True) -> FinetuneResult:
                    "averaged": (averaged or None) if chosen.startswith("model.pt.avg") else [],
                    "provenance": runs.provenance(model_dir / "model.pt", [p.train.jsonl, p.dev.jsonl])}
         runs.write_metrics(p.output_dir, metrics)
-        return FinetuneResult(p.output_dir, model_dir, chosen, all_cer, progress, seconds, metrics, dev["finetuned"],
-                              dev["base"])
+        return FinetuneResult(p.output_dir, model_dir, chosen, all_cer, progress, seconds, metrics,
+                              [w for w in warnings if w not in p.warnings], dev["finetuned"], dev["base"])

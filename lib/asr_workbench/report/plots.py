@@ -107,7 +107,9 @@ def lr_schedule_plot(lr: Sequence[float], steps_per_epoch: int, warnings: Sequen
         ax.axvline(e + 0.5, color="#ccc", lw=0.5)
     ax.set(xlabel=f"optimizer step ({steps_per_epoch} per epoch, {len(lr)} planned)", ylabel="learning rate")
     warm = any("warmup" in w for w in warnings)
-    ax.set_title("planned learning rate" + ("  (warm-up longer than the run: see warning)" if warm else ""),
+    peak = max(range(len(lr)), key=lambda i: lr[i]) + 1 if lr else 0  # the warm-up ends at the peak
+    ax.set_title("planned learning rate" + (f"  (warm-up {peak} of {len(lr)} steps, {peak / len(lr):.0%}: see "
+                                            "warning)" if warm and lr else ""),
                  color="#c00" if warm else "black", fontsize=10)
     fig.tight_layout()
     return fig
@@ -128,8 +130,10 @@ def cer_bars(sets: Sequence[Any]) -> plt.Figure:
     # interval of the fine-tuned CER implied by the paired interval of the change (none where nothing was paired)
     yerr = np.array([[(s.delta.delta - s.delta.low) * 100 if s.delta else 0 for s in sets],
                      [(s.delta.high - s.delta.delta) * 100 if s.delta else 0 for s in sets]])
-    ax.bar(x + 0.2, ft, 0.4, yerr=yerr, capsize=4, label="fine-tuned (95% interval of the change)",
-           color=["#d62728" if s.worse else "#1f77b4" for s in sets])
+    ax.bar(x + 0.2, ft, 0.4, yerr=yerr, capsize=4, color=["#d62728" if s.worse else "#1f77b4" for s in sets])
+    ax.bar([], [], color="#1f77b4", label="fine-tuned (95% interval of the change)")  # legend swatches, fixed colours
+    if any(s.worse for s in sets):
+        ax.bar([], [], color="#d62728", label="fine-tuned, worse beyond the interval (forgot)")
     for i, v in enumerate(ft):
         if np.isnan(v):
             ax.text(i, 0, "nothing scored", ha="center", va="bottom", fontsize=7, color="#555")
@@ -184,8 +188,15 @@ def cer_vs_parameter(board: Any, parameter: str | None) -> plt.Figure:
     step = -(-len(values) // 12)  # at most about 12 labels: 40 learning rates overlapped into a black bar
     ax.set_xticks(range(len(values)), [_literal(v) if i % step == 0 else "" for i, v in enumerate(values)],
                   rotation=30 if len(values) > 6 else 0, ha="right" if len(values) > 6 else "center")
-    if several:
-        ax.set_title("line: the best run per value; dots: every run", fontsize=8)
+    from asr_workbench.leaderboard import varying_parameters
+
+    # settings that change beside the swept one: the line does not show the swept one's effect alone
+    others = [k for k in varying_parameters([{"parameters": r["parameters"]} for r in rows]) if k != parameter]
+    title = ("line: the best run per value; dots: every run" if several else "") + (
+        f"{'; ' if several else ''}other settings differ too: {', '.join(others[:4])}{' ...' if len(others) > 4 else ''}"
+        if others else "")
+    if title:
+        ax.set_title(_literal(title), fontsize=8, color="#c00" if others else "black")
     ax.set(xlabel=_literal(parameter), ylabel=_cer_label([r.get("normaliser") or "" for r in rows]))
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -148,12 +149,16 @@ def finetune_data_table(plan: Any) -> Html:
     rows = []
     for s in (plan.train, plan.dev):
         rows.append((s.name, str(s.folder), s.n_utts, f"{s.hours * 60:.1f} min", len(s.dropped),
-                     " ".join(f"{c}({n})" for c, n in s.oov.most_common(15)) or "-", len(s.dataset.report.issues)))
+                     (" ".join(f"{c}({n})" for c, n in s.oov.most_common(15))
+                      + (f" ... {len(s.oov) - 15} more" if len(s.oov) > 15 else "")) or "-",
+                     len(s.dataset.report.issues)))
     out = table_html(["split", "folder", "utterances", "audio", "dropped by funasr", "unknown characters",
                       "input issues"], rows)
     dropped = [(s.name, d["key"], d["where"], d["reason"]) for s in (plan.train, plan.dev) for d in s.dropped]
     if dropped:
         out += table_html(["split", "key", "file:line", "why funasr would skip it"], dropped[:100])
+        if len(dropped) > 100:
+            out += f"<p>... {len(dropped) - 100} more not shown (plan.train.dropped, plan.dev.dropped hold them all)</p>"
     issues = plan.train.dataset.report.rows() + plan.dev.dataset.report.rows()
     rec = getattr(plan, "recommendation", None)
     if rec is not None:
@@ -231,6 +236,13 @@ def checkpoint_table(checkpoints: Sequence[dict[str, Any]]) -> Html:
     return table_html(["checkpoint", f"dev CER ({NORMALISER_NAME})", "data"], rows)
 
 
+def _cell(parameters: dict[str, Any], name: str) -> str:
+    """A parameter as a leaderboard cell: blank where the run has no such parameter, JSON for the rest."""
+    if name not in parameters:
+        return ""
+    return json.dumps(parameters[name], ensure_ascii=False, default=str)
+
+
 def leaderboard_table(board: Any, links_from: str | Path | None = None, max_rows: int = 200) -> Html:
     """The leaderboard: CER, the parameters that differ between runs, RTF, links to the HTML reports: relative to
     ``links_from`` (the folder this table's own report goes to), so they still work in a copied outputs folder;
@@ -246,7 +258,7 @@ def leaderboard_table(board: Any, links_from: str | Path | None = None, max_rows
         rows.append((html.escape(r["name"]), html.escape(r["notebook"]), html.escape(r["data"]),
                      f"{r['cer'] * 100:.2f} %" if r.get("cer") is not None else "-",
                      *([html.escape(r.get("normaliser") or "-")] if mixed else []),
-                     *[html.escape(str(r["parameters"].get(p))) for p in board.params],
+                     *[html.escape(_cell(r["parameters"], p)) for p in board.params],
                      r.get("rtf") or "-", html.escape(r["status"]), html.escape(str(r.get("started") or "-")), link))
     cols = list(range(len(rows[0])))
     cer = "CER" if mixed or not board.normalisers else f"CER ({board.normalisers[0]})"
