@@ -37,7 +37,7 @@ from asr_workbench.processes import die_with, thread_budget
 
 log = logging.getLogger(__name__)
 
-__all__ = ["check_device", "DecodeOptions", "Hypothesis", "DecodeResult", "resolve_device", "load_model", "trained_dither", "dither", "option_notes",
+__all__ = ["import_funasr", "check_device", "DecodeOptions", "Hypothesis", "DecodeResult", "resolve_device", "load_model", "trained_dither", "dither", "option_notes",
            "length_sorted_batches", "plan_workers", "weight_notes", "transcribe", "decode"]
 
 
@@ -127,6 +127,17 @@ def check_device(device: str) -> None:
                              + (" (CUDA_VISIBLE_DEVICES={})".format(os.environ["CUDA_VISIBLE_DEVICES"])
                                 if "CUDA_VISIBLE_DEVICES" in os.environ else "")
                              + "; use device: auto (a GPU when there is one) or cpu")
+
+
+def import_funasr() -> None:
+    """Import funasr once, its import-time notice kept out of the run's output and report ("ffmpeg is not installed
+    ... please install it": it does not apply, the workbench reads audio with libsndfile)."""
+    import io
+    import sys
+
+    if "funasr" not in sys.modules:
+        with contextlib.redirect_stdout(io.StringIO()):
+            import funasr  # noqa: F401
 
 
 def load_model(model_dir: str, device: str = "cpu", ncpu: int | None = None, **kwargs: Any) -> Any:

@@ -254,6 +254,7 @@ def run(
     data_path = paths.resolve(data_dir)
     ds = datadir.load_dataset(data_path, vocab=mf.tokens, on_bad_input=on_bad_input, vad_model=vad_model,
                               sample_rate=mf.sample_rate)
+    decode.import_funasr()  # its import-time notice kept out of the report (bad input fails above without it)
     runs.prepare_output_dir(out, "infer", protect=[mf.path])
     with runs.hold_folder(out):  # no other run writes here meanwhile
         # a folder holding a finished run keeps its files (metrics, results, config, data report) until this run has

@@ -141,6 +141,7 @@ def plan(
     ``num_gpus`` > 1 launches ``torchrun`` (on CPU: that many gloo processes, for testing).
     ``dev_cer``: ``end`` (every kept checkpoint after training) or ``epoch`` (each epoch as it is saved).
     """
+    decode.import_funasr()  # its import-time notice kept out of the report
     from funasr.download.download_model_from_hub import download_model
 
     decode.check_device(device)  # cuda on a machine without one: funasr's trainer would run on the CPU, unsaid
