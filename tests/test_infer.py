@@ -156,6 +156,7 @@ def test_run_command_adds_executed_notebook_and_html(tmp_path):
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "hypothesis vs reference" in html  # the browser's static fallback, not an empty widget
     assert "<script" not in html and "cdnjs" not in html  # opens offline; a "$" in a transcript is not maths
+    assert "ffmpeg is not installed" not in html  # funasr's import-time notice does not apply: libsndfile reads audio
 
 
 def test_sharded_decoding_matches_single_process(tmp_path):
