@@ -411,14 +411,13 @@ def _earlier_run(out: Path, resume: bool) -> list[str]:
         if not last.is_file():
             return [f"resume: {train_dir} holds no checkpoint to continue (model.pt): this run trains from the base "
                     "model"] if not epochs else []
-        if last.is_file():
-            try:
-                modelhub.load_weights(last, mmap=True)
-            except modelhub.ModelError as e:
-                raise ValueError(f"resume: {last} cannot be read ({e}); a run killed while saving it leaves it cut "
-                                 + (f"short: copy {epochs[-1]} (the same state, saved at that epoch's end) over it and "
-                                    "resume again" if epochs else "short, and no model.pt.epN is there to recover "
-                                    "it from: start afresh (resume: false)")) from e
+        try:
+            modelhub.load_weights(last, mmap=True)
+        except modelhub.ModelError as e:
+            raise ValueError(f"resume: {last} cannot be read ({e}); a run killed while saving it leaves it cut "
+                             + (f"short: copy {epochs[-1]} (the same state, saved at that epoch's end) over it and "
+                                "resume again" if epochs else "short, and no model.pt.epN is there to recover "
+                                "it from: start afresh (resume: false)")) from e
         return []
     if not epochs and not last.is_file():
         return []
