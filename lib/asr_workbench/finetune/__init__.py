@@ -82,7 +82,7 @@ class FinetuneResult:
     output_dir: Path
     model_dir: Path
     checkpoint: str
-    dev_cer: dict[str, float]  # checkpoint name -> dev CER (the base model under "base")
+    dev_cer: dict[str, float | None]  # checkpoint name -> dev CER (the base model under "base"; None: nothing scored)
     progress: Progress
     seconds: float
     metrics: dict[str, Any]
@@ -506,7 +506,7 @@ def run(p: FinetunePlan, live: bool = True) -> FinetuneResult:
     with runs.hold_folder(p.output_dir):  # an evaluation sees it running; no other run writes here meanwhile
         train_dir = p.output_dir / "train"
         progress = Progress(live=live)
-        cer: dict[str, float] = {}
+        cer: dict[str, float | None] = {}
         seen: set[str] = set()
         averaged: list[str] = []
 
