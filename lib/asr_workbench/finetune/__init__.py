@@ -445,14 +445,18 @@ def _epochs_done(train_dir: Path) -> int:
     return max((int(m.group(1)) for n in names if (m := re.fullmatch(r"model\.pt\.ep(\d+)", str(n)))), default=0)
 
 
+def _dev_run(p: FinetunePlan, model_dir: Path, out: Path) -> infer.InferResult:
+    """The dev set decoded by ``model_dir`` into ``out``: an inference run (the model's decoding.yaml, the same
+    scoring), the one way every dev CER of a fine-tune is measured, so one table compares them."""
+    return infer.run(str(model_dir), str(p.dev.folder), str(out), device=p.device, progress=False)
+
+
 def _checkpoint_cer(p: FinetunePlan, train_dir: Path, name: str) -> float | None:
-    """Dev CER of one funasr checkpoint: a throw-away model folder around its weights, decoded as the exported model
-    and the base are (an inference run: the model's decoding.yaml, the same scoring), so one table compares them."""
+    """Dev CER of one funasr checkpoint: a throw-away model folder around its weights (:func:`_dev_run`)."""
     tmp = p.output_dir / ".eval" / name
     export.export_model_folder(p.base, train_dir, name, tmp / "model", p.config, "evaluation copy\n")
     try:
-        return infer.run(str(tmp / "model"), str(p.dev.folder), str(tmp / "dev"), device=p.device,
-                         progress=False).metrics["cer"]
+        return _dev_run(p, tmp / "model", tmp / "dev").metrics["cer"]
     finally:
         shutil.rmtree(p.output_dir / ".eval", ignore_errors=True)
 
@@ -565,8 +569,8 @@ def run(p: FinetunePlan, live: bool = True) -> FinetuneResult:
         model_dir = export.export_model_folder(p.base, train_dir, chosen, p.output_dir / "model", p.config, "")
         # the dev CERs behind the headline, utterance by utterance (results.jsonl, errors.txt, text.cer): exported
         # model and base, each a full inference run in dev/<finetuned|base>/
-        dev = {who: infer.run(str(folder), str(p.dev.folder), str(p.output_dir / "dev" / who), device=p.device,
-                              progress=False) for who, folder in (("finetuned", model_dir), ("base", p.base.path))}
+        dev = {who: _dev_run(p, folder, p.output_dir / "dev" / who)
+               for who, folder in (("finetuned", model_dir), ("base", p.base.path))}
         cer[chosen] = dev["finetuned"].metrics["cer"]
         all_cer = {"base": dev["base"].metrics["cer"], **cer}
         if all_cer["base"] is not None and cer[chosen] is not None and cer[chosen] > all_cer["base"]:

@@ -167,8 +167,9 @@ def finetune_data_table(plan: Any) -> Html:
     return Html(out + (data_report_table(issues) if issues else ""))
 
 
-def _pct(cer: float | None) -> str:
-    return f"{cer * 100:.2f} %" if cer is not None else "- (nothing scored)"
+def _pct(cer: float | None, missing: str = "- (nothing scored)") -> str:
+    """A CER (a fraction) as a table shows it, ``missing`` where there is none."""
+    return f"{cer * 100:.2f} %" if cer is not None else missing
 
 
 def dev_cer_table(dev_cer: dict[str, float], chosen: str) -> Html:
@@ -196,13 +197,12 @@ def comparison_table(sets: Sequence[Any]) -> Html:
     rows = []
     for s in sets:
         b, f, d = s.base or {}, s.finetuned, s.delta
-        pct = lambda v: f"{v * 100:.2f} %" if v is not None else "-"  # noqa: E731
         sdi = lambda m: f"{m.get('sub')}/{m.get('del')}/{m.get('ins')}" if m else "-"  # noqa: E731
         change = (f"<b style='color:{'#c00' if s.worse else ('#070' if d.high < 0 else '#000')}'>{d.delta * 100:+.2f}</b> "
                   f"[{d.low * 100:+.2f}, {d.high * 100:+.2f}]") if d else "-"
         counts = f"{s.improved} / {s.regressed} / {s.unchanged}" if s.pairs else (
             "- (no base)" if not s.base else "- (nothing scored)")
-        rows.append((s.name, pct(b.get("cer")), pct(f.get("cer")), change, sdi(b), sdi(f), counts,
+        rows.append((s.name, _pct(b.get("cer"), "-"), _pct(f.get("cer"), "-"), change, sdi(b), sdi(f), counts,
                      f"{b.get('rtf', '-')} / {f.get('rtf')}"))
     return table_html(["test set", f"base CER ({NORMALISER_NAME})", f"fine-tuned CER ({NORMALISER_NAME})", "change, points [95% interval]",
                        "base S/D/I", "fine-tuned S/D/I", "improved / regressed / unchanged", "RTF base / fine-tuned"],
@@ -232,7 +232,7 @@ def checkpoint_table(checkpoints: Sequence[dict[str, Any]]) -> Html:
     scored = [c["cer"] for c in checkpoints if c["cer"] is not None]
     best = min(scored) if scored else None
     rows = [(c["name"] + ("  <- best" if c["cer"] is not None and c["cer"] == best else ""),
-             f"{c['cer'] * 100:.2f} %" if c["cer"] is not None else "- (not scored)", c["data"]) for c in checkpoints]
+             _pct(c["cer"], "- (not scored)"), c["data"]) for c in checkpoints]
     return table_html(["checkpoint", f"dev CER ({NORMALISER_NAME})", "data"], rows)
 
 
@@ -256,7 +256,7 @@ def leaderboard_table(board: Any, links_from: str | Path | None = None, max_rows
         href = (quote(os.path.relpath(r["html"], base)) if base else Path(r["html"]).as_uri()) if r.get("html") else None
         link = f"<a href='{html.escape(href)}'>report</a>" if href else "-"
         rows.append((html.escape(r["name"]), html.escape(r["notebook"]), html.escape(r["data"]),
-                     f"{r['cer'] * 100:.2f} %" if r.get("cer") is not None else "-",
+                     _pct(r.get("cer"), "-"),
                      *([html.escape(r.get("normaliser") or "-")] if mixed else []),
                      *[html.escape(_cell(r["parameters"], p)) for p in board.params],
                      r.get("rtf") or "-", html.escape(r["status"]), html.escape(str(r.get("started") or "-")), link))
